@@ -1,0 +1,218 @@
+"""Targets: which arrays run where, how kernels are compiled for each target, and how they launch.
+
+This is the only module that imports ``numba.cuda`` or ``cupy``. Everything else asks it.
+
+* **cpu**: NumPy arrays; kernel bodies compiled with ``numba.njit``, drivers with ``parallel=True``.
+* **cuda**: CuPy arrays, or any array exposing ``__cuda_array_interface__``; ``numba.cuda`` kernels
+  launched on CuPy's current stream. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's
+  simulator, and ``target("cuda")`` routes NumPy arrays to them.
+"""
+import contextlib
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+from numba.extending import overload, register_jitable
+
+try:
+    import cupy
+except ImportError:  # CuPy is optional: the cpu target needs only NumPy.
+    cupy = None
+
+SIMULATED = bool(numba.cuda.config.ENABLE_CUDASIM)
+TARGETS = ("cpu", "cuda")
+
+_numpy_target = "cpu"
+
+CUDA_THREADS = 256
+SIMULATOR_THREADS = 16  # the simulator runs one OS thread per CUDA thread
+MAX_BLOCKS = 65535  # kernels are grid-stride loops, so the grid needn't cover every element
+
+
+def gpu_available():
+    """True when a real GPU can run the cuda target (CuPy installed, a device present)."""
+    if SIMULATED or cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, or no device: cupy raises its own CUDARuntimeError
+        return False
+
+
+def available_targets():
+    return ("cpu", "cuda") if SIMULATED or gpu_available() else ("cpu",)
+
+
+@contextlib.contextmanager
+def target(name):
+    """Run NumPy arrays on target ``name`` inside the block.
+
+    ``"cuda"`` for NumPy arrays needs the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); device arrays
+    always run on the cuda target.
+    """
+    global _numpy_target
+    if name not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {name!r}")
+    if name == "cuda" and not SIMULATED:
+        raise RuntimeError("NumPy arrays run on the cuda target only under NUMBA_ENABLE_CUDASIM=1; "
+                           "pass CuPy arrays to use the GPU")
+    previous, _numpy_target = _numpy_target, name
+    try:
+        yield
+    finally:
+        _numpy_target = previous
+
+
+def is_device_array(array):
+    return hasattr(array, "__cuda_array_interface__")
+
+
+def target_of(*arrays, names=None):
+    """The target of ``arrays`` (None entries ignored); TypeError if they live in different places."""
+    kinds = [(is_device_array(a), name) for a, name in zip(arrays, names or [None] * len(arrays))
+             if a is not None]
+    if any(on_device != kinds[0][0] for on_device, _ in kinds):
+        where = ", ".join(f"{name or 'argument'} on {'GPU' if d else 'host'}" for d, name in kinds)
+        raise TypeError(f"arrays must all be NumPy arrays or all be GPU arrays: {where}")
+    return "cuda" if kinds and kinds[0][0] else _numpy_target
+
+
+def array_module(array):
+    """numpy or cupy, whichever holds ``array``; GPU arrays of other libraries are viewed as CuPy."""
+    if not is_device_array(array):
+        return np
+    if cupy is None:
+        raise TypeError(f"{type(array).__name__} is a GPU array, which needs CuPy installed")
+    return cupy
+
+
+def as_array(array):
+    """``array`` as a NumPy or CuPy array (zero-copy for GPU arrays of other libraries)."""
+    if is_device_array(array) and not (cupy is not None and isinstance(array, cupy.ndarray)):
+        return array_module(array).asarray(array)
+    return array if isinstance(array, np.ndarray) or is_device_array(array) else np.asarray(array)
+
+
+def to_numpy(array):
+    return cupy.asnumpy(array) if cupy is not None and isinstance(array, cupy.ndarray) else np.asarray(array)
+
+
+# -- compiling -------------------------------------------------------------------------------------
+#
+# Helpers and kernel bodies are plain Python functions marked ``jitable``: callable from Python (which
+# is how the simulator runs them), from ``numba.njit`` drivers and from ``numba.cuda`` kernels alike.
+# Where the targets must differ, a ``jitable`` function holds the cuda version and ``for_cpu`` gives its
+# cpu version.
+
+jitable = register_jitable
+
+
+def for_cpu(generic):
+    """Register the decorated function as ``generic``'s implementation on the cpu target."""
+    def register(cpu_version):
+        overload(generic, target="cpu", strict=False)(lambda *args: cpu_version)
+        return cpu_version
+    return register
+
+
+def cpu_driver(fn):
+    return numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
+
+
+# Every cuda kernel with its argument spec, so that tools (the PTX tests, the PTX report) can compile
+# each one without a GPU: name -> (kernel, spec).
+CUDA_KERNELS = {}
+
+
+def cuda_kernel(argument_spec):
+    """Compile the decorated grid-stride function as a cuda kernel, recorded in ``CUDA_KERNELS``.
+
+    ``argument_spec`` gives each argument's type, space-separated: ``F<d>`` a C-contiguous d-dim array
+    of the kernel's float dtype, ``I<d>`` the same of int64, ``f`` a scalar of the float dtype, ``i`` an
+    int64, ``b`` a bool.
+    """
+    def compile_kernel(fn):
+        kernel = cuda.jit(cache=True)(fn)
+        CUDA_KERNELS[fn.__name__] = (kernel, argument_spec)
+        return kernel
+    return compile_kernel
+
+
+def kernel_argument_types(argument_spec, dtype):
+    """Numba types of a kernel's arguments for float ``dtype``, as ``argument_spec`` describes them."""
+    float_type = numba.from_dtype(np.dtype(dtype))
+    scalars = {"f": float_type, "i": numba.int64, "b": numba.boolean}
+    types = []
+    for token in argument_spec.split():
+        if token in scalars:
+            types.append(scalars[token])
+        else:
+            element = {"F": float_type, "I": numba.int64}[token[0]]
+            types.append(numba.types.Array(element, int(token[1:]), "C"))
+    return tuple(types)
+
+
+if SIMULATED:
+    from numba.cuda.simulator.kernel import _get_kernel_context
+
+    class _SimulatedKernelAPI:
+        """The simulator swaps in a per-launch fake ``cuda`` module only in the globals of functions
+        it was handed; this forwards to that module for helpers in this module."""
+
+        def __getattr__(self, name):
+            return getattr(_get_kernel_context(), name)
+
+    kernel_api = _SimulatedKernelAPI()
+else:
+    kernel_api = cuda
+
+
+@jitable
+def thread_start():
+    """First element of this CUDA thread in a grid-stride loop."""
+    return kernel_api.grid(1)
+
+
+@jitable
+def thread_stride():
+    """Step of a grid-stride loop: the number of threads in the grid."""
+    return kernel_api.gridsize(1)
+
+
+@jitable
+def add_4d(array, i, j, k, l, value):
+    """``array[i, j, k, l] += value``: atomically on the GPU."""
+    kernel_api.atomic.add(array, (i, j, k, l), value)
+
+
+@for_cpu(add_4d)
+def _add_4d_cpu(array, i, j, k, l, value):
+    # A plain add: cpu drivers partition their work so that no two parallel iterations write the
+    # same element.
+    array[i, j, k, l] += value
+
+
+# -- launching -------------------------------------------------------------------------------------
+
+def launch(kernel, size, *args):
+    """Launch a grid-stride ``kernel`` over ``size`` elements on CuPy's current stream."""
+    if size == 0:
+        return
+    threads = SIMULATOR_THREADS if SIMULATED else CUDA_THREADS
+    blocks = min(math.ceil(size / threads), 1 if SIMULATED else MAX_BLOCKS)
+    if SIMULATED or cupy is None:
+        kernel[blocks, threads](*args)
+    else:
+        stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+        kernel[blocks, threads, stream](*args)
+
+
+def run(target_name, kernel, size, *args):
+    """Run a kernel of ``target_name`` over ``size`` elements: a cpu driver directly, a cuda kernel
+    through ``launch``."""
+    if target_name == "cpu":
+        if size:
+            kernel(*args)
+    else:
+        launch(kernel, size, *args)

@@ -1,0 +1,84 @@
+"""The main job: run every operator forward and backward on a target, check its gradients by finite
+differences, and print a table of results and timings."""
+import contextlib
+import time
+
+import numpy as np
+
+from . import _backend, functional
+from .autograd import Tensor
+from .gradcheck import gradcheck
+
+
+def _boxes(rng, count, batch, height, width, scale):
+    """Boxes ``[n, x1, y1, x2, y2]`` in image coordinates (feature coordinates / ``scale``)."""
+    low = rng.uniform(-1, 0.8, (count, 2)) * (width, height)
+    size = rng.uniform(0.1, 0.6, (count, 2)) * (width, height)
+    return np.concatenate([rng.integers(0, batch, (count, 1)), low / scale, (low + size) / scale], 1)
+
+
+def roi_align_case(rng, batch, channels, height, width, boxes, dtype):
+    scale = 0.25
+    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+
+    def call(x):
+        return functional.roi_align(x, rois, (7, 7), scale, sampling_ratio=2, aligned=True)
+    return features, call
+
+
+# operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (features, call)
+OPERATORS = {"roi_align": roi_align_case}
+
+SIZES = {  # (batch, channels, height, width, boxes) for the timing and the gradient check
+    "timing": {"gpu": (2, 256, 50, 68, 512), "cpu": (2, 256, 50, 68, 512), "simulator": (1, 2, 6, 7, 2)},
+    "gradcheck": (1, 2, 9, 10, 3),
+}
+
+
+def run(target=None, repeats=5, out=print):
+    """Run the demo on ``target`` ('cpu' or 'cuda'; default: the GPU when there is one)."""
+    target = target or ("cuda" if _backend.gpu_available() else "cpu")
+    device = "simulator" if target == "cuda" and _backend.SIMULATED else (
+        "gpu" if target == "cuda" else "cpu")
+    to_target = _backend.cupy.asarray if device == "gpu" else np.asarray
+    out(f"numba_droi demo on the {target} target ({device}); float32 timings, float64 gradient check")
+    header = ("operator", "input", "output", "first call s", "forward ms", "fwd+bwd ms", "gradcheck")
+    rows = []
+    with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
+        for name, case in OPERATORS.items():
+            rng = np.random.default_rng(0)
+            features, call = case(rng, *SIZES["timing"][device], np.float32)
+            x = Tensor(to_target(features), requires_grad=True)
+            start = time.perf_counter()
+            output = call(x)
+            grad = _backend.array_module(output.data).ones(output.shape, output.dtype)
+            output.backward(grad)
+            _synchronize(device)
+            first = time.perf_counter() - start
+            forward = _median_ms(lambda: call(x.detach()), repeats, device)
+            both = _median_ms(lambda: call(x).backward(grad), repeats, device)
+            features64, call64 = case(rng, *SIZES["gradcheck"], np.float64)
+            passed = gradcheck(call64, [Tensor(to_target(features64), requires_grad=True)],
+                               raise_exception=False)
+            rows.append((name, "x".join(map(str, features.shape)), "x".join(map(str, output.shape)),
+                         f"{first:.2f}", f"{forward:.1f}", f"{both:.1f}", "pass" if passed else "FAIL"))
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths)] + rows:
+        out("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+    return all(row[-1] == "pass" for row in rows)
+
+
+def _median_ms(fn, repeats, device):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def _synchronize(device):
+    if device == "gpu":
+        _backend.cupy.cuda.get_current_stream().synchronize()

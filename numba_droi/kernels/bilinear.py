@@ -1,0 +1,193 @@
+"""The three bilinear sampling rules of SPEC.md, with their derivatives in the sample coordinate.
+
+Plain Python, callable from the kernels of both targets (and from Python, as the CUDA simulator does).
+``features`` is an ``(N, C, H, W)`` array; ``(y, x)`` a sample position in its pixel grid. Every constant goes through ``features.dtype.type`` so that float32 kernels do float32 arithmetic.
+The rules are not interchangeable: each reproduces the border behaviour of the operators that use it.
+"""
+import math
+
+from .._backend import jitable
+
+
+# -- B1: the RoI-Align rule (roi_align, ps_roi_align, deform_roi_pool) -----------------------------
+
+@jitable
+def b1_weights(features, y, x):
+    """Corners and weights of rule B1 at ``(y, x)``.
+
+    Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free, x_free)``: the value is
+    ``w_ll*F[y_low, x_low] + w_lh*F[y_low, x_high] + w_hl*F[y_high, x_low] + w_hh*F[y_high, x_high]``.
+    Outside ``[-1, H] x [-1, W]`` (NaN included) all weights are 0. A coordinate in ``[-1, 0)`` or
+    ``[H-1, H]`` is clamped to the border, so the value does not depend on it there: ``y_free`` is
+    False then (same for x), which is what the coordinate derivative needs.
+    """
+    f = features.dtype.type
+    height = features.shape[2]
+    width = features.shape[3]
+    zero = f(0)
+    if not (y >= f(-1) and y <= f(height) and x >= f(-1) and x <= f(width)):
+        return 0, 0, 0, 0, zero, zero, zero, zero, False, False
+    y_free = y >= zero
+    x_free = x >= zero
+    y = max(y, zero)
+    x = max(x, zero)
+    y_low = int(y)
+    x_low = int(x)
+    if y_low >= height - 1:
+        y_low = height - 1
+        y_high = height - 1
+        y = f(y_low)
+        y_free = False
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = width - 1
+        x_high = width - 1
+        x = f(x_low)
+        x_free = False
+    else:
+        x_high = x_low + 1
+    ly = y - f(y_low)
+    lx = x - f(x_low)
+    hy = f(1) - ly
+    hx = f(1) - lx
+    return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx, y_free, x_free
+
+
+@jitable
+def b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh):
+    """The value at corners and weights from ``b1_weights``; 0 without reading when all weights are 0
+    (a sample outside the map: its corners might hold inf or NaN)."""
+    if w_ll + w_lh + w_hl + w_hh == features.dtype.type(0):
+        return features.dtype.type(0)
+    return (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
+            + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
+
+
+@jitable
+def b1_value(features, n, c, y, x):
+    """Rule B1: the bilinear value of ``features[n, c]`` at ``(y, x)``."""
+    y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(features, y, x)
+    return b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh)
+
+
+@jitable
+def b1_coordinate_gradient(features, n, c, y, x):
+    """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""
+    y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free, x_free = b1_weights(features, y, x)
+    zero = features.dtype.type(0)
+    if not (y_free or x_free):
+        return zero, zero
+    v_ll = features[n, c, y_low, x_low]
+    v_lh = features[n, c, y_low, x_high]
+    v_hl = features[n, c, y_high, x_low]
+    v_hh = features[n, c, y_high, x_high]
+    # w_ll + w_lh = 1 - ly etc.: recover the one-dimensional weights from the corner weights.
+    hy = w_ll + w_lh
+    ly = w_hl + w_hh
+    hx = w_ll + w_hl
+    lx = w_lh + w_hh
+    dy = hx * (v_hl - v_ll) + lx * (v_hh - v_lh) if y_free else zero
+    dx = hy * (v_lh - v_ll) + ly * (v_hh - v_hl) if x_free else zero
+    return dy, dx
+
+
+# -- B2: the deformable-convolution rule (deform_conv2d) -------------------------------------------
+
+@jitable
+def b2_corner(features, n, c, y, x):
+    """``features[n, c, y, x]``, or 0 outside the map: B2 pads with zeros."""
+    if y >= 0 and y < features.shape[2] and x >= 0 and x < features.shape[3]:
+        return features[n, c, y, x]
+    return features.dtype.type(0)
+
+
+@jitable
+def b2_value(features, n, c, y, x):
+    """Rule B2: 0 unless ``-1 < y < H`` and ``-1 < x < W``; corners outside the map count as 0."""
+    f = features.dtype.type
+    if not (y > f(-1) and y < f(features.shape[2]) and x > f(-1) and x < f(features.shape[3])):
+        return f(0)
+    y_low = int(math.floor(y))
+    x_low = int(math.floor(x))
+    ly = y - f(y_low)
+    lx = x - f(x_low)
+    hy = f(1) - ly
+    hx = f(1) - lx
+    return (hy * hx * b2_corner(features, n, c, y_low, x_low)
+            + hy * lx * b2_corner(features, n, c, y_low, x_low + 1)
+            + ly * hx * b2_corner(features, n, c, y_low + 1, x_low)
+            + ly * lx * b2_corner(features, n, c, y_low + 1, x_low + 1))
+
+
+@jitable
+def b2_coordinate_gradient(features, n, c, y, x):
+    """Derivatives ``(d value/dy, d value/dx)`` of ``b2_value``; 0 outside its support."""
+    f = features.dtype.type
+    if not (y > f(-1) and y < f(features.shape[2]) and x > f(-1) and x < f(features.shape[3])):
+        return f(0), f(0)
+    y_low = int(math.floor(y))
+    x_low = int(math.floor(x))
+    ly = y - f(y_low)
+    lx = x - f(x_low)
+    v_ll = b2_corner(features, n, c, y_low, x_low)
+    v_lh = b2_corner(features, n, c, y_low, x_low + 1)
+    v_hl = b2_corner(features, n, c, y_low + 1, x_low)
+    v_hh = b2_corner(features, n, c, y_low + 1, x_low + 1)
+    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh)
+    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl)
+    return dy, dx
+
+
+# -- B3: the MXNet deformable position-sensitive rule (deform_psroi_pool) --------------------------
+
+@jitable
+def b3_inside(features, y, x):
+    """Whether rule B3 takes a sample at ``(y, x)``: inside ``[-0.5, H-0.5] x [-0.5, W-0.5]``."""
+    f = features.dtype.type
+    half = f(0.5)
+    return (y >= -half and y <= f(features.shape[2]) - half
+            and x >= -half and x <= f(features.shape[3]) - half)
+
+
+@jitable
+def b3_value(features, n, c, y, x):
+    """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
+    f = features.dtype.type
+    y = min(max(y, f(0)), f(features.shape[2] - 1))
+    x = min(max(x, f(0)), f(features.shape[3] - 1))
+    y_low = int(math.floor(y))
+    x_low = int(math.floor(x))
+    y_high = int(math.ceil(y))
+    x_high = int(math.ceil(x))
+    ly = y - f(y_low)
+    lx = x - f(x_low)
+    hy = f(1) - ly
+    hx = f(1) - lx
+    return (hy * hx * features[n, c, y_low, x_low] + hy * lx * features[n, c, y_low, x_high]
+            + ly * hx * features[n, c, y_high, x_low] + ly * lx * features[n, c, y_high, x_high])
+
+
+@jitable
+def b3_coordinate_gradient(features, n, c, y, x):
+    """Derivatives ``(d value/dy, d value/dx)`` of ``b3_value``: 0 where it clamps, one-sided (0) at
+    integer coordinates, where floor and ceil meet."""
+    f = features.dtype.type
+    zero = f(0)
+    y_free = y > zero and y < f(features.shape[2] - 1)
+    x_free = x > zero and x < f(features.shape[3] - 1)
+    y = min(max(y, zero), f(features.shape[2] - 1))
+    x = min(max(x, zero), f(features.shape[3] - 1))
+    y_low = int(math.floor(y))
+    x_low = int(math.floor(x))
+    y_high = int(math.ceil(y))
+    x_high = int(math.ceil(x))
+    ly = y - f(y_low)
+    lx = x - f(x_low)
+    v_ll = features[n, c, y_low, x_low]
+    v_lh = features[n, c, y_low, x_high]
+    v_hl = features[n, c, y_high, x_low]
+    v_hh = features[n, c, y_high, x_high]
+    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh) if y_free and y_high > y_low else zero
+    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl) if x_free and x_high > x_low else zero
+    return dy, dx

@@ -1,0 +1,66 @@
+"""Argument checks shared by the operators. Each runs on the host before any kernel launch and names
+the argument and the bad value in its message."""
+import numbers
+
+import numpy as np
+
+from .. import _backend
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def features(array, name="input", ndim=4):
+    """``array`` as a C-contiguous float32/float64 array of ``ndim`` dimensions."""
+    array = _backend.as_array(array)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(array.shape)}")
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
+    return _backend.array_module(array).ascontiguousarray(array)
+
+
+def rois(boxes, features_array, name="rois"):
+    """``boxes`` as a C-contiguous ``(K, 5)`` array of the features' dtype whose batch indices
+    ``int(boxes[k, 0])`` all lie in ``[0, N)``."""
+    _backend.target_of(features_array, boxes, names=("input", name))
+    boxes = _backend.as_array(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"{name} must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
+                         f"got {tuple(boxes.shape)}")
+    if boxes.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating array, got {boxes.dtype}")
+    xp = _backend.array_module(boxes)
+    boxes = xp.ascontiguousarray(boxes, dtype=features_array.dtype)
+    batch = boxes[:, 0]
+    valid = (batch > -1) & (batch < features_array.shape[0])  # int() truncates toward zero; NaN fails
+    if boxes.shape[0] and not bool(valid.all()):
+        row = int(xp.flatnonzero(~valid)[0])
+        raise ValueError(f"{name}[{row}, 0] = {float(batch[row])} is not a batch index in "
+                         f"[0, {features_array.shape[0]})")
+    return boxes
+
+
+def pair(value, name):
+    """``value`` (an int or a pair of ints) as a pair of positive ints."""
+    pair_ = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair_) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                                  for v in pair_):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    return int(pair_[0]), int(pair_[1])
+
+
+def finite_real(value, name):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def integer(value, name):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def same_shape(array, shape, name):
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")

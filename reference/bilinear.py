@@ -1,0 +1,72 @@
+"""The three bilinear rules of SPEC.md, one sample at a time, on a 2-d ``(H, W)`` plane."""
+import math
+
+import numpy as np
+
+
+def b1(plane, y, x):
+    """RoI-Align rule: 0 outside [-1, H] x [-1, W]; clamp up to 0; border rows/columns take the border."""
+    height, width = plane.shape
+    if not (-1 <= y <= height and -1 <= x <= width):
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= height - 1:
+        y0 = y1 = height - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= width - 1:
+        x0 = x1 = width - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * plane[y0, x0] + (1 - ly) * lx * plane[y0, x1]
+            + ly * (1 - lx) * plane[y1, x0] + ly * lx * plane[y1, x1])
+
+
+def b1_scatter(grad_plane, y, x, grad):
+    """Add ``grad`` times the B1 weights of ``(y, x)`` into ``grad_plane`` (the adjoint of ``b1``)."""
+    height, width = grad_plane.shape
+    if not (-1 <= y <= height and -1 <= x <= width):
+        return
+    # b1 is linear in the plane: probe it with unit planes around the sample (its support).
+    rows = range(max(int(math.floor(y)) - 1, 0), min(int(math.floor(y)) + 3, height))
+    columns = range(max(int(math.floor(x)) - 1, 0), min(int(math.floor(x)) + 3, width))
+    for yy in rows:
+        for xx in columns:
+            basis = np.zeros(grad_plane.shape)
+            basis[yy, xx] = 1.0
+            weight = b1(basis, y, x)
+            if weight:
+                grad_plane[yy, xx] += grad * weight
+
+
+def b2(plane, y, x):
+    """Deformable-convolution rule: 0 unless -1 < y < H, -1 < x < W; corners outside are zeros."""
+    height, width = plane.shape
+    if not (-1 < y < height and -1 < x < width):
+        return 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+
+    def corner(yy, xx):
+        return plane[yy, xx] if 0 <= yy < height and 0 <= xx < width else 0.0
+
+    return ((1 - ly) * (1 - lx) * corner(y0, x0) + (1 - ly) * lx * corner(y0, x0 + 1)
+            + ly * (1 - lx) * corner(y0 + 1, x0) + ly * lx * corner(y0 + 1, x0 + 1))
+
+
+def b3(plane, y, x):
+    """MXNet deformable-PS rule: None (not counted) outside [-0.5, H-0.5] x [-0.5, W-0.5]; otherwise
+    clamp into the map and interpolate between floor and ceil."""
+    height, width = plane.shape
+    if not (-0.5 <= y <= height - 0.5 and -0.5 <= x <= width - 0.5):
+        return None
+    y = min(max(y, 0.0), height - 1.0)
+    x = min(max(x, 0.0), width - 1.0)
+    y0, y1, x0, x1 = math.floor(y), math.ceil(y), math.floor(x), math.ceil(x)
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * plane[y0, x0] + (1 - ly) * lx * plane[y0, x1]
+            + ly * (1 - lx) * plane[y1, x0] + ly * lx * plane[y1, x1])

@@ -1,0 +1,59 @@
+"""Test set-up: the cuda target runs under Numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 is set
+(on a machine with a GPU and CuPy), so the GPU code path is tested on GPU-less machines too."""
+import contextlib
+import os
+import sys
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before anything imports numba.cuda
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # reference/
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import numba_droi  # noqa: E402
+from numba_droi import _backend  # noqa: E402
+
+
+class On:
+    """Arrays and the target context for one target: ``with on: ...`` runs NumPy-made cases there."""
+
+    def __init__(self, name):
+        self.name = name
+        self.gpu = name == "cuda" and not _backend.SIMULATED
+
+    def array(self, value):
+        return _backend.cupy.asarray(value) if self.gpu else np.asarray(value)
+
+    def numpy(self, value):
+        return _backend.to_numpy(value)
+
+    def __enter__(self):
+        self._context = (numba_droi.target(self.name) if self.name == "cuda" and not self.gpu
+                         else contextlib.nullcontext())
+        return self._context.__enter__()
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+    def __repr__(self):
+        return f"On({self.name!r})"
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def on(request):
+    """Each target in turn: the cpu target, and the cuda target (simulated without a GPU)."""
+    if request.param == "cuda" and "cuda" not in _backend.available_targets():
+        pytest.skip("no GPU and no CUDA simulator")
+    return On(request.param)
+
+
+@pytest.fixture
+def cpu():
+    return On("cpu")
+
+
+@pytest.fixture
+def cuda():
+    if "cuda" not in _backend.available_targets():
+        pytest.skip("no GPU and no CUDA simulator")
+    return On("cuda")
