@@ -93,7 +93,10 @@ class Tensor:
             input_grads = node.function.backward(node.ctx, grad)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
-            if len(input_grads) != len(node.inputs):
+            # As in PyTorch, gradients for defaulted arguments that apply() didn't get may follow,
+            # as long as they are None.
+            extra = input_grads[len(node.inputs):]
+            if len(input_grads) < len(node.inputs) or any(g is not None for g in extra):
                 raise RuntimeError(f"{node.function.__name__}.backward returned {len(input_grads)} "
                                    f"gradients for {len(node.inputs)} inputs")
             for parent, parent_grad in zip(node.inputs, input_grads):

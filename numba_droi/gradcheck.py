@@ -73,9 +73,10 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
                 numeric = u @ jacobian.reshape(output_size, -1)
                 excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
                 worst = int(np.argmax(excess))
-                failures.append((excess[worst], f"input {i}, element {np.unravel_index(worst, inputs[i].shape)} "
-                                 f"(cotangent {row}): backward {analytic[worst]!r}, "
-                                 f"finite differences {numeric[worst]!r}"))
+                element = tuple(int(v) for v in np.unravel_index(worst, inputs[i].shape))
+                failures.append((excess[worst], f"input {i}, element {element} (cotangent {row}): "
+                                 f"backward {float(analytic[worst])!r}, "
+                                 f"finite differences {float(numeric[worst])!r}"))
     else:
         for direction in range(n_directions):
             u = rng.standard_normal(output_size)
@@ -91,7 +92,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
             numeric = differentiate.derivative(along, 0.0, order=2, maxiter=1, initial_step=eps,
                                                tolerances=dict(atol=0, rtol=0)).df
             excess = abs(analytic - numeric) - (atol + rtol * abs(numeric))
-            failures.append((excess, f"direction {direction}: backward u.J.v = {analytic!r}, "
+            failures.append((excess, f"direction {direction}: backward u.J.v = {float(analytic)!r}, "
                              f"finite differences {float(numeric)!r}"))
 
     excess, description = max(failures, key=lambda failure: failure[0])

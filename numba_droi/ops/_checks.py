@@ -42,7 +42,13 @@ def rois(boxes, features_array, name="rois"):
 
 def pair(value, name):
     """``value`` (an int or a pair of ints) as a pair of positive ints."""
-    pair_ = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if isinstance(value, numbers.Integral):
+        pair_ = (value, value)
+    else:
+        try:
+            pair_ = tuple(value)
+        except TypeError:
+            pair_ = ()
     if len(pair_) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
                                   for v in pair_):
         raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
