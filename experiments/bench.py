@@ -117,7 +117,7 @@ def plot(rows, path):
 
     labels = [f"{name}\n{direction}" for name, direction, _, _ in rows]
     positions = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.6 * len(rows)), 3.6))
     ax.bar(positions - 0.2, [r[2] for r in rows], 0.4, label="numba_droi (cpu)")
     if any(r[3] is not None for r in rows):
         ax.bar(positions + 0.2, [r[3] or 0 for r in rows], 0.4, label="torchvision (cpu)")

@@ -293,3 +293,20 @@ def test_backward_checks_the_gradient_shape(no_launch):
         numba_droi.roi_align_backward(np.zeros((2, 3, 2, 2)), GOOD_ROIS, (2, 3, 4))
     with pytest.raises(ValueError, match=r"rois\[1, 0\]"):
         numba_droi.roi_align_backward(np.zeros((2, 3, 2, 2)), GOOD_ROIS, (1, 3, 4, 5))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_matches_torchvision_when_installed(cpu, seed):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    features, rois, options = random_case(np.random.default_rng(300 + seed))
+    rois[:, 3:] = np.maximum(rois[:, 3:], rois[:, 1:3])  # torchvision fails on reversed aligned boxes
+    x = torch.tensor(features, requires_grad=True)
+    expected = torchvision.ops.roi_align(x, torch.tensor(rois), **options)
+    grad_output = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+    expected.backward(torch.tensor(grad_output))
+    np.testing.assert_allclose(numba_droi.roi_align(features, rois, **options), expected.detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(numba_droi.roi_align_backward(
+        grad_output, rois, features.shape, **{k: v for k, v in options.items() if k != "output_size"}),
+        x.grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -12,6 +12,19 @@ from .._backend import jitable
 # -- B1: the RoI-Align rule (roi_align, ps_roi_align, deform_roi_pool) -----------------------------
 
 @jitable
+def b1_axis(features, coordinate, size):
+    """Rule B1 along one axis of ``size`` pixels, for a coordinate in ``[-1, size]``: ``(low, high,
+    fraction, free)``. Clamps up to 0 and to the last pixel; ``free`` is False where it clamps."""
+    f = features.dtype.type
+    free = coordinate >= f(0)
+    coordinate = max(coordinate, f(0))
+    low = int(coordinate)
+    if low >= size - 1:
+        return size - 1, size - 1, f(0), False
+    return low, low + 1, coordinate - f(low), free
+
+
+@jitable
 def b1_weights(features, y, x):
     """Corners and weights of rule B1 at ``(y, x)``.
 
@@ -22,33 +35,11 @@ def b1_weights(features, y, x):
     False then (same for x), which is what the coordinate derivative needs.
     """
     f = features.dtype.type
-    height = features.shape[2]
-    width = features.shape[3]
     zero = f(0)
-    if not (y >= f(-1) and y <= f(height) and x >= f(-1) and x <= f(width)):
+    if not (y >= f(-1) and y <= f(features.shape[2]) and x >= f(-1) and x <= f(features.shape[3])):
         return 0, 0, 0, 0, zero, zero, zero, zero, False, False
-    y_free = y >= zero
-    x_free = x >= zero
-    y = max(y, zero)
-    x = max(x, zero)
-    y_low = int(y)
-    x_low = int(x)
-    if y_low >= height - 1:
-        y_low = height - 1
-        y_high = height - 1
-        y = f(y_low)
-        y_free = False
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = width - 1
-        x_high = width - 1
-        x = f(x_low)
-        x_free = False
-    else:
-        x_high = x_low + 1
-    ly = y - f(y_low)
-    lx = x - f(x_low)
+    y_low, y_high, ly, y_free = b1_axis(features, y, features.shape[2])
+    x_low, x_high, lx, x_free = b1_axis(features, x, features.shape[3])
     hy = f(1) - ly
     hx = f(1) - lx
     return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx, y_free, x_free
