@@ -51,11 +51,6 @@ def operators(features, rois):
     return result
 
 
-def time_call(fn, repeats):
-    fn()  # compile and warm up
-    return [_timed(fn) for _ in range(repeats)]
-
-
 def _timed(fn):
     start = time.perf_counter()
     fn()

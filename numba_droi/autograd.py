@@ -24,10 +24,6 @@ def no_grad():
         _grad_enabled = previous
 
 
-def is_grad_enabled():
-    return _grad_enabled
-
-
 class Tensor:
     """An array (NumPy or CuPy) with an optional gradient.
 
