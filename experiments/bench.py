@@ -1,12 +1,13 @@
-"""CPU benchmark of numba_droi's operators, side by side with torchvision when it is importable.
+"""CPU benchmark of numba_droi's operators, each side by side with its peer.
 
-Times forward and forward+backward at a detection-sized case (2x256x50x68 features, 512 boxes, 7x7
-bins, sampling_ratio 2, float32) on the cpu target, both libraries on the same number of threads,
-repeats interleaved so that both see the same machine state, and reports medians and their ratio
-(ours / torchvision: below 1 is faster). Prints the table and saves it, with a plot, under
-experiments/results/.
+Times forward and forward+backward of every operator at its detection-sized case (float32, the cpu
+target) against a peer: torchvision's operator when torchvision is importable, or for operators
+without a CPU peer our own nearest operator at the same size. Both sides run on the same number of
+threads, repeats interleaved so that both see the same machine state; the table reports medians and
+their ratio (ours / peer: below 1 is faster). Prints the table and, when every operator ran, saves it
+with a plot under experiments/results/.
 
-    python experiments/bench.py [--threads 2] [--repeats 15]
+    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...]
 """
 import argparse
 import os
@@ -40,15 +41,29 @@ def detection_case(rng, batch=2, channels=256, height=50, width=68, boxes=512, d
     return features, rois.astype(dtype)
 
 
-def operators(features, rois):
-    """name -> (ours(features_tensor), theirs(features_tensor) or None), each returning the output."""
+class Case:
+    """One benchmark row pair: ``ours(*tensors)`` on Tensors made of ``inputs`` (the arrays that get
+    gradients), and the ``peer`` named ``peer_name`` on ``peer_inputs`` (default: ``inputs``) as torch
+    tensors when the peer is torchvision, else as our Tensors."""
+
+    def __init__(self, inputs, ours, peer_name=None, peer=None, peer_inputs=None):
+        self.inputs, self.ours = inputs, ours
+        self.peer_name, self.peer = peer_name, peer
+        self.peer_inputs = inputs if peer_inputs is None else peer_inputs
+
+
+def roi_align_case(rng):
+    features, rois = detection_case(rng)
     options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
-    result = {"roi_align": (lambda x: F.roi_align(x, rois, **options), None)}
-    if torchvision is not None:
-        torch_rois = torch.from_numpy(rois)
-        result["roi_align"] = (result["roi_align"][0],
-                               lambda x: torchvision.ops.roi_align(x, torch_rois, **options))
-    return result
+    if torchvision is None:
+        return Case([features], lambda x: F.roi_align(x, rois, **options))
+    torch_rois = torch.from_numpy(rois)
+    return Case([features], lambda x: F.roi_align(x, rois, **options),
+                "torchvision", lambda x: torchvision.ops.roi_align(x, torch_rois, **options))
+
+
+# operator -> function(rng) -> Case, at the detection-sized case of that operator
+CASES = {"roi_align": roi_align_case}
 
 
 def _timed(fn):
@@ -57,48 +72,63 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def measure(features, rois, repeats):
+def _peer_tensors(case):
+    if case.peer_name == "torchvision":
+        return [torch.from_numpy(a).requires_grad_(True) for a in case.peer_inputs]
+    return [Tensor(a, requires_grad=True) for a in case.peer_inputs]
+
+
+def _detached(tensors):
+    return [t.detach() for t in tensors]
+
+
+def measure(names, repeats):
     rows = []
-    ours_x = Tensor(features, requires_grad=True)
-    theirs_x = torch.from_numpy(features).requires_grad_(True) if torch is not None else None
-    for name, (ours, theirs) in operators(features, rois).items():
-        out = ours(ours_x)
+    for name in names:
+        case = CASES[name](np.random.default_rng(0))
+        xs = [Tensor(a, requires_grad=True) for a in case.inputs]
+        out = case.ours(*xs)
         grad = np.ones(out.shape, out.dtype)
         calls = {
-            ("forward", "ours"): lambda: ours(ours_x.detach()),
-            ("forward+backward", "ours"): lambda: ours(ours_x).backward(grad),
+            ("forward", "ours"): lambda: case.ours(*_detached(xs)),
+            ("forward+backward", "ours"): lambda: case.ours(*xs).backward(grad),
         }
-        if theirs is not None:
-            torch_grad = torch.from_numpy(grad)
-            calls[("forward", "torchvision")] = lambda: _no_grad(theirs, theirs_x.detach())
-            calls[("forward+backward", "torchvision")] = lambda: theirs(theirs_x).backward(torch_grad)
+        if case.peer is not None:
+            peer_xs = _peer_tensors(case)
+            if case.peer_name == "torchvision":
+                peer_grad = torch.ones(tuple(case.peer(*peer_xs).shape), dtype=peer_xs[0].dtype)
+                calls[("forward", "peer")] = lambda: _no_grad(case.peer, _detached(peer_xs))
+            else:
+                peer_grad = np.ones(case.peer(*peer_xs).shape, out.dtype)
+                calls[("forward", "peer")] = lambda: case.peer(*_detached(peer_xs))
+            calls[("forward+backward", "peer")] = lambda: case.peer(*peer_xs).backward(peer_grad)
         times = {key: [] for key in calls}
         for fn in calls.values():
             fn()  # compile and warm up
-        for _ in range(repeats):  # interleaved: both libraries see the same machine state
+        for _ in range(repeats):  # interleaved: both sides see the same machine state
             for key, fn in calls.items():
                 times[key].append(_timed(fn))
         for direction in ("forward", "forward+backward"):
             ours_ms = 1e3 * statistics.median(times[direction, "ours"])
-            theirs_ms = (1e3 * statistics.median(times[direction, "torchvision"])
-                         if (direction, "torchvision") in times else None)
-            rows.append((name, direction, ours_ms, theirs_ms))
+            peer_ms = (1e3 * statistics.median(times[direction, "peer"])
+                       if (direction, "peer") in times else None)
+            rows.append((name, direction, ours_ms, case.peer_name, peer_ms))
         print(f"  {name}: done", file=sys.stderr, flush=True)
     return rows
 
 
-def _no_grad(fn, x):
+def _no_grad(fn, xs):
     with torch.no_grad():
-        return fn(x)
+        return fn(*xs)
 
 
 def table(rows, threads):
-    lines = [f"| operator | pass | numba_droi (ms) | torchvision (ms) | ratio |",
-             "|---|---|---:|---:|---:|"]
-    for name, direction, ours, theirs in rows:
-        theirs_text = f"{theirs:.1f}" if theirs is not None else "n/a"
-        ratio = f"{ours / theirs:.2f}" if theirs is not None else "n/a"
-        lines.append(f"| {name} | {direction} | {ours:.1f} | {theirs_text} | {ratio} |")
+    lines = ["| operator | pass | numba_droi (ms) | peer | peer (ms) | ratio |",
+             "|---|---|---:|---|---:|---:|"]
+    for name, direction, ours, peer_name, peer in rows:
+        peer_text = f"{peer:.1f}" if peer is not None else "n/a"
+        ratio = f"{ours / peer:.2f}" if peer is not None else "n/a"
+        lines.append(f"| {name} | {direction} | {ours:.1f} | {peer_name or 'n/a'} | {peer_text} | {ratio} |")
     versions = (f"numba_droi {numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}"
                 + (f", torch {torch.__version__}, torchvision {torchvision.__version__}" if torch else ""))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
@@ -110,15 +140,19 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{name}\n{direction}" for name, direction, _, _ in rows]
+    labels = [f"{row[0]}\n{row[1]}" + (f"\nvs {row[3]}" if row[3] else "") for row in rows]
     positions = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.6 * len(rows)), 3.6))
     ax.bar(positions - 0.2, [r[2] for r in rows], 0.4, label="numba_droi (cpu)")
-    if any(r[3] is not None for r in rows):
-        ax.bar(positions + 0.2, [r[3] or 0 for r in rows], 0.4, label="torchvision (cpu)")
+    if any(r[4] is not None for r in rows):
+        ax.bar(positions + 0.2, [r[4] or 0 for r in rows], 0.4, label="peer (cpu)")
+        for position, row in zip(positions, rows):
+            if row[4] is not None:
+                ax.annotate(f"{row[2] / row[4]:.2f}x", (position, max(row[2], row[4])),
+                            ha="center", va="bottom", fontsize=8)
     ax.set_xticks(positions, labels)
     ax.set_ylabel("median time (ms)")
-    ax.set_title("Detection-sized case: 2x256x50x68, 512 boxes, 7x7")
+    ax.set_title("CPU, detection-sized cases (ratio = numba_droi / peer)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -129,16 +163,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="these operators only")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     if torch is not None:
         torch.set_num_threads(args.threads)
-    features, rois = detection_case(np.random.default_rng(0))
-    rows = measure(features, rois, args.repeats)
+    rows = measure(args.only or list(CASES), args.repeats)
     text = table(rows, args.threads)
     print(text)
-    if not args.no_save:
+    if not (args.no_save or args.only):
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, "bench_cpu.md"), "w") as f:
             f.write("# CPU benchmark\n\n" + text)

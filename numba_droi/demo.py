@@ -24,10 +24,12 @@ def roi_align_case(rng, batch, channels, height, width, boxes, dtype):
 
     def call(x):
         return functional.roi_align(x, rois, (7, 7), scale, sampling_ratio=2, aligned=True)
-    return features, call
+    return [features], call
 
 
-# operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (features, call)
+# operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (inputs, call): the
+# arrays that get gradients (features first) and ``call(*tensors)``, the operator on them as Tensors.
+# A case may adapt the sizes to its operator (channel counts, boxes unused).
 OPERATORS = {"roi_align": roi_align_case}
 
 SIZES = {  # (batch, channels, height, width, boxes) for the timing and the gradient check
@@ -48,20 +50,20 @@ def run(target=None, repeats=5, out=print):
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
         for name, case in OPERATORS.items():
             rng = np.random.default_rng(0)
-            features, call = case(rng, *SIZES["timing"][device], np.float32)
-            x = Tensor(to_target(features), requires_grad=True)
+            arrays, call = case(rng, *SIZES["timing"][device], np.float32)
+            xs = [Tensor(to_target(a), requires_grad=True) for a in arrays]
             start = time.perf_counter()
-            output = call(x)
+            output = call(*xs)
             grad = _backend.array_module(output.data).ones(output.shape, output.dtype)
             output.backward(grad)
             _synchronize(device)
             first = time.perf_counter() - start
-            forward = _median_ms(lambda: call(x.detach()), repeats, device)
-            both = _median_ms(lambda: call(x).backward(grad), repeats, device)
-            features64, call64 = case(rng, *SIZES["gradcheck"], np.float64)
-            passed = gradcheck(call64, [Tensor(to_target(features64), requires_grad=True)],
+            forward = _median_ms(lambda: call(*(x.detach() for x in xs)), repeats, device)
+            both = _median_ms(lambda: call(*xs).backward(grad), repeats, device)
+            arrays64, call64 = case(rng, *SIZES["gradcheck"], np.float64)
+            passed = gradcheck(call64, [Tensor(to_target(a), requires_grad=True) for a in arrays64],
                                raise_exception=False)
-            rows.append((name, "x".join(map(str, features.shape)), "x".join(map(str, output.shape)),
+            rows.append((name, "x".join(map(str, arrays[0].shape)), "x".join(map(str, output.shape)),
                          f"{first:.2f}", f"{forward:.1f}", f"{both:.1f}", "pass" if passed else "FAIL"))
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths)] + rows:

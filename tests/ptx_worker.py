@@ -18,11 +18,11 @@ numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capab
 
 from numba import cuda  # noqa: E402
 
-import numba_droi.kernels.roi_align  # noqa: E402,F401  (registers its kernels)
-from numba_droi import _backend  # noqa: E402
+from numba_droi import _backend, kernels  # noqa: E402
 
 
 def main(out_dir, *capabilities):
+    kernels.import_all()
     for name, (kernel, spec) in _backend.CUDA_KERNELS.items():
         for dtype in ("float32", "float64"):
             for cc in capabilities:

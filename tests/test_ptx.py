@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from numba_droi import _backend
+from numba_droi import _backend, kernels
 
 CAPABILITIES = ("70", "90")
 
@@ -22,7 +22,7 @@ def ptx_files(tmp_path_factory):
 
 
 def test_every_kernel_compiles_for_every_capability_and_dtype(ptx_files):
-    import numba_droi.kernels.roi_align  # noqa: F401
+    kernels.import_all()
     expected = {f"{name}.{dtype}.sm_{cc}.ptx" for name in _backend.CUDA_KERNELS
                 for dtype in ("float32", "float64") for cc in CAPABILITIES}
     assert set(ptx_files) == expected
