@@ -5,6 +5,10 @@ on plain arrays, as in PyTorch. ``Function.apply(*args)`` unwraps Tensor argumen
 and, when gradients are being recorded and some input requires one, links the output to a node of the
 graph. ``Tensor.backward`` walks the graph in reverse topological order and accumulates gradients into
 the ``.grad`` of the leaf Tensors that require them.
+
+Tensor's arithmetic operators (``+ - * / @``, unary ``-``) are Functions defined here, next to Tensor:
+Python finds operators only as methods of the class, and this layer must not import ``functional``.
+They broadcast as NumPy does; each input's gradient is summed over the axes it was broadcast along.
 """
 import contextlib
 
@@ -28,7 +32,13 @@ class Tensor:
     """An array (NumPy or CuPy) with an optional gradient.
 
     ``data`` is the array, ``grad`` the accumulated gradient (None until a backward reaches it).
+    ``+ - * / @`` and unary ``-`` are differentiable; the other operand may be a Tensor, an array or a
+    Python number.
     """
+
+    # NumPy and CuPy arrays defer to Tensor's reflected operators (array + tensor -> Tensor.__radd__)
+    # instead of treating the Tensor as an element of an object array.
+    __array_ufunc__ = None
 
     def __init__(self, array, requires_grad=False):
         self.data = _backend.as_array(array.data if isinstance(array, Tensor) else array)
@@ -60,6 +70,39 @@ class Tensor:
 
     def zero_grad(self):
         self.grad = None
+
+    def __add__(self, other):
+        return Add.apply(self, other)
+
+    def __radd__(self, other):
+        return Add.apply(other, self)
+
+    def __sub__(self, other):
+        return Subtract.apply(self, other)
+
+    def __rsub__(self, other):
+        return Subtract.apply(other, self)
+
+    def __mul__(self, other):
+        return Multiply.apply(self, other)
+
+    def __rmul__(self, other):
+        return Multiply.apply(other, self)
+
+    def __truediv__(self, other):
+        return Divide.apply(self, other)
+
+    def __rtruediv__(self, other):
+        return Divide.apply(other, self)
+
+    def __matmul__(self, other):
+        return MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return MatMul.apply(other, self)
+
+    def __neg__(self):
+        return Negate.apply(self)
 
     def backward(self, grad=None):
         """Accumulate ``d self / d leaf``, contracted with ``grad``, into every leaf's ``.grad``.
@@ -180,3 +223,105 @@ class Function:
             result.requires_grad = True
             result._node = _Node(cls, ctx, args)
         return result
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+
+def reduce_to(grad, like):
+    """``grad`` of a broadcast result, summed back to the shape (and dtype) of the input ``like``."""
+    extra = grad.ndim - like.ndim
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(axis for axis, size in enumerate(like.shape) if size == 1 and grad.shape[axis] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return _backend.as_array(grad).astype(like.dtype, copy=False)
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        needs_a, needs_b = ctx.needs_input_grad
+        return (reduce_to(grad, a) if needs_a else None), (reduce_to(grad, b) if needs_b else None)
+
+
+class Subtract(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        needs_a, needs_b = ctx.needs_input_grad
+        return (reduce_to(grad, a) if needs_a else None), (reduce_to(-grad, b) if needs_b else None)
+
+
+class Multiply(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        needs_a, needs_b = ctx.needs_input_grad
+        return (reduce_to(grad * b, a) if needs_a else None), (reduce_to(grad * a, b) if needs_b else None)
+
+
+class Divide(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        needs_a, needs_b = ctx.needs_input_grad
+        return ((reduce_to(grad / b, a) if needs_a else None),
+                (reduce_to(-grad * a / (b * b), b) if needs_b else None))
+
+
+class Negate(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class MatMul(Function):
+    """``a @ b`` with NumPy's rules: 1-d operands are promoted to a row (a) or a column (b) and the
+    promoted axis dropped from the result; leading (batch) axes broadcast."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        xp = _backend.array_module(grad)
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        grad2 = grad[..., None] if b.ndim == 1 else grad  # the result with the dropped axes put back
+        grad2 = grad2[..., None, :] if a.ndim == 1 else grad2
+        needs_a, needs_b = ctx.needs_input_grad
+        grad_a = grad_b = None
+        if needs_a:
+            grad_a = reduce_to(grad2 @ xp.swapaxes(b2, -1, -2), a2).reshape(a.shape)
+        if needs_b:
+            grad_b = reduce_to(xp.swapaxes(a2, -1, -2) @ grad2, b2).reshape(b.shape)
+        return grad_a, grad_b
