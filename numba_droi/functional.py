@@ -1,5 +1,7 @@
 """Differentiable operators: Tensor in, Tensor out, one ``Function`` each."""
-from . import ops
+import numpy as np
+
+from . import _backend, ops
 from .autograd import Function, Tensor
 
 
@@ -31,3 +33,272 @@ roi_align.__doc__ += "\n" + ops.roi_align.__doc__
 
 def _tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
+
+
+# -- the basics of a detection head: shapes, reductions, activations, linear layers, losses ---------
+# Tensor arithmetic (+ - * / @, unary -) is on Tensor itself (numba_droi.autograd). These work on
+# NumPy or CuPy arrays alike.
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, input, shape):
+        ctx.input_shape = input.shape
+        return input.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.reshape(ctx.input_shape), None
+
+
+def reshape(input, shape):
+    """``input`` with a new ``shape`` (one entry may be -1), as ``numpy.reshape``."""
+    return Reshape.apply(_tensor(input), tuple(shape) if np.iterable(shape) else (shape,))
+
+
+def flatten(input, start_dim=0, end_dim=-1):
+    """``input`` with axes ``start_dim..end_dim`` (inclusive) merged into one, as ``torch.flatten``."""
+    input = _tensor(input)
+    ndim = max(input.ndim, 1)
+    start, end = (_axis(d, ndim, name) for d, name in ((start_dim, "start_dim"), (end_dim, "end_dim")))
+    if start > end:
+        raise ValueError(f"start_dim ({start_dim}) must not come after end_dim ({end_dim})")
+    shape = input.shape or (1,)
+    return reshape(input, shape[:start] + (-1,) + shape[end + 1:])
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, input, axes, keepdims):
+        ctx.input_shape, ctx.axes, ctx.keepdims = input.shape, axes, keepdims
+        return input.sum(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        xp = _backend.array_module(grad_output)
+        if not ctx.keepdims:
+            grad_output = xp.expand_dims(grad_output, ctx.axes)
+        return xp.broadcast_to(grad_output, ctx.input_shape).copy(), None, None
+
+
+def sum(input, axis=None, keepdims=False):
+    """Sum over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.sum``."""
+    input = _tensor(input)
+    return Sum.apply(input, _axes(axis, input.ndim), bool(keepdims))
+
+
+def mean(input, axis=None, keepdims=False):
+    """Mean over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.mean``."""
+    input = _tensor(input)
+    axes = _axes(axis, input.ndim)
+    count = int(np.prod([input.shape[a] for a in axes]))
+    return Sum.apply(input, axes, bool(keepdims)) * (1.0 / count if count else float("nan"))
+
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx, input):
+        ctx.positive = input > 0
+        return _backend.array_module(input).maximum(input, 0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * ctx.positive
+
+
+def relu(input):
+    """``max(input, 0)``; the gradient at 0 is 0, as in PyTorch."""
+    return ReLU.apply(_tensor(input))
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, input):
+        xp = _backend.array_module(input)
+        decay = xp.exp(-xp.abs(input))  # exp of a non-positive number: never overflows
+        output = xp.where(input >= 0, 1 / (1 + decay), decay / (1 + decay))
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output * output * (1 - output)
+
+
+def sigmoid(input):
+    """``1 / (1 + exp(-input))``, computed without overflow for large ``|input|``."""
+    return Sigmoid.apply(_tensor(input))
+
+
+class Linear(Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(input, weight)
+        output = input @ weight.T
+        return output if bias is None else output + bias
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        rows = grad_output.reshape(-1, weight.shape[0])
+        grad_input = (grad_output @ weight) if needs_input else None
+        grad_weight = (rows.T @ input.reshape(-1, weight.shape[1])) if needs_weight else None
+        grad_bias = rows.sum(axis=0) if needs_bias else None
+        return grad_input, grad_weight, grad_bias
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias``: ``input`` (..., in_features), ``weight`` (out_features,
+    in_features), ``bias`` (out_features,) or None; as ``torch.nn.functional.linear``."""
+    input, weight = _tensor(input), _tensor(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {weight.shape}")
+    if input.ndim < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input's last axis must have weight.shape[1] = {weight.shape[1]} elements, "
+                         f"got input of shape {input.shape}")
+    if bias is not None:
+        bias = _tensor(bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(f"bias must have shape {weight.shape[:1]}, got {bias.shape}")
+    return Linear.apply(input, weight, bias)
+
+
+class SoftmaxCrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, logits, labels, reduction):
+        xp = _backend.array_module(logits)
+        rows = xp.arange(logits.shape[0])
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_sum_exp = xp.log(xp.exp(shifted).sum(axis=1))
+        ctx.softmax = xp.exp(shifted - log_sum_exp[:, None])
+        ctx.rows, ctx.labels, ctx.reduction = rows, labels, reduction
+        return _reduce(log_sum_exp - shifted[rows, labels], reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = ctx.softmax.copy()
+        grad[ctx.rows, ctx.labels] -= 1
+        return grad * _reduced_grad(grad_output, ctx.reduction, len(grad))[..., None], None, None
+
+
+def softmax_cross_entropy(logits, labels, reduction="mean"):
+    """Cross-entropy of ``softmax(logits)`` against integer ``labels``: for each row ``i``,
+    ``log(sum_c exp(logits[i, c])) - logits[i, labels[i]]``, computed with the log-sum-exp shift
+    (stable for large logits). ``logits`` (N, C), ``labels`` (N,) integers in ``[0, C)`` (an array
+    or Tensor, not differentiated); ``reduction`` "mean" (as ``torch.nn.functional.cross_entropy``),
+    "sum" or "none"."""
+    logits = _tensor(logits)
+    labels = labels.data if isinstance(labels, Tensor) else labels
+    labels = _backend.array_module(logits.data).asarray(labels)
+    _check_reduction(reduction)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-d (N, C), got shape {logits.shape}")
+    if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers of shape {logits.shape[:1]}, got {labels.dtype} "
+                         f"of shape {tuple(labels.shape)}")
+    outside = (labels < 0) | (labels >= logits.shape[1])
+    if bool(outside.any()):
+        row = int(outside.nonzero()[0][0])
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {int(labels[row])} at row {row}")
+    return SoftmaxCrossEntropy.apply(logits, labels, reduction)
+
+
+class SmoothL1Loss(Function):
+    @staticmethod
+    def forward(ctx, input, target, beta, reduction):
+        xp = _backend.array_module(input)
+        difference = input - target
+        size = xp.abs(difference)
+        if beta == 0:
+            loss, ctx.slope = size, xp.sign(difference)
+        else:
+            quadratic = size < beta
+            loss = xp.where(quadratic, 0.5 * difference * difference / beta, size - 0.5 * beta)
+            ctx.slope = xp.where(quadratic, difference / beta, xp.sign(difference))
+        ctx.reduction = reduction
+        return _reduce(loss, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _elementwise_loss_grads(ctx, ctx.slope, grad_output)
+
+
+def smooth_l1_loss(input, target, beta=1.0, reduction="mean"):
+    """Smooth L1 (Huber-like) loss of Fast R-CNN, with PyTorch's ``beta``: elementwise
+    ``0.5 * d**2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 * beta``, for ``d = input - target``
+    (``beta = 0`` gives ``|d|``); reduced by ``reduction`` "mean", "sum" or "none". ``input`` and
+    ``target`` have the same shape; both may be differentiated."""
+    input, target = _tensor(input), _tensor(target)
+    _check_reduction(reduction)
+    _check_same_shape(input, target)
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    return SmoothL1Loss.apply(input, target, float(beta), reduction)
+
+
+class MSELoss(Function):
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        difference = input - target
+        ctx.slope, ctx.reduction = 2 * difference, reduction
+        return _reduce(difference * difference, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _elementwise_loss_grads(ctx, ctx.slope, grad_output)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error ``(input - target)**2``, reduced by ``reduction`` "mean", "sum" or "none".
+    ``input`` and ``target`` have the same shape; both may be differentiated."""
+    input, target = _tensor(input), _tensor(target)
+    _check_reduction(reduction)
+    _check_same_shape(input, target)
+    return MSELoss.apply(input, target, reduction)
+
+
+def _elementwise_loss_grads(ctx, slope, grad_output):
+    """Gradients (input, target, then None for the options) of a reduced elementwise loss of
+    ``input - target`` whose elementwise derivative is ``slope``."""
+    grad = slope * _reduced_grad(grad_output, ctx.reduction, slope.size)
+    needs_input, needs_target = ctx.needs_input_grad[:2]
+    return (grad if needs_input else None), (-grad if needs_target else None), None, None
+
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce(loss, reduction):
+    return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _reduced_grad(grad_output, reduction, count):
+    """The gradient of ``_reduce`` for each element of the unreduced loss (broadcastable to it)."""
+    return grad_output / count if reduction == "mean" else grad_output
+
+
+def _check_same_shape(input, target):
+    if input.shape != target.shape:
+        raise ValueError(f"target must have the shape of input {input.shape}, got {target.shape}")
+
+
+def _axis(axis, ndim, name="axis"):
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} must lie in [{-ndim}, {ndim}), got {axis}")
+    return axis % ndim
+
+
+def _axes(axis, ndim):
+    """``axis`` (None, an int or a tuple) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = tuple(_axis(a, ndim) for a in (axis if np.iterable(axis) else (axis,)))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis must not repeat an axis, got {axis}")
+    return tuple(sorted(axes))
