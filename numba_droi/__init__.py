@@ -3,9 +3,10 @@ written once in Python and compiled by Numba for the CPU and for CUDA.
 
 Array level (NumPy or CuPy in, the same kind out): ``roi_align`` and ``roi_align_backward``.
 Differentiable level: ``numba_droi.functional`` on ``Tensor`` objects, with ``Function`` for your
-own operations and ``gradcheck`` to test them.
+own operations and ``gradcheck`` to test them. Training: ``numba_droi.nn`` (modules) and
+``numba_droi.optim`` (SGD, Adam).
 """
-from . import functional
+from . import functional, nn, optim
 from ._backend import available_targets, target
 from .autograd import Function, Tensor, no_grad
 from .gradcheck import GradcheckError, gradcheck
@@ -13,4 +14,4 @@ from .ops import roi_align, roi_align_backward
 
 __version__ = "0.1.0"
 __all__ = ["Function", "GradcheckError", "Tensor", "available_targets", "functional", "gradcheck",
-           "no_grad", "roi_align", "roi_align_backward", "target"]
+           "nn", "no_grad", "optim", "roi_align", "roi_align_backward", "target"]
