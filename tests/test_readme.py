@@ -1,13 +1,13 @@
 """The README's Python examples run as written, and each shows what it claims: a gradient example
 leaves a gradient in ``x``, a training example records falling ``losses``."""
-import os
+import pathlib
 import re
 
 import numpy as np
 import pytest
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-BLOCKS = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def check_gradient(namespace):
