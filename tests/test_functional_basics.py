@@ -243,7 +243,8 @@ def away_from_kinks(shape, beta, seed):
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
 def test_smooth_l1_loss_matches_the_cases_and_checks(beta, reduction):
     input, target = away_from_kinks((3, 4), beta, seed=4)
-    expected = smooth_l1_by_cases(input.data - target.data, beta) if beta else np.abs(input.data - target.data)
+    difference = input.data - target.data
+    expected = smooth_l1_by_cases(difference, beta) if beta else np.abs(difference)
     out = F.smooth_l1_loss(input, target, beta, reduction)
     np.testing.assert_allclose(out.data, reduce(expected, reduction), rtol=1e-14)
     assert gradcheck(lambda x, t: F.smooth_l1_loss(x, t, beta, reduction), [input, target])

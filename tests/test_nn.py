@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import numba_droi
+from numba_droi import _backend, optim
 from numba_droi import functional as F
 from numba_droi import nn
 from numba_droi.autograd import Tensor
@@ -181,7 +182,7 @@ def test_roi_head_gradients_check_on_cpu(cpu):
 def test_roi_head_is_the_same_on_both_targets(cuda, cpu):
     results = []
     for on in (cpu, cuda):
-        head = roi_head()
+        head = roi_head().to(_backend.cupy if on.gpu else np)
         x = Tensor(on.array(features()), requires_grad=True)
         with on:
             loss = F.softmax_cross_entropy(head(x, on.array(ROIS)), np.array([0, 2, 1]))
@@ -190,3 +191,27 @@ def test_roi_head_is_the_same_on_both_targets(cuda, cpu):
                        [on.numpy(p.grad) for p in head.parameters()])
     for on_cpu, on_cuda in zip(*results):
         np.testing.assert_allclose(on_cuda, on_cpu, rtol=1e-12, atol=1e-14)
+
+
+def test_layers_losses_and_optimizers_run_on_cupy_as_on_numpy(cuda):
+    if not cuda.gpu:
+        pytest.skip("needs CuPy and a GPU (the simulator runs on NumPy arrays)")
+    rng = np.random.default_rng(0)
+    x, target = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 4))
+    labels, offset = rng.integers(0, 4, 5), rng.standard_normal((1, 4))
+    results = []
+    for xp in (np, _backend.cupy):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4, rng=1, dtype=np.float64), nn.Sigmoid())
+        model.to(xp)
+        optimizer = optim.Adam(model.parameters(), lr=0.1)
+        for _ in range(2):
+            optimizer.zero_grad()
+            out = model(xp.asarray(x)) * 2 - xp.asarray(offset) / 3
+            loss = (F.softmax_cross_entropy(F.relu(out) @ xp.eye(4), xp.asarray(labels))
+                    + F.smooth_l1_loss(out, xp.asarray(target), 0.5) + F.mse_loss(F.mean(out, 1), xp.zeros(5))
+                    + F.sum(F.reshape(out, (4, 5))) / 20)
+            loss.backward()
+            optimizer.step()
+        results.append([loss.item()] + [_backend.to_numpy(v) for v in model.state_dict().values()])
+    for on_numpy, on_cupy in zip(*results):
+        np.testing.assert_allclose(on_cupy, on_numpy, rtol=1e-10)

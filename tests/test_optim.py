@@ -69,8 +69,8 @@ def test_adam_follows_its_rule(options):
     np.testing.assert_allclose(run(optim.Adam, start, grads, **options), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name, options", [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS],
-                         ids=str)
+@pytest.mark.parametrize("name, options",
+                         [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS], ids=str)
 def test_optimizers_agree_with_torch(name, options):
     torch = pytest.importorskip("torch")
     start, grads = np.random.default_rng(1).standard_normal((3, 4)), gradients((3, 4))
