@@ -80,7 +80,7 @@ class Sum(Function):
         return xp.broadcast_to(grad_output, ctx.input_shape).copy(), None, None
 
 
-def sum(input, axis=None, keepdims=False):
+def sum(input, axis=None, keepdims=False):  # shadows the builtin in this module: use np.sum here
     """Sum over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.sum``."""
     input = _tensor(input)
     return Sum.apply(input, _axes(axis, input.ndim), bool(keepdims))

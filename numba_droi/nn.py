@@ -2,7 +2,8 @@
 
 A ``Module`` holds ``Parameter`` objects (Tensors that require gradients) and sub-modules as plain
 attributes; ``parameters()`` and ``state_dict()`` find them by walking the attributes in the order they
-were assigned, so a new layer needs nothing but ``__init__`` and ``forward``::
+were assigned (not inside lists or dicts: use ``Sequential``), so a new layer needs nothing but
+``__init__`` and ``forward``::
 
     class Head(Module):
         def __init__(self, rng=None):

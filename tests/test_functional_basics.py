@@ -288,3 +288,18 @@ def test_losses_agree_with_torch():
         theirs = torch.nn.functional.mse_loss(torch.tensor(input), torch.tensor(target),
                                               reduction=reduction).item()
         assert np.isclose(ours, theirs, rtol=1e-12)
+
+
+def test_non_contiguous_inputs_give_what_contiguous_ones_give():
+    base = np.random.default_rng(7).standard_normal((3, 8))
+    strided = base[:, ::2]  # (3, 4), not contiguous
+    weight, labels = np.random.default_rng(8).standard_normal((2, 4)), np.array([1, 0, 1])
+
+    def loss_and_gradient(x):
+        x = Tensor(x, requires_grad=True)
+        loss = F.softmax_cross_entropy(F.linear(F.sigmoid(x) * x, weight), labels) + F.mean(F.relu(x))
+        loss.backward()
+        return loss.item(), x.grad
+
+    for ours, expected in zip(loss_and_gradient(strided), loss_and_gradient(strided.copy())):
+        np.testing.assert_array_equal(ours, expected)
