@@ -142,8 +142,10 @@ def b3_inside(features, y, x):
 
 
 @jitable
-def b3_value(features, n, c, y, x):
-    """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
+def b3_weights(features, y, x):
+    """Corners and weights of rule B3 at a sample that ``b3_inside`` accepts: clamp into the map,
+    interpolate between floor and ceil. Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl,
+    w_hh)`` as ``b1_weights`` does (corners coincide at integer coordinates)."""
     f = features.dtype.type
     y = min(max(y, f(0)), f(features.shape[2] - 1))
     x = min(max(x, f(0)), f(features.shape[3] - 1))
@@ -155,8 +157,15 @@ def b3_value(features, n, c, y, x):
     lx = x - f(x_low)
     hy = f(1) - ly
     hx = f(1) - lx
-    return (hy * hx * features[n, c, y_low, x_low] + hy * lx * features[n, c, y_low, x_high]
-            + ly * hx * features[n, c, y_high, x_low] + ly * lx * features[n, c, y_high, x_high])
+    return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx
+
+
+@jitable
+def b3_value(features, n, c, y, x):
+    """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
+    y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(features, y, x)
+    return (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
+            + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
 
 
 @jitable
