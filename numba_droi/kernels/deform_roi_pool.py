@@ -46,6 +46,8 @@ def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y,
     sum_c g_c * pooled_c)``, the unmodulated offset gradients and the mask gradient."""
     f = features.dtype.type
     n, _, _, _, _, grid_h, grid_w = box
+    if grid_h * grid_w == 0:  # also a non-finite box, whose scales are NaN
+        return f(0), f(0), f(0)
     grad_y = f(0)
     grad_x = f(0)
     weighted = f(0)
@@ -58,7 +60,7 @@ def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y,
                 grad_y += g * dy
                 grad_x += g * dx
                 weighted += g * b1_value(features, n, c, y, x)
-    count = f(max(grid_h * grid_w, 1))
+    count = f(grid_h * grid_w)
     return scale_x * grad_x / count, scale_y * grad_y / count, weighted / count
 
 
