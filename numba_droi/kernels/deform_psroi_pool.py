@@ -140,6 +140,9 @@ def deform_psroi_part_gradient(features, grad_output, rois, trans, k, class_id, 
     """``(d/d trans[k, 2*class_id, part_h, part_w], d/d trans[k, 2*class_id + 1, part_h, part_w])`` of
     ``sum(grad_output * output)``: a sum over the class's channels and the bins of the part cell."""
     f = features.dtype.type
+    _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
+    if not (math.isfinite(roi_h) and math.isfinite(roi_w)):  # such a box takes no sample
+        return f(0), f(0)
     output_dim, pooled_size = grad_output.shape[1], grad_output.shape[2]
     per_class = output_dim // (trans.shape[1] // 2)
     grad_y = f(0)
@@ -166,7 +169,6 @@ def deform_psroi_part_gradient(features, grad_output, rois, trans, k, class_id, 
                             dy, dx = b3_coordinate_gradient(features, n, channel, h, w)
                             grad_y += grad * dy
                             grad_x += grad * dx
-    _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
     return trans_std * roi_w * grad_x, trans_std * roi_h * grad_y
 
 
