@@ -66,6 +66,15 @@ def b1_value(features, n, c, y, x):
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""
     y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free, x_free = b1_weights(features, y, x)
+    return b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh,
+                              y_free, x_free)
+
+
+@jitable
+def b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free,
+                       x_free):
+    """``b1_coordinate_gradient`` from the corners, weights and flags of ``b1_weights`` (drivers that
+    reuse one sample's weights across channels)."""
     zero = features.dtype.type(0)
     if not (y_free or x_free):
         return zero, zero

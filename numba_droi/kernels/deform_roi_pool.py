@@ -15,7 +15,8 @@ import numba
 import numpy as np
 
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import b1_coordinate_gradient, b1_interpolate, b1_value, b1_weights
+from .bilinear import (b1_coordinate_gradient, b1_corner_gradient, b1_interpolate, b1_value,
+                       b1_weights)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box, roi_align_sample,
                         unravel_output_index)
 
@@ -67,8 +68,8 @@ def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y,
 # cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
 # one thread per (box, bin) for the offset and mask gradients, looping over channels: every thread of
 # a bin would otherwise add into the same two offset elements, a worst case for atomics.
-# cpu: a parallel iteration per box for the forward, per channel for the input gradient and per
-# (box, bin) for the offset and mask gradients, so that no two iterations write the same element.
+# cpu: a parallel iteration per box for the forward and for the offset and mask gradients, per
+# channel for the input gradient, so that no two iterations write the same element.
 
 @cuda_kernel("F4 F2 F4 F4 f i f F4")
 def deform_roi_pool_forward_cuda(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
@@ -158,18 +159,56 @@ def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale,
 @cpu_driver
 def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
                                          sampling_ratio, gamma, grad_offset, grad_mask):
-    boxes, _, pooled_h, pooled_w = grad_mask.shape
-    for index in numba.prange(boxes * pooled_h * pooled_w):
-        k = index // (pooled_h * pooled_w)
-        ph = (index - k * pooled_h * pooled_w) // pooled_w
-        pw = index - (k * pooled_h + ph) * pooled_w
-        box, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                        sampling_ratio, gamma)
-        grad_x, grad_y, grad_m = deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box,
-                                                              scale_y, scale_x)
-        grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * grad_x
-        grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * grad_y
-        grad_mask[k, 0, ph, pw] = grad_m
+    # Per box: the samples' corners, weights and clamp flags once, then channel by channel over the
+    # box's bins (the memory order of the forward driver); the same sums as
+    # deform_roi_pool_bin_gradient, in another order.
+    f = features.dtype.type
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    for k in numba.prange(boxes):
+        first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio,
+                                              gamma)
+        n, _, _, _, _, grid_h, grid_w = first
+        samples = grid_h * grid_w
+        if samples == 0:
+            continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
+        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
+        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+        free = np.empty((pooled_h, pooled_w, samples, 2), np.bool_)
+        sums = np.zeros((3, pooled_h, pooled_w), features.dtype)  # d/dx, d/dy, mask
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                    sampling_ratio, gamma)
+                for s in range(samples):
+                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
+                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
+                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], free[ph, pw, s, 0],
+                     free[ph, pw, s, 1]) = b1_weights(features, y, x)
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    g = grad_output[k, c, ph, pw]
+                    for s in range(samples):
+                        y_low, x_low, y_high, x_high = (corners[ph, pw, s, 0], corners[ph, pw, s, 1],
+                                                        corners[ph, pw, s, 2], corners[ph, pw, s, 3])
+                        w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                                                  weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+                        dy, dx = b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll,
+                                                    w_lh, w_hl, w_hh, free[ph, pw, s, 0],
+                                                    free[ph, pw, s, 1])
+                        sums[0, ph, pw] += g * dx
+                        sums[1, ph, pw] += g * dy
+                        sums[2, ph, pw] += g * b1_interpolate(features, n, c, y_low, x_low, y_high,
+                                                              x_high, w_ll, w_lh, w_hl, w_hh)
+        count = f(samples)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                _, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                              sampling_ratio, gamma)
+                grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * sums[0, ph, pw] / count)
+                grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * (scale_y * sums[1, ph, pw] / count)
+                grad_mask[k, 0, ph, pw] = sums[2, ph, pw] / count
 
 
 KERNELS = {
