@@ -62,8 +62,31 @@ def roi_align_case(rng):
                 "torchvision", lambda x: torchvision.ops.roi_align(x, torch_rois, **options))
 
 
+def deform_roi_pool_case(rng):
+    features, rois = detection_case(rng)
+    offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
+    options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
+    return Case([features, offset], lambda x, o: F.deform_roi_pool(x, rois, o, **options),
+                "numba_droi roi_align", lambda x: F.roi_align(x, rois, aligned=True, **options),
+                [features])
+
+
+def deform_psroi_pool_case(rng):
+    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels."""
+    features, rois = detection_case(rng, channels=10 * 49)
+    trans = rng.standard_normal((len(rois), 2, 7, 7)).astype(features.dtype)
+    ours = Case([features, trans],
+                lambda x, t: F.deform_psroi_pool(x, rois, t, 1 / 16, 10, 7, 7, 7, 4, 0.1))
+    if hasattr(F, "ps_roi_align"):
+        ours.peer_name, ours.peer = "numba_droi ps_roi_align", lambda x: F.ps_roi_align(
+            x, rois, 7, 1 / 16, sampling_ratio=4)
+        ours.peer_inputs = [features]
+    return ours
+
+
 # operator -> function(rng) -> Case, at the detection-sized case of that operator
-CASES = {"roi_align": roi_align_case}
+CASES = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
+         "deform_psroi_pool": deform_psroi_pool_case}
 
 
 def _timed(fn):

@@ -10,8 +10,10 @@ from . import functional, nn, optim
 from ._backend import available_targets, target
 from .autograd import Function, Tensor, no_grad
 from .gradcheck import GradcheckError, gradcheck
-from .ops import roi_align, roi_align_backward
+from .ops import (deform_psroi_pool, deform_psroi_pool_backward, deform_roi_pool,
+                  deform_roi_pool_backward, roi_align, roi_align_backward)
 
 __version__ = "0.1.0"
 __all__ = ["Function", "GradcheckError", "Tensor", "available_targets", "functional", "gradcheck",
-           "nn", "no_grad", "optim", "roi_align", "roi_align_backward", "target"]
+           "nn", "no_grad", "optim", "roi_align", "roi_align_backward", "target",
+           "deform_psroi_pool", "deform_psroi_pool_backward", "deform_roi_pool", "deform_roi_pool_backward"]

@@ -27,10 +27,36 @@ def roi_align_case(rng, batch, channels, height, width, boxes, dtype):
     return [features], call
 
 
+def deform_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+    scale = 0.25
+    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    offset = rng.standard_normal((boxes, 2, 3, 3)).astype(dtype)
+    mask = rng.uniform(0, 1, (boxes, 1, 3, 3)).astype(dtype)
+
+    def call(x, o, m):  # 3x3 bins keep the gradient check quick on the simulator
+        return functional.deform_roi_pool(x, rois, o, (3, 3), scale, sampling_ratio=2, mask=m)
+    return [features, offset, mask], call
+
+
+def deform_psroi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+    """R-FCN's layout with 2x2 bins, groups and parts; the channels are rounded to a multiple of 4."""
+    scale = 0.25
+    output_dim = max(channels // 4, 1)
+    features = rng.standard_normal((batch, output_dim * 4, height, width)).astype(dtype)
+    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    trans = rng.standard_normal((boxes, 2, 2, 2)).astype(dtype)
+
+    def call(x, t):
+        return functional.deform_psroi_pool(x, rois, t, scale, output_dim, 2, 2, 2, 2, 0.1)
+    return [features, trans], call
+
+
 # operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (inputs, call): the
 # arrays that get gradients (features first) and ``call(*tensors)``, the operator on them as Tensors.
 # A case may adapt the sizes to its operator (channel counts, boxes unused).
-OPERATORS = {"roi_align": roi_align_case}
+OPERATORS = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
+             "deform_psroi_pool": deform_psroi_pool_case}
 
 SIZES = {  # (batch, channels, height, width, boxes) for the timing and the gradient check
     "timing": {"gpu": (2, 256, 50, 68, 512), "cpu": (2, 256, 50, 68, 512), "simulator": (1, 2, 6, 7, 2)},

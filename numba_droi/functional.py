@@ -35,6 +35,59 @@ def _tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
 
 
+class DeformRoIPool(Function):
+    @staticmethod
+    def forward(ctx, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask):
+        ctx.save_for_backward(input, rois, offset, mask)
+        ctx.arguments = (spatial_scale, sampling_ratio, gamma)
+        return ops.deform_roi_pool(input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                                   gamma, mask)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, rois, offset, mask = ctx.saved_tensors
+        grad_input, grad_offset, grad_mask = ops.deform_roi_pool_backward(
+            grad_output, input, rois, offset, *ctx.arguments, mask)
+        return grad_input, None, grad_offset, None, None, None, None, grad_mask
+
+
+def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
+                    mask=None):
+    """Differentiable ``numba_droi.deform_roi_pool`` (gradients with respect to ``input``, ``offset``
+    and ``mask``)."""
+    return DeformRoIPool.apply(_tensor(input), rois, offset, output_size, spatial_scale, sampling_ratio,
+                               gamma, mask)
+
+
+deform_roi_pool.__doc__ += "\n" + ops.deform_roi_pool.__doc__
+
+
+class DeformPSRoIPool(Function):
+    @staticmethod
+    def forward(ctx, input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+                sample_per_part, trans_std, no_trans):
+        ctx.save_for_backward(input, rois, trans)
+        ctx.arguments = (spatial_scale, group_size, part_size, sample_per_part, trans_std, no_trans)
+        return ops.deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
+                                     pooled_size, part_size, sample_per_part, trans_std, no_trans)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, rois, trans = ctx.saved_tensors
+        grad_input, grad_trans = ops.deform_psroi_pool_backward(grad_output, input, rois, trans,
+                                                                *ctx.arguments)
+        return (grad_input, None, grad_trans) + (None,) * 8
+
+
+def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False):
+    """Differentiable ``numba_droi.deform_psroi_pool`` (gradients with respect to ``input`` and
+    ``trans``)."""
+    return DeformPSRoIPool.apply(_tensor(input), rois, trans, spatial_scale, output_dim, group_size,
+                                 pooled_size, part_size, sample_per_part, trans_std, no_trans)
+
+
+deform_psroi_pool.__doc__ += "\n" + ops.deform_psroi_pool.__doc__
 # -- the basics of a detection head: shapes, reductions, activations, linear layers, losses ---------
 # Tensor arithmetic (+ - * / @, unary -) is on Tensor itself (numba_droi.autograd). These work on
 # NumPy or CuPy arrays alike.

@@ -70,3 +70,47 @@ def b3(plane, y, x):
     ly, lx = y - y0, x - x0
     return ((1 - ly) * (1 - lx) * plane[y0, x0] + (1 - ly) * lx * plane[y0, x1]
             + ly * (1 - lx) * plane[y1, x0] + ly * lx * plane[y1, x1])
+
+
+def _linear_gradient(plane, y, x, y0, y1, x0, x1):
+    """``(d/dy, d/dx)`` of the bilinear interpolation between rows ``y0, y1`` and columns ``x0, x1``
+    at ``(y, x)`` (the corners taken as they are)."""
+    ly, lx = y - y0, x - x0
+    dy = (1 - lx) * (plane[y1, x0] - plane[y0, x0]) + lx * (plane[y1, x1] - plane[y0, x1])
+    dx = (1 - ly) * (plane[y0, x1] - plane[y0, x0]) + ly * (plane[y1, x1] - plane[y1, x0])
+    return dy, dx
+
+
+def b1_gradient(plane, y, x):
+    """``(d b1/dy, d b1/dx)``: 0 outside the support and along an axis where b1 clamps (below 0, at
+    or beyond the last pixel); one-sided (from above) at integer coordinates."""
+    height, width = plane.shape
+    if not (-1 <= y <= height and -1 <= x <= width):
+        return 0.0, 0.0
+    y_free, x_free = 0 <= y < height - 1, 0 <= x < width - 1
+    y, x = min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
+    y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
+    dy, dx = _linear_gradient(plane, y, x, y0, min(y0 + 1, height - 1), x0, min(x0 + 1, width - 1))
+    return (dy if y_free else 0.0), (dx if x_free else 0.0)
+
+
+def b3_gradient(plane, y, x):
+    """``(d b3/dy, d b3/dx)`` at a sample that b3 counts: 0 along an axis where it clamps or sits on
+    an integer (floor = ceil there)."""
+    height, width = plane.shape
+    y_free, x_free = 0 < y < height - 1 and y != math.floor(y), 0 < x < width - 1 and x != math.floor(x)
+    y, x = min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
+    dy, dx = _linear_gradient(plane, y, x, math.floor(y), math.ceil(y), math.floor(x), math.ceil(x))
+    return (dy if y_free else 0.0), (dx if x_free else 0.0)
+
+
+def b3_scatter(grad_plane, y, x, grad):
+    """Add ``grad`` times the b3 weights of a counted sample ``(y, x)`` into ``grad_plane``."""
+    height, width = grad_plane.shape
+    y, x = min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
+    y0, y1, x0, x1 = math.floor(y), math.ceil(y), math.floor(x), math.ceil(x)
+    ly, lx = y - y0, x - x0
+    grad_plane[y0, x0] += grad * (1 - ly) * (1 - lx)
+    grad_plane[y0, x1] += grad * (1 - ly) * lx
+    grad_plane[y1, x0] += grad * ly * (1 - lx)
+    grad_plane[y1, x1] += grad * ly * lx

@@ -66,6 +66,15 @@ def b1_value(features, n, c, y, x):
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""
     y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free, x_free = b1_weights(features, y, x)
+    return b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh,
+                              y_free, x_free)
+
+
+@jitable
+def b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, y_free,
+                       x_free):
+    """``b1_coordinate_gradient`` from the corners, weights and flags of ``b1_weights`` (drivers that
+    reuse one sample's weights across channels)."""
     zero = features.dtype.type(0)
     if not (y_free or x_free):
         return zero, zero
@@ -142,8 +151,10 @@ def b3_inside(features, y, x):
 
 
 @jitable
-def b3_value(features, n, c, y, x):
-    """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
+def b3_weights(features, y, x):
+    """Corners and weights of rule B3 at a sample that ``b3_inside`` accepts: clamp into the map,
+    interpolate between floor and ceil. Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl,
+    w_hh)`` as ``b1_weights`` does (corners coincide at integer coordinates)."""
     f = features.dtype.type
     y = min(max(y, f(0)), f(features.shape[2] - 1))
     x = min(max(x, f(0)), f(features.shape[3] - 1))
@@ -155,8 +166,15 @@ def b3_value(features, n, c, y, x):
     lx = x - f(x_low)
     hy = f(1) - ly
     hx = f(1) - lx
-    return (hy * hx * features[n, c, y_low, x_low] + hy * lx * features[n, c, y_low, x_high]
-            + ly * hx * features[n, c, y_high, x_low] + ly * lx * features[n, c, y_high, x_high])
+    return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx
+
+
+@jitable
+def b3_value(features, n, c, y, x):
+    """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
+    y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(features, y, x)
+    return (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
+            + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
 
 
 @jitable

@@ -1,5 +1,8 @@
 """Array-level operators: argument checks, output allocation, kernel launch; a forward and a
 backward per operator. Arrays in, arrays of the same kind (NumPy or CuPy) out."""
+from .deform_psroi_pool import deform_psroi_pool, deform_psroi_pool_backward
+from .deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
 from .roi_align import roi_align, roi_align_backward
 
-__all__ = ["roi_align", "roi_align_backward"]
+__all__ = ["deform_psroi_pool", "deform_psroi_pool_backward", "deform_roi_pool", "deform_roi_pool_backward",
+           "roi_align", "roi_align_backward"]

@@ -70,3 +70,14 @@ def integer(value, name):
 def same_shape(array, shape, name):
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")
+
+
+def per_bin(array, features_array, shape, name):
+    """``array`` (offsets, masks: one value per box and bin) as a C-contiguous array of ``shape`` and
+    of the features' dtype."""
+    _backend.target_of(features_array, array, names=("input", name))
+    array = _backend.as_array(array)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating array, got {array.dtype}")
+    same_shape(array, shape, name)
+    return _backend.array_module(array).ascontiguousarray(array, dtype=features_array.dtype)

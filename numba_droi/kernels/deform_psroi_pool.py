@@ -1,0 +1,266 @@
+"""Deformable position-sensitive RoI pooling kernels (MXNet ``DeformablePSROIPooling``): one source for
+both targets.
+
+``deform_psroi_bin`` says where output element ``(k, c, ph, pw)`` samples; ``deform_psroi_bin_value``
+averages its in-range samples (rule B3), ``deform_psroi_bin_backward`` scatters its gradient into the
+input gradient, and ``deform_psroi_part_gradient`` sums the gradient of one per-class part offset over
+the channels and bins that use it.
+
+Kernel arguments: ``(features, rois, trans, spatial_scale, trans_std, group_size, part_size,
+sample_per_part, no_trans, output)``, the same with ``(grad_output, ..., grad_input)``, and ``(features,
+grad_output, rois, trans, spatial_scale, trans_std, group_size, part_size, sample_per_part,
+grad_trans)``; without offsets ``trans`` is a placeholder that is not read.
+"""
+import math
+
+import numba
+
+from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .bilinear import b3_coordinate_gradient, b3_inside, b3_value, b3_weights
+from .roi_align import unravel_output_index
+
+
+@jitable
+def round_half_away(value):
+    """C's ``round``: to the nearest integer, halves away from zero; non-finite values unchanged."""
+    f = type(value)
+    if not abs(value) < f(4503599627370496):  # 2**52: larger floats are integers (and inf, NaN)
+        return value
+    magnitude = f(math.floor(abs(value) + f(0.5)))
+    return magnitude if value >= f(0) else -magnitude
+
+
+@jitable
+def deform_psroi_box(rois, k, spatial_scale):
+    """``(batch, y_start, x_start, roi_h, roi_w)`` of box ``k``: rounded image coordinates, the end
+    pixel included, scaled and shifted by -0.5; sizes at least 0.1."""
+    f = rois.dtype.type
+    half = f(0.5)
+    x_start = round_half_away(rois[k, 1]) * spatial_scale - half
+    y_start = round_half_away(rois[k, 2]) * spatial_scale - half
+    x_end = (round_half_away(rois[k, 3]) + f(1)) * spatial_scale - half
+    y_end = (round_half_away(rois[k, 4]) + f(1)) * spatial_scale - half
+    return (int(rois[k, 0]), y_start, x_start, max(y_end - y_start, f(0.1)),
+            max(x_end - x_start, f(0.1)))
+
+
+@jitable
+def deform_psroi_part(rois, p, pooled_size, part_size):
+    """Part cell of bin row (or column) ``p``: ``floor(p / P * part_size)``, in the features' dtype as
+    MXNet computes it."""
+    f = rois.dtype.type
+    return int(math.floor(f(p) / f(pooled_size) * f(part_size)))
+
+
+@jitable
+def deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std, group_size, part_size,
+                     sample_per_part, no_trans, output_dim, pooled_size):
+    """Where output element ``(k, c, ph, pw)`` samples: ``(batch, input_channel, h_start, w_start,
+    sub_bin_h, sub_bin_w, sample_per_part)``; samples at ``start + i * sub_bin``, ``i < sample_per_part``.
+    """
+    f = rois.dtype.type
+    n, y_start, x_start, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
+    bin_h = roi_h / f(pooled_size)
+    bin_w = roi_w / f(pooled_size)
+    h_start = f(ph) * bin_h + y_start
+    w_start = f(pw) * bin_w + x_start
+    if not no_trans:
+        class_id = c // (output_dim // (trans.shape[1] // 2))
+        part_h = deform_psroi_part(rois, ph, pooled_size, part_size)
+        part_w = deform_psroi_part(rois, pw, pooled_size, part_size)
+        w_start += trans[k, 2 * class_id, part_h, part_w] * trans_std * roi_w
+        h_start += trans[k, 2 * class_id + 1, part_h, part_w] * trans_std * roi_h
+    group_h = min(max(ph * group_size // pooled_size, 0), group_size - 1)
+    group_w = min(max(pw * group_size // pooled_size, 0), group_size - 1)
+    channel = (c * group_size + group_h) * group_size + group_w
+    return (n, channel, h_start, w_start, bin_h / f(sample_per_part), bin_w / f(sample_per_part),
+            sample_per_part)
+
+
+@jitable
+def deform_psroi_sample(bin_, ih, iw):
+    """``(h, w)`` of sample ``(ih, iw)``: a sub-bin corner."""
+    _, _, h_start, w_start, sub_bin_h, sub_bin_w, _ = bin_
+    f = type(h_start)
+    return h_start + f(ih) * sub_bin_h, w_start + f(iw) * sub_bin_w
+
+
+@jitable
+def deform_psroi_bin_count(features, bin_):
+    """How many samples of the bin rule B3 takes (a NaN or out-of-map sample is not counted)."""
+    samples = bin_[6]
+    count = 0
+    for ih in range(samples):
+        for iw in range(samples):
+            h, w = deform_psroi_sample(bin_, ih, iw)
+            if b3_inside(features, h, w):
+                count += 1
+    return count
+
+
+@jitable
+def deform_psroi_bin_value(features, bin_):
+    """The mean of the bin's in-range samples, 0 if none."""
+    f = features.dtype.type
+    n, channel, _, _, _, _, samples = bin_
+    total = f(0)
+    count = 0
+    for ih in range(samples):
+        for iw in range(samples):
+            h, w = deform_psroi_sample(bin_, ih, iw)
+            if b3_inside(features, h, w):
+                total += b3_value(features, n, channel, h, w)
+                count += 1
+    return total / f(count) if count > 0 else f(0)
+
+
+@jitable
+def deform_psroi_bin_backward(grad, grad_input, bin_):
+    """Scatter ``grad``, the gradient of ``deform_psroi_bin_value(..., bin_)``, into ``grad_input``."""
+    f = grad_input.dtype.type
+    n, channel, _, _, _, _, samples = bin_
+    count = deform_psroi_bin_count(grad_input, bin_)
+    if count == 0:
+        return
+    grad = grad / f(count)
+    for ih in range(samples):
+        for iw in range(samples):
+            h, w = deform_psroi_sample(bin_, ih, iw)
+            if b3_inside(grad_input, h, w):
+                y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(grad_input, h, w)
+                add_4d(grad_input, n, channel, y_low, x_low, grad * w_ll)
+                add_4d(grad_input, n, channel, y_low, x_high, grad * w_lh)
+                add_4d(grad_input, n, channel, y_high, x_low, grad * w_hl)
+                add_4d(grad_input, n, channel, y_high, x_high, grad * w_hh)
+
+
+@jitable
+def deform_psroi_part_gradient(features, grad_output, rois, trans, k, class_id, part_h, part_w,
+                               spatial_scale, trans_std, group_size, part_size, sample_per_part):
+    """``(d/d trans[k, 2*class_id, part_h, part_w], d/d trans[k, 2*class_id + 1, part_h, part_w])`` of
+    ``sum(grad_output * output)``: a sum over the class's channels and the bins of the part cell."""
+    f = features.dtype.type
+    _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
+    if not (math.isfinite(roi_h) and math.isfinite(roi_w)):  # such a box takes no sample
+        return f(0), f(0)
+    output_dim, pooled_size = grad_output.shape[1], grad_output.shape[2]
+    per_class = output_dim // (trans.shape[1] // 2)
+    grad_y = f(0)
+    grad_x = f(0)
+    for ph in range(pooled_size):
+        if deform_psroi_part(rois, ph, pooled_size, part_size) != part_h:
+            continue
+        for pw in range(pooled_size):
+            if deform_psroi_part(rois, pw, pooled_size, part_size) != part_w:
+                continue
+            for c in range(class_id * per_class, (class_id + 1) * per_class):
+                bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
+                                        group_size, part_size, sample_per_part, False, output_dim,
+                                        pooled_size)
+                count = deform_psroi_bin_count(features, bin_)
+                if count == 0:
+                    continue
+                grad = grad_output[k, c, ph, pw] / f(count)
+                n, channel = bin_[0], bin_[1]
+                for ih in range(sample_per_part):
+                    for iw in range(sample_per_part):
+                        h, w = deform_psroi_sample(bin_, ih, iw)
+                        if b3_inside(features, h, w):
+                            dy, dx = b3_coordinate_gradient(features, n, channel, h, w)
+                            grad_y += grad * dy
+                            grad_x += grad * dx
+    return trans_std * roi_w * grad_x, trans_std * roi_h * grad_y
+
+
+@jitable
+def trans_cells_shape(grad_trans):
+    """``(K, num_classes, part_size, part_size)``: one entry per pair of trans elements."""
+    return grad_trans.shape[0], grad_trans.shape[1] // 2, grad_trans.shape[2], grad_trans.shape[3]
+
+
+# cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
+# one thread per (box, class, part cell) for the trans gradient, looping over the channels and bins
+# that share the cell, so it needs no atomics. cpu: a parallel iteration per box for the forward, per
+# output channel for the input gradient (output channels read disjoint input channels) and per
+# (box, class, part cell) for the trans gradient.
+
+@cuda_kernel("F4 F2 F4 f f i i i b F4")
+def deform_psroi_pool_forward_cuda(features, rois, trans, spatial_scale, trans_std, group_size,
+                                   part_size, sample_per_part, no_trans, output):
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std, group_size,
+                                part_size, sample_per_part, no_trans, output.shape[1], output.shape[2])
+        output[k, c, ph, pw] = deform_psroi_bin_value(features, bin_)
+
+
+@cuda_kernel("F4 F2 F4 f f i i i b F4")
+def deform_psroi_pool_backward_cuda(grad_output, rois, trans, spatial_scale, trans_std, group_size,
+                                    part_size, sample_per_part, no_trans, grad_input):
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std, group_size,
+                                part_size, sample_per_part, no_trans, grad_output.shape[1],
+                                grad_output.shape[2])
+        deform_psroi_bin_backward(grad_output[k, c, ph, pw], grad_input, bin_)
+
+
+@cuda_kernel("F4 F4 F2 F4 f f i i i F4")
+def deform_psroi_pool_trans_grad_cuda(features, grad_output, rois, trans, spatial_scale, trans_std,
+                                      group_size, part_size, sample_per_part, grad_trans):
+    cells = trans_cells_shape(grad_trans)
+    for index in range(thread_start(), grad_trans.size // 2, thread_stride()):
+        k, class_id, part_h, part_w = unravel_output_index(index, cells)
+        grad_x, grad_y = deform_psroi_part_gradient(
+            features, grad_output, rois, trans, k, class_id, part_h, part_w, spatial_scale,
+            trans_std, group_size, part_size, sample_per_part)
+        grad_trans[k, 2 * class_id, part_h, part_w] = grad_x
+        grad_trans[k, 2 * class_id + 1, part_h, part_w] = grad_y
+
+
+@cpu_driver
+def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_std, group_size,
+                                  part_size, sample_per_part, no_trans, output):
+    boxes, output_dim, pooled_size, _ = output.shape
+    for k in numba.prange(boxes):
+        for c in range(output_dim):
+            for ph in range(pooled_size):
+                for pw in range(pooled_size):
+                    bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
+                                            group_size, part_size, sample_per_part, no_trans,
+                                            output_dim, pooled_size)
+                    output[k, c, ph, pw] = deform_psroi_bin_value(features, bin_)
+
+
+@cpu_driver
+def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, trans_std, group_size,
+                                   part_size, sample_per_part, no_trans, grad_input):
+    boxes, output_dim, pooled_size, _ = grad_output.shape
+    for c in numba.prange(output_dim):
+        for k in range(boxes):
+            for ph in range(pooled_size):
+                for pw in range(pooled_size):
+                    bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
+                                            group_size, part_size, sample_per_part, no_trans,
+                                            output_dim, pooled_size)
+                    deform_psroi_bin_backward(grad_output[k, c, ph, pw], grad_input, bin_)
+
+
+@cpu_driver
+def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial_scale, trans_std,
+                                     group_size, part_size, sample_per_part, grad_trans):
+    cells = trans_cells_shape(grad_trans)
+    for index in numba.prange(grad_trans.size // 2):
+        k, class_id, part_h, part_w = unravel_output_index(index, cells)
+        grad_x, grad_y = deform_psroi_part_gradient(
+            features, grad_output, rois, trans, k, class_id, part_h, part_w, spatial_scale,
+            trans_std, group_size, part_size, sample_per_part)
+        grad_trans[k, 2 * class_id, part_h, part_w] = grad_x
+        grad_trans[k, 2 * class_id + 1, part_h, part_w] = grad_y
+
+
+KERNELS = {
+    "forward": {"cpu": deform_psroi_pool_forward_cpu, "cuda": deform_psroi_pool_forward_cuda},
+    "backward": {"cpu": deform_psroi_pool_backward_cpu, "cuda": deform_psroi_pool_backward_cuda},
+    "trans_grad": {"cpu": deform_psroi_pool_trans_grad_cpu, "cuda": deform_psroi_pool_trans_grad_cuda},
+}

@@ -1,0 +1,219 @@
+"""Deformable RoI pooling kernels (RoI-Align form, optionally modulated): one source for both targets.
+
+A bin is roi_align's bin (``aligned=True``) whose box start is moved by the bin's offset:
+``deform_roi_pool_bin_box`` builds that moved box, and roi_align's ``roi_align_bin`` and
+``roi_align_bin_backward`` pool it and scatter its gradient. ``deform_roi_pool_bin_gradient`` gives the
+gradients of the bin's offset and mask, a sum over channels and samples.
+
+Kernel arguments: ``(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma, output)``,
+``(grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_input)`` and
+``(features, grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_offset,
+grad_mask)``; a missing offset is passed as zeros and a missing mask as ones, ``grad_input`` is
+zero-filled.
+"""
+import numba
+import numpy as np
+
+from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .bilinear import (b1_coordinate_gradient, b1_corner_gradient, b1_interpolate, b1_value,
+                       b1_weights)
+from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box, roi_align_sample,
+                        unravel_output_index)
+
+
+@jitable
+def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio, gamma):
+    """roi_align's aligned geometry of box ``k`` with its start moved by the offset of bin ``(ph, pw)``.
+
+    Returns ``(box, scale_y, scale_x)``: ``box`` as ``roi_align_box`` gives it (the sampling grid is
+    fixed by the RoI before the offset), and ``scale = gamma * roi_size``, the derivative of the start
+    with respect to the offset. A non-finite offset moves the samples out of the map: the bin gives 0.
+    """
+    f = rois.dtype.type
+    pooled_h, pooled_w = offset.shape[2], offset.shape[3]
+    n, y_start, x_start, bin_h, bin_w, grid_h, grid_w = roi_align_box(
+        rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+    scale_y = gamma * (bin_h * f(pooled_h))
+    scale_x = gamma * (bin_w * f(pooled_w))
+    y_start += scale_y * offset[k, 1, ph, pw]
+    x_start += scale_x * offset[k, 0, ph, pw]
+    return (n, y_start, x_start, bin_h, bin_w, grid_h, grid_w), scale_y, scale_x
+
+
+@jitable
+def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y, scale_x):
+    """For bin ``(ph, pw)`` of box ``k`` (``box`` from ``deform_roi_pool_bin_box``), with
+    ``g = grad_output[k, :, ph, pw]``: ``(sum_c g_c * d pooled_c / d offset_x, ... / d offset_y,
+    sum_c g_c * pooled_c)``, the unmodulated offset gradients and the mask gradient."""
+    f = features.dtype.type
+    n, _, _, _, _, grid_h, grid_w = box
+    if grid_h * grid_w == 0:  # also a non-finite box, whose scales are NaN
+        return f(0), f(0), f(0)
+    grad_y = f(0)
+    grad_x = f(0)
+    weighted = f(0)
+    for iy in range(grid_h):
+        for ix in range(grid_w):
+            y, x = roi_align_sample(box, ph, pw, iy, ix)
+            for c in range(features.shape[1]):
+                g = grad_output[k, c, ph, pw]
+                dy, dx = b1_coordinate_gradient(features, n, c, y, x)
+                grad_y += g * dy
+                grad_x += g * dx
+                weighted += g * b1_value(features, n, c, y, x)
+    count = f(grid_h * grid_w)
+    return scale_x * grad_x / count, scale_y * grad_y / count, weighted / count
+
+
+# cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
+# one thread per (box, bin) for the offset and mask gradients, looping over channels: every thread of
+# a bin would otherwise add into the same two offset elements, a worst case for atomics.
+# cpu: a parallel iteration per box for the forward and for the offset and mask gradients, per
+# channel for the input gradient, so that no two iterations write the same element.
+
+@cuda_kernel("F4 F2 F4 F4 f i f F4")
+def deform_roi_pool_forward_cuda(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
+                                 output):
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio,
+                                            gamma)
+        output[k, c, ph, pw] = mask[k, 0, ph, pw] * roi_align_bin(features, c, ph, pw, box)
+
+
+@cuda_kernel("F4 F2 F4 F4 f i f F4")
+def deform_roi_pool_backward_cuda(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
+                                  gamma, grad_input):
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio,
+                                            gamma)
+        roi_align_bin_backward(mask[k, 0, ph, pw] * grad_output[k, c, ph, pw], grad_input, c, ph, pw,
+                               box)
+
+
+@cuda_kernel("F4 F4 F2 F4 F4 f i f F4 F4")
+def deform_roi_pool_offset_mask_grad_cuda(features, grad_output, rois, offset, mask, spatial_scale,
+                                          sampling_ratio, gamma, grad_offset, grad_mask):
+    for index in range(thread_start(), grad_mask.size, thread_stride()):
+        k, _, ph, pw = unravel_output_index(index, grad_mask.shape)
+        box, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                        sampling_ratio, gamma)
+        grad_x, grad_y, grad_m = deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box,
+                                                              scale_y, scale_x)
+        grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * grad_x
+        grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * grad_y
+        grad_mask[k, 0, ph, pw] = grad_m
+
+
+@cpu_driver
+def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
+                                output):
+    # Per box, the corners and weights of every sample are computed once and reused for all channels,
+    # as in roi_align_forward_cpu.
+    f = features.dtype.type
+    boxes, channels, pooled_h, pooled_w = output.shape
+    for k in numba.prange(boxes):
+        first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio,
+                                              gamma)
+        n, _, _, _, _, grid_h, grid_w = first
+        samples = grid_h * grid_w
+        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
+        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                    sampling_ratio, gamma)
+                for s in range(samples):
+                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
+                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
+                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], _, _) = b1_weights(features, y, x)
+        count = f(max(samples, 1))
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    total = f(0)
+                    for s in range(samples):
+                        total += b1_interpolate(
+                            features, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
+                            corners[ph, pw, s, 2], corners[ph, pw, s, 3], weights[ph, pw, s, 0],
+                            weights[ph, pw, s, 1], weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+                    output[k, c, ph, pw] = mask[k, 0, ph, pw] * (total / count)
+
+
+@cpu_driver
+def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
+                                 gamma, grad_input):
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    for c in numba.prange(channels):
+        for k in range(boxes):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                        sampling_ratio, gamma)
+                    roi_align_bin_backward(mask[k, 0, ph, pw] * grad_output[k, c, ph, pw],
+                                           grad_input, c, ph, pw, box)
+
+
+@cpu_driver
+def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
+                                         sampling_ratio, gamma, grad_offset, grad_mask):
+    # Per box: the samples' corners, weights and clamp flags once, then channel by channel over the
+    # box's bins (the memory order of the forward driver); the same sums as
+    # deform_roi_pool_bin_gradient, in another order.
+    f = features.dtype.type
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    for k in numba.prange(boxes):
+        first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio,
+                                              gamma)
+        n, _, _, _, _, grid_h, grid_w = first
+        samples = grid_h * grid_w
+        if samples == 0:
+            continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
+        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
+        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+        free = np.empty((pooled_h, pooled_w, samples, 2), np.bool_)
+        sums = np.zeros((3, pooled_h, pooled_w), features.dtype)  # d/dx, d/dy, mask
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                    sampling_ratio, gamma)
+                for s in range(samples):
+                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
+                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
+                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], free[ph, pw, s, 0],
+                     free[ph, pw, s, 1]) = b1_weights(features, y, x)
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    g = grad_output[k, c, ph, pw]
+                    for s in range(samples):
+                        y_low, x_low, y_high, x_high = (corners[ph, pw, s, 0], corners[ph, pw, s, 1],
+                                                        corners[ph, pw, s, 2], corners[ph, pw, s, 3])
+                        w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                                                  weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+                        dy, dx = b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll,
+                                                    w_lh, w_hl, w_hh, free[ph, pw, s, 0],
+                                                    free[ph, pw, s, 1])
+                        sums[0, ph, pw] += g * dx
+                        sums[1, ph, pw] += g * dy
+                        sums[2, ph, pw] += g * b1_interpolate(features, n, c, y_low, x_low, y_high,
+                                                              x_high, w_ll, w_lh, w_hl, w_hh)
+        count = f(samples)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                _, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                              sampling_ratio, gamma)
+                grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * sums[0, ph, pw] / count)
+                grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * (scale_y * sums[1, ph, pw] / count)
+                grad_mask[k, 0, ph, pw] = sums[2, ph, pw] / count
+
+
+KERNELS = {
+    "forward": {"cpu": deform_roi_pool_forward_cpu, "cuda": deform_roi_pool_forward_cuda},
+    "backward": {"cpu": deform_roi_pool_backward_cpu, "cuda": deform_roi_pool_backward_cuda},
+    "offset_mask_grad": {"cpu": deform_roi_pool_offset_mask_grad_cpu,
+                         "cuda": deform_roi_pool_offset_mask_grad_cuda},
+}
