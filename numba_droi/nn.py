@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import _backend, functional
+from .ops import _checks
 from .autograd import Tensor
 
 
@@ -230,7 +231,8 @@ class DeformRoIPool(Module):
     without ``offset`` and ``mask`` it is ``roi_align(..., aligned=True)``."""
 
     def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
-        self.output_size, self.spatial_scale = _pair(output_size), spatial_scale
+        self.output_size = _checks.pair(output_size, "output_size")
+        self.spatial_scale = spatial_scale
         self.sampling_ratio, self.gamma = sampling_ratio, gamma
 
     def forward(self, input, rois, offset=None, mask=None):
@@ -263,10 +265,6 @@ class DeformPSRoIPool(Module):
                 f"group_size={self.group_size}, pooled_size={self.pooled_size}, "
                 f"part_size={self.part_size}, sample_per_part={self.sample_per_part}, "
                 f"trans_std={self.trans_std}, no_trans={self.no_trans}")
-
-
-def _pair(value):
-    return tuple(value) if np.iterable(value) else (value, value)
 
 
 def _zero_last_linear(sequential):

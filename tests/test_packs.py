@@ -194,3 +194,8 @@ def test_offsets_are_learned_back_through_deform_roi_pool(cpu):
         losses.append(loss.item())
     assert losses[-1] < 1e-3 * losses[0], (losses[0], losses[-1])
     np.testing.assert_allclose(offset.data, hidden, atol=0.02)
+
+
+def test_a_bad_output_size_is_named_at_construction():
+    with pytest.raises(ValueError, match=r"output_size must be a positive int .*, got \(2, 0\)"):
+        nn.DeformRoIPoolPack((2, 0), 2, 4, rng=0)
