@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import _backend, functional
+from .ops import _checks
 from .autograd import Tensor
 
 
@@ -222,3 +223,125 @@ class RoIAlign(Module):
     def extra_repr(self):
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+class DeformRoIPool(Module):
+    """``functional.deform_roi_pool`` as a layer, with mmcv's argument order and defaults:
+    ``DeformRoIPool(output_size, spatial_scale, sampling_ratio, gamma)(features, rois, offset, mask)``;
+    without ``offset`` and ``mask`` it is ``roi_align(..., aligned=True)``."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        self.output_size = _checks.pair(output_size, "output_size")
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio, self.gamma = sampling_ratio, gamma
+
+    def forward(self, input, rois, offset=None, mask=None):
+        return functional.deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
+                                          self.sampling_ratio, self.gamma, mask)
+
+    def extra_repr(self):
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
+
+
+class DeformPSRoIPool(Module):
+    """``functional.deform_psroi_pool`` as a layer, with its argument order and defaults:
+    ``DeformPSRoIPool(spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+    trans_std, no_trans)(features, rois, trans)``; ``trans`` may be left out when ``no_trans``."""
+
+    def __init__(self, spatial_scale, output_dim, group_size, pooled_size, part_size=None,
+                 sample_per_part=1, trans_std=0.0, no_trans=False):
+        self.spatial_scale, self.output_dim, self.group_size = spatial_scale, output_dim, group_size
+        self.pooled_size, self.part_size, self.sample_per_part = pooled_size, part_size, sample_per_part
+        self.trans_std, self.no_trans = trans_std, no_trans
+
+    def forward(self, input, rois, trans=None):
+        return functional.deform_psroi_pool(input, rois, trans, self.spatial_scale, self.output_dim,
+                                            self.group_size, self.pooled_size, self.part_size,
+                                            self.sample_per_part, self.trans_std, self.no_trans)
+
+    def extra_repr(self):
+        return (f"spatial_scale={self.spatial_scale}, output_dim={self.output_dim}, "
+                f"group_size={self.group_size}, pooled_size={self.pooled_size}, "
+                f"part_size={self.part_size}, sample_per_part={self.sample_per_part}, "
+                f"trans_std={self.trans_std}, no_trans={self.no_trans}")
+
+
+def _zero_last_linear(sequential):
+    """Zero the last Linear of ``sequential``: the branch then predicts 0 for every input."""
+    last = [module for module in sequential if isinstance(module, Linear)][-1]
+    last.weight.data[...] = 0
+    last.bias.data[...] = 0
+
+
+class DeformRoIPoolPack(DeformRoIPool):
+    """Deformable RoI pooling that predicts its own offsets (Dai et al., Deformable Convolutional
+    Networks, 2017, https://arxiv.org/abs/1703.06211), structured as mmcv's ``DeformRoIPoolPack``::
+
+        pooled = deform_roi_pool(input, rois, None)          # = roi_align(aligned=True)
+        offset = offset_fc(pooled.reshape(K, C * PH * PW))   # FC-ReLU-FC-ReLU-FC, (K, 2*PH*PW)
+        out = deform_roi_pool(input, rois, offset.reshape(K, 2, PH, PW))
+
+    ``output_channels`` is the channel count ``C`` of the input (what the first FC sees, as in mmcv).
+    The last FC is zero-initialised, so training starts from plain RoI Align; the other FCs are
+    initialised as ``Linear`` from ``rng``, in ``dtype``. The gradient reaches the input along both
+    paths (mmcv does not detach the first pooling either).
+    """
+
+    def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
+                 sampling_ratio=0, gamma=0.1, rng=None, dtype=np.float32):
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        rng = np.random.default_rng(rng)
+        self.output_channels, self.deform_fc_channels = output_channels, deform_fc_channels
+        bins = self.output_size[0] * self.output_size[1]
+        self.offset_fc = Sequential(
+            Linear(bins * output_channels, deform_fc_channels, rng=rng, dtype=dtype), ReLU(),
+            Linear(deform_fc_channels, deform_fc_channels, rng=rng, dtype=dtype), ReLU(),
+            Linear(deform_fc_channels, bins * 2, rng=rng, dtype=dtype))
+        _zero_last_linear(self.offset_fc)
+
+    def _pooled_rows(self, input, rois):
+        """The plain pooling of every box, one row per box: ``(K, C * PH * PW)``."""
+        if input.shape[1] != self.output_channels:
+            raise ValueError(f"input must have output_channels = {self.output_channels} channels, "
+                             f"got input of shape {tuple(input.shape)}")
+        pooled = super().forward(input, rois)
+        return functional.reshape(pooled, (pooled.shape[0], int(np.prod(pooled.shape[1:]))))
+
+    def _offset(self, rows):
+        return functional.reshape(self.offset_fc(rows), (rows.shape[0], 2) + self.output_size)
+
+    def forward(self, input, rois):
+        return super().forward(input, rois, self._offset(self._pooled_rows(input, rois)))
+
+    def extra_repr(self):
+        return (f"{super().extra_repr()}, output_channels={self.output_channels}, "
+                f"deform_fc_channels={self.deform_fc_channels}")
+
+
+class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+    """``DeformRoIPoolPack`` with the modulation of DCNv2 (Zhu et al., 2019,
+    https://arxiv.org/abs/1811.11168), structured as mmcv's ``ModulatedDeformRoIPoolPack``: a second
+    branch ``mask_fc`` (FC-ReLU-FC-Sigmoid, ``(K, PH*PW)``) of the same pooled rows predicts a mask
+    per bin, ``out = deform_roi_pool(input, rois, offset, mask=mask)``.
+
+    Both last FCs are zero-initialised, so training starts from ``0.5 * roi_align(aligned=True)``
+    (``sigmoid(0) = 0.5``, as in mmcv). The mask is applied inside the pooling kernel (mmcv multiplies
+    the pooled output by it), which gives the same values and gradients.
+    """
+
+    def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
+                 sampling_ratio=0, gamma=0.1, rng=None, dtype=np.float32):
+        rng = np.random.default_rng(rng)
+        super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
+                         sampling_ratio, gamma, rng, dtype)
+        bins = self.output_size[0] * self.output_size[1]
+        self.mask_fc = Sequential(
+            Linear(bins * output_channels, deform_fc_channels, rng=rng, dtype=dtype), ReLU(),
+            Linear(deform_fc_channels, bins, rng=rng, dtype=dtype), Sigmoid())
+        _zero_last_linear(self.mask_fc)
+
+    def forward(self, input, rois):
+        rows = self._pooled_rows(input, rois)
+        mask = functional.reshape(self.mask_fc(rows), (rows.shape[0], 1) + self.output_size)
+        return DeformRoIPool.forward(self, input, rois, self._offset(rows), mask)
