@@ -19,13 +19,15 @@ mask the corresponding array argument is any array of the right dtype and rank (
 ``(0, 0, 0, 0)``) that the kernel never reads: no zero offset array is materialised.
 """
 import numba
+import numpy as np
 
-from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import b2_coordinate_gradient, b2_scatter, b2_value
+from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inline, thread_start,
+                        thread_stride)
+from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
 from .roi_align import unravel_output_index
 
 
-@jitable
+@jitable_inline
 def offset_groups(offset, mask, taps, use_offset, use_mask):
     """Number of offset groups: from the offsets' channels, else the mask's, else 1."""
     if use_offset:
@@ -35,7 +37,7 @@ def offset_groups(offset, mask, taps, use_offset, use_mask):
     return 1
 
 
-@jitable
+@jitable_inline
 def deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset, use_mask):
     """``(y, x, modulation)`` of kernel tap ``tap`` of offset group ``g`` at output pixel ``(oy, ox)``
     of image ``b``: the sampling position (y offset first) and the mask value (1 without a mask)."""
@@ -105,7 +107,8 @@ def deform_coordinate_gradient(grad_columns, input, offset, mask, b, g, tap, oy,
 
 
 # The cuda kernels give each thread one element of the array they loop over; the cpu drivers give
-# each parallel iteration one contiguous plane of the array they write.
+# each parallel iteration one contiguous plane of the array they write, with the per-plane indices
+# taken out of the pixel loops.
 
 @cuda_kernel("F4 F4 F4 i i i i i i i i b b F4")
 def deform_im2col_cuda(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
@@ -160,15 +163,40 @@ def deform_im2col_coordinate_gradient_cuda(grad_columns, input, offset, mask, ke
 @cpu_driver
 def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                       dilation_h, dilation_w, use_offset, use_mask, columns):
+    # Per (image, offset group, tap), the B2 cell of every output pixel is computed once and reused
+    # for all the group's channels (the same helpers as deform_im2col_element, in another order).
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
-    images, rows, out_h, out_w = columns.shape
-    for image_row in numba.prange(images * rows):
-        b = image_row // rows
-        row = image_row - b * rows
+    f = input.dtype.type
+    taps = kernel_h * kernel_w
+    images, _, out_h, out_w = columns.shape
+    group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    per_group = input.shape[1] // (group_taps // taps)
+    for plane in numba.prange(images * group_taps):
+        b = plane // group_taps
+        group_tap = plane - b * group_taps
+        g = group_tap // taps
+        tap = group_tap - g * taps
+        corners = np.empty((out_h, out_w, 2), np.int64)
+        fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
         for oy in range(out_h):
             for ox in range(out_w):
-                columns[b, row, oy, ox] = deform_im2col_element(input, offset, mask, b, row, oy, ox,
-                                                                geometry, use_offset, use_mask)
+                y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
+                                                 use_offset, use_mask)
+                inside, y_low, x_low, ly, lx = b2_cell(input, y, x)
+                if not inside:  # a cell whose corners are all outside the map: the value is 0
+                    y_low, x_low, ly, lx = -2, -2, f(0), f(0)
+                corners[oy, ox, 0] = y_low
+                corners[oy, ox, 1] = x_low
+                fractions[oy, ox, 0] = ly
+                fractions[oy, ox, 1] = lx
+                fractions[oy, ox, 2] = modulation
+        for c in range(g * per_group, (g + 1) * per_group):
+            row = c * taps + tap
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    columns[b, row, oy, ox] = fractions[oy, ox, 2] * b2_interpolate(
+                        input, b, c, corners[oy, ox, 0], corners[oy, ox, 1], fractions[oy, ox, 0],
+                        fractions[oy, ox, 1])
 
 
 @cpu_driver
@@ -180,39 +208,54 @@ def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, s
     taps = kernel_h * kernel_w
     images, channels = grad_input.shape[:2]
     out_h, out_w = grad_columns.shape[2:]
+    per_group = channels // offset_groups(offset, mask, taps, use_offset, use_mask)
     for plane in numba.prange(images * channels):
         b = plane // channels
         c = plane - b * channels
-        for row in range(c * taps, (c + 1) * taps):
+        g = c // per_group
+        for tap in range(taps):
             for oy in range(out_h):
                 for ox in range(out_w):
-                    deform_im2col_element_backward(grad_columns[b, row, oy, ox], grad_input, offset,
-                                                   mask, b, row, oy, ox, geometry, use_offset,
-                                                   use_mask)
+                    y, x, modulation = deform_sample(grad_input, offset, mask, b, g, tap, oy, ox,
+                                                     geometry, use_offset, use_mask)
+                    grad = modulation * grad_columns[b, c * taps + tap, oy, ox]
+                    b2_scatter(grad_input, b, c, y, x, grad)
 
 
 @cpu_driver
 def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w,
                                           stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                           use_offset, use_mask, grad_offset, grad_mask):
+    # Each iteration owns one (image, group, tap): its two offset planes and its mask plane, which
+    # must be zero-filled. It sums over the group's channels in the order of
+    # deform_coordinate_gradient, plane by plane (contiguous reads), then applies the mask.
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
     images, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    per_group = input.shape[1] // (group_taps // taps)
     for plane in numba.prange(images * group_taps):
         b = plane // group_taps
         group_tap = plane - b * group_taps
         g = group_tap // taps
         tap = group_tap - g * taps
-        for oy in range(out_h):
-            for ox in range(out_w):
-                grad_y, grad_x, grad_m = deform_coordinate_gradient(
-                    grad_columns, input, offset, mask, b, g, tap, oy, ox, geometry, use_offset,
-                    use_mask)
-                if use_offset:
-                    grad_offset[b, 2 * group_tap, oy, ox] = grad_y
-                    grad_offset[b, 2 * group_tap + 1, oy, ox] = grad_x
-                if use_mask:
-                    grad_mask[b, group_tap, oy, ox] = grad_m
+        for c in range(g * per_group, (g + 1) * per_group):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    y, x, _ = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
+                                            use_offset, use_mask)
+                    grad = grad_columns[b, c * taps + tap, oy, ox]
+                    if use_offset:
+                        dy, dx = b2_coordinate_gradient(input, b, c, y, x)
+                        grad_offset[b, 2 * group_tap, oy, ox] += grad * dy
+                        grad_offset[b, 2 * group_tap + 1, oy, ox] += grad * dx
+                    if use_mask:
+                        grad_mask[b, group_tap, oy, ox] += grad * b2_value(input, b, c, y, x)
+        if use_offset and use_mask:
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    modulation = mask[b, group_tap, oy, ox]
+                    grad_offset[b, 2 * group_tap, oy, ox] *= modulation
+                    grad_offset[b, 2 * group_tap + 1, oy, ox] *= modulation
 
 
 KERNELS = {
