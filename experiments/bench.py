@@ -84,9 +84,25 @@ def deform_psroi_pool_case(rng):
     return ours
 
 
+def deform_conv2d_case(rng):
+    """Batch 2, 64 -> 64 channels, 64x64, 3x3 kernel, padding 1, random offsets (DCNv1)."""
+    features = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
+    offset = rng.uniform(-2, 2, (2, 18, 64, 64)).astype(np.float32)
+    weight = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    inputs = [features, offset, weight, bias]
+
+    def ours(x, o, w, b):
+        return F.deform_conv2d(x, o, w, b, padding=1)
+    if torchvision is None:
+        return Case(inputs, ours)
+    return Case(inputs, ours, "torchvision",
+                lambda x, o, w, b: torchvision.ops.deform_conv2d(x, o, w, b, padding=1))
+
+
 # operator -> function(rng) -> Case, at the detection-sized case of that operator
 CASES = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
-         "deform_psroi_pool": deform_psroi_pool_case}
+         "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
 
 
 def _timed(fn):

@@ -52,11 +52,25 @@ def deform_psroi_pool_case(rng, batch, channels, height, width, boxes, dtype):
     return [features, trans], call
 
 
+def deform_conv2d_case(rng, batch, channels, height, width, boxes, dtype):
+    channels = min(channels, 16)  # a 3x3 modulated deformable convolution, channels -> channels
+    offset_shape = (batch, 18, height, width)
+    # offsets off integers: every sample stays away from the kinks of bilinear sampling
+    offset = rng.integers(-2, 3, offset_shape) + rng.uniform(0.1, 0.9, offset_shape)
+    arrays = [rng.standard_normal((batch, channels, height, width)), offset,
+              rng.uniform(0, 1, (batch, 9, height, width)),
+              rng.standard_normal((channels, channels, 3, 3)) / (3 * channels ** 0.5)]
+
+    def call(x, o, m, w):
+        return functional.deform_conv2d(x, o, w, padding=1, mask=m)
+    return [a.astype(dtype) for a in arrays], call
+
+
 # operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (inputs, call): the
 # arrays that get gradients (features first) and ``call(*tensors)``, the operator on them as Tensors.
 # A case may adapt the sizes to its operator (channel counts, boxes unused).
 OPERATORS = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
-             "deform_psroi_pool": deform_psroi_pool_case}
+             "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
 
 SIZES = {  # (batch, channels, height, width, boxes) for the timing and the gradient check
     "timing": {"gpu": (2, 256, 50, 68, 512), "cpu": (2, 256, 50, 68, 512), "simulator": (1, 2, 6, 7, 2)},

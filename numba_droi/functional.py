@@ -88,6 +88,32 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
 
 
 deform_psroi_pool.__doc__ += "\n" + ops.deform_psroi_pool.__doc__
+class DeformConv2d(Function):
+    @staticmethod
+    def forward(ctx, input, offset, weight, bias, stride, padding, dilation, mask):
+        ctx.save_for_backward(input, offset, weight, mask)
+        ctx.arguments = (stride, padding, dilation, bias is not None)
+        return ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, offset, weight, mask = ctx.saved_tensors
+        stride, padding, dilation, has_bias = ctx.arguments
+        grad_input, grad_offset, grad_weight, grad_bias, grad_mask = ops.deform_conv2d_backward(
+            grad_output, input, offset, weight, stride, padding, dilation, mask)
+        return (grad_input, grad_offset, grad_weight, grad_bias if has_bias else None, None, None,
+                None, grad_mask)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Differentiable ``numba_droi.deform_conv2d`` (gradients with respect to input, offset, weight,
+    bias and mask)."""
+    return DeformConv2d.apply(_tensor(input), offset, weight, bias, stride, padding, dilation, mask)
+
+
+deform_conv2d.__doc__ += "\n" + ops.deform_conv2d.__doc__
+
+
 # -- the basics of a detection head: shapes, reductions, activations, linear layers, losses ---------
 # Tensor arithmetic (+ - * / @, unary -) is on Tensor itself (numba_droi.autograd). These work on
 # NumPy or CuPy arrays alike.

@@ -58,6 +58,34 @@ def b2(plane, y, x):
             + ly * (1 - lx) * corner(y0 + 1, x0) + ly * lx * corner(y0 + 1, x0 + 1))
 
 
+def b2_scatter(grad_plane, y, x, grad):
+    """Add ``grad`` times the B2 weights of ``(y, x)`` into ``grad_plane`` (the adjoint of ``b2``)."""
+    height, width = grad_plane.shape
+    if not (-1 < y < height and -1 < x < width):
+        return
+    for yy in range(max(math.floor(y), 0), min(math.floor(y) + 2, height)):
+        for xx in range(max(math.floor(x), 0), min(math.floor(x) + 2, width)):
+            basis = np.zeros(grad_plane.shape)
+            basis[yy, xx] = 1.0
+            grad_plane[yy, xx] += grad * b2(basis, y, x)
+
+
+def b2_gradient(plane, y, x):
+    """``(d b2/dy, d b2/dx)``: the derivative of the bilinear form inside the support, 0 outside."""
+    height, width = plane.shape
+    if not (-1 < y < height and -1 < x < width):
+        return 0.0, 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+
+    def corner(yy, xx):
+        return plane[yy, xx] if 0 <= yy < height and 0 <= xx < width else 0.0
+
+    dy = (1 - lx) * (corner(y0 + 1, x0) - corner(y0, x0)) + lx * (corner(y0 + 1, x0 + 1) - corner(y0, x0 + 1))
+    dx = (1 - ly) * (corner(y0, x0 + 1) - corner(y0, x0)) + ly * (corner(y0 + 1, x0 + 1) - corner(y0 + 1, x0))
+    return dy, dx
+
+
 def b3(plane, y, x):
     """MXNet deformable-PS rule: None (not counted) outside [-0.5, H-0.5] x [-0.5, W-0.5]; otherwise
     clamp into the map and interpolate between floor and ceil."""

@@ -40,8 +40,8 @@ def rois(boxes, features_array, name="rois"):
     return boxes
 
 
-def pair(value, name):
-    """``value`` (an int or a pair of ints) as a pair of positive ints."""
+def pair(value, name, minimum=1):
+    """``value`` (an int or a pair of ints) as a pair of ints of at least ``minimum`` (1 or 0)."""
     if isinstance(value, numbers.Integral):
         pair_ = (value, value)
     else:
@@ -49,9 +49,10 @@ def pair(value, name):
             pair_ = tuple(value)
         except TypeError:
             pair_ = ()
-    if len(pair_) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-                                  for v in pair_):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    if len(pair_) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                  and v >= minimum for v in pair_):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int or a pair of {kind} ints, got {value!r}")
     return int(pair_[0]), int(pair_[1])
 
 

@@ -1,0 +1,266 @@
+"""Deformable im2col and its adjoints: one source for the cpu and the cuda target.
+
+The column array of a batch of ``nb`` images is ``columns[b, c * taps + tap, oy, ox]`` (``taps = kh *
+kw``, ``tap = i * kw + j``): the input of channel ``c`` sampled by rule B2 at the position of kernel tap
+``(i, j)`` for output pixel ``(oy, ox)``, moved by the offset and multiplied by the mask of its offset
+group. A grouped matrix product with the weight turns it into the convolution's output (ops level).
+
+* ``deform_im2col_*`` fills ``columns``;
+* ``deform_im2col_backward_*`` is its adjoint in the input: scatters ``grad_columns`` into the
+  zero-filled ``grad_input`` (atomically on the GPU; on the cpu each parallel iteration owns one
+  ``(b, c)`` plane);
+* ``deform_im2col_coordinate_gradient_*`` gives the gradients of the offsets and the mask (of those
+  in use): each thread owns one ``(b, group, tap, oy, ox)`` and sums over the channels of its group,
+  so it writes only its own elements (no scatter, no atomics).
+
+Kernel arguments, after the arrays: ``kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+dilation_h, dilation_w`` (ints), then ``use_offset, use_mask`` (bools). Without offsets or without a
+mask the corresponding array argument is any array of the right dtype and rank (e.g. shape
+``(0, 0, 0, 0)``) that the kernel never reads: no zero offset array is materialised.
+"""
+import numba
+import numpy as np
+
+from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inline, thread_start,
+                        thread_stride)
+from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
+from .roi_align import unravel_output_index
+
+
+@jitable_inline
+def offset_groups(offset, mask, taps, use_offset, use_mask):
+    """Number of offset groups: from the offsets' channels, else the mask's, else 1."""
+    if use_offset:
+        return offset.shape[1] // (2 * taps)
+    if use_mask:
+        return mask.shape[1] // taps
+    return 1
+
+
+@jitable_inline
+def deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset, use_mask):
+    """``(y, x, modulation)`` of kernel tap ``tap`` of offset group ``g`` at output pixel ``(oy, ox)``
+    of image ``b``: the sampling position (y offset first) and the mask value (1 without a mask)."""
+    f = input.dtype.type
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = geometry
+    i = tap // kernel_w
+    j = tap - i * kernel_w
+    y = f(oy * stride_h - pad_h + i * dilation_h)
+    x = f(ox * stride_w - pad_w + j * dilation_w)
+    if use_offset:
+        channel = 2 * (g * kernel_h * kernel_w + tap)
+        y += offset[b, channel, oy, ox]
+        x += offset[b, channel + 1, oy, ox]
+    modulation = f(1)
+    if use_mask:
+        modulation = mask[b, g * kernel_h * kernel_w + tap, oy, ox]
+    return y, x, modulation
+
+
+@jitable
+def deform_im2col_element(input, offset, mask, b, row, oy, ox, geometry, use_offset, use_mask):
+    """``columns[b, row, oy, ox]``, with ``row = c * taps + tap``."""
+    taps = geometry[0] * geometry[1]
+    c = row // taps
+    tap = row - c * taps
+    g = c // (input.shape[1] // offset_groups(offset, mask, taps, use_offset, use_mask))
+    y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset,
+                                     use_mask)
+    return modulation * b2_value(input, b, c, y, x)
+
+
+@jitable
+def deform_im2col_element_backward(grad, grad_input, offset, mask, b, row, oy, ox, geometry,
+                                   use_offset, use_mask):
+    """Scatter ``grad``, the gradient of ``columns[b, row, oy, ox]``, into ``grad_input``."""
+    taps = geometry[0] * geometry[1]
+    c = row // taps
+    tap = row - c * taps
+    g = c // (grad_input.shape[1] // offset_groups(offset, mask, taps, use_offset, use_mask))
+    y, x, modulation = deform_sample(grad_input, offset, mask, b, g, tap, oy, ox, geometry,
+                                     use_offset, use_mask)
+    b2_scatter(grad_input, b, c, y, x, modulation * grad)
+
+
+@jitable
+def deform_coordinate_gradient(grad_columns, input, offset, mask, b, g, tap, oy, ox, geometry,
+                               use_offset, use_mask):
+    """``(d/d offset_y, d/d offset_x, d/d mask)`` of ``sum(grad_columns * columns)`` for tap ``tap``
+    of offset group ``g`` at ``(b, oy, ox)``: sums over the channels of the group."""
+    f = input.dtype.type
+    taps = geometry[0] * geometry[1]
+    per_group = input.shape[1] // offset_groups(offset, mask, taps, use_offset, use_mask)
+    y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset,
+                                     use_mask)
+    grad_y = f(0)
+    grad_x = f(0)
+    grad_mask = f(0)
+    for c in range(g * per_group, (g + 1) * per_group):
+        grad = grad_columns[b, c * taps + tap, oy, ox]
+        if use_offset:
+            dy, dx = b2_coordinate_gradient(input, b, c, y, x)
+            grad_y += grad * dy
+            grad_x += grad * dx
+        if use_mask:
+            grad_mask += grad * b2_value(input, b, c, y, x)
+    return grad_y * modulation, grad_x * modulation, grad_mask
+
+
+# The cuda kernels give each thread one element of the array they loop over; the cpu drivers give
+# each parallel iteration one contiguous plane of the array they write, with the per-plane indices
+# taken out of the pixel loops.
+
+@cuda_kernel("F4 F4 F4 i i i i i i i i b b F4")
+def deform_im2col_cuda(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w, use_offset, use_mask, columns):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    for index in range(thread_start(), columns.size, thread_stride()):
+        b, row, oy, ox = unravel_output_index(index, columns.shape)
+        columns[b, row, oy, ox] = deform_im2col_element(input, offset, mask, b, row, oy, ox, geometry,
+                                                        use_offset, use_mask)
+
+
+@cuda_kernel("F4 F4 F4 i i i i i i i i b b F4")
+def deform_im2col_backward_cuda(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                                pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
+                                grad_input):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    for index in range(thread_start(), grad_columns.size, thread_stride()):
+        b, row, oy, ox = unravel_output_index(index, grad_columns.shape)
+        deform_im2col_element_backward(grad_columns[b, row, oy, ox], grad_input, offset, mask, b, row,
+                                       oy, ox, geometry, use_offset, use_mask)
+
+
+@jitable
+def coordinate_gradient_shape(grad_offset, grad_mask, use_offset):
+    """``(N, G*kh*kw, Ho, Wo)``: one element per (image, group, tap, output pixel)."""
+    if use_offset:
+        return (grad_offset.shape[0], grad_offset.shape[1] // 2, grad_offset.shape[2],
+                grad_offset.shape[3])
+    return grad_mask.shape[0], grad_mask.shape[1], grad_mask.shape[2], grad_mask.shape[3]
+
+
+@cuda_kernel("F4 F4 F4 F4 i i i i i i i i b b F4 F4")
+def deform_im2col_coordinate_gradient_cuda(grad_columns, input, offset, mask, kernel_h, kernel_w,
+                                           stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                                           use_offset, use_mask, grad_offset, grad_mask):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    shape = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    for index in range(thread_start(), shape[0] * shape[1] * shape[2] * shape[3], thread_stride()):
+        b, group_tap, oy, ox = unravel_output_index(index, shape)
+        g = group_tap // taps
+        grad_y, grad_x, grad_m = deform_coordinate_gradient(
+            grad_columns, input, offset, mask, b, g, group_tap - g * taps, oy, ox, geometry,
+            use_offset, use_mask)
+        if use_offset:
+            grad_offset[b, 2 * group_tap, oy, ox] = grad_y
+            grad_offset[b, 2 * group_tap + 1, oy, ox] = grad_x
+        if use_mask:
+            grad_mask[b, group_tap, oy, ox] = grad_m
+
+
+@cpu_driver
+def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                      dilation_h, dilation_w, use_offset, use_mask, columns):
+    # Per (image, offset group, tap), the B2 cell of every output pixel is computed once and reused
+    # for all the group's channels (the same helpers as deform_im2col_element, in another order).
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    f = input.dtype.type
+    taps = kernel_h * kernel_w
+    images, _, out_h, out_w = columns.shape
+    group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    per_group = input.shape[1] // (group_taps // taps)
+    for plane in numba.prange(images * group_taps):
+        b = plane // group_taps
+        group_tap = plane - b * group_taps
+        g = group_tap // taps
+        tap = group_tap - g * taps
+        corners = np.empty((out_h, out_w, 2), np.int64)
+        fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
+        for oy in range(out_h):
+            for ox in range(out_w):
+                y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
+                                                 use_offset, use_mask)
+                inside, y_low, x_low, ly, lx = b2_cell(input, y, x)
+                if not inside:  # a cell whose corners are all outside the map: the value is 0
+                    y_low, x_low, ly, lx = -2, -2, f(0), f(0)
+                corners[oy, ox, 0] = y_low
+                corners[oy, ox, 1] = x_low
+                fractions[oy, ox, 0] = ly
+                fractions[oy, ox, 1] = lx
+                fractions[oy, ox, 2] = modulation
+        for c in range(g * per_group, (g + 1) * per_group):
+            row = c * taps + tap
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    columns[b, row, oy, ox] = fractions[oy, ox, 2] * b2_interpolate(
+                        input, b, c, corners[oy, ox, 0], corners[oy, ox, 1], fractions[oy, ox, 0],
+                        fractions[oy, ox, 1])
+
+
+@cpu_driver
+def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                               pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
+                               grad_input):
+    # Each iteration owns the plane grad_input[b, c]: only the rows of channel c scatter into it.
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    images, channels = grad_input.shape[:2]
+    out_h, out_w = grad_columns.shape[2:]
+    per_group = channels // offset_groups(offset, mask, taps, use_offset, use_mask)
+    for plane in numba.prange(images * channels):
+        b = plane // channels
+        c = plane - b * channels
+        g = c // per_group
+        for tap in range(taps):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    y, x, modulation = deform_sample(grad_input, offset, mask, b, g, tap, oy, ox,
+                                                     geometry, use_offset, use_mask)
+                    grad = modulation * grad_columns[b, c * taps + tap, oy, ox]
+                    b2_scatter(grad_input, b, c, y, x, grad)
+
+
+@cpu_driver
+def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w,
+                                          stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                                          use_offset, use_mask, grad_offset, grad_mask):
+    # Each iteration owns one (image, group, tap): its two offset planes and its mask plane, which
+    # must be zero-filled. It sums over the group's channels in the order of
+    # deform_coordinate_gradient, plane by plane (contiguous reads), then applies the mask.
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    images, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    per_group = input.shape[1] // (group_taps // taps)
+    for plane in numba.prange(images * group_taps):
+        b = plane // group_taps
+        group_tap = plane - b * group_taps
+        g = group_tap // taps
+        tap = group_tap - g * taps
+        for c in range(g * per_group, (g + 1) * per_group):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    y, x, _ = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
+                                            use_offset, use_mask)
+                    grad = grad_columns[b, c * taps + tap, oy, ox]
+                    if use_offset:
+                        dy, dx = b2_coordinate_gradient(input, b, c, y, x)
+                        grad_offset[b, 2 * group_tap, oy, ox] += grad * dy
+                        grad_offset[b, 2 * group_tap + 1, oy, ox] += grad * dx
+                    if use_mask:
+                        grad_mask[b, group_tap, oy, ox] += grad * b2_value(input, b, c, y, x)
+        if use_offset and use_mask:
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    modulation = mask[b, group_tap, oy, ox]
+                    grad_offset[b, 2 * group_tap, oy, ox] *= modulation
+                    grad_offset[b, 2 * group_tap + 1, oy, ox] *= modulation
+
+
+KERNELS = {
+    "im2col": {"cpu": deform_im2col_cpu, "cuda": deform_im2col_cuda},
+    "col2im": {"cpu": deform_im2col_backward_cpu, "cuda": deform_im2col_backward_cuda},
+    "coordinate_gradient": {"cpu": deform_im2col_coordinate_gradient_cpu,
+                            "cuda": deform_im2col_coordinate_gradient_cuda},
+}

@@ -1,0 +1,462 @@
+"""deform_conv2d: against reference/ (float64) on both targets, gradients of every input by finite
+differences, an ordinary convolution at zero offsets, the im2col pieces on their own, the cuda kernels'
+bodies compiled for the cpu at a realistic size, torchvision, and bad inputs."""
+import numba
+import numpy as np
+import pytest
+
+import numba_droi
+from numba_droi import _backend, functional, ops
+from numba_droi.autograd import Tensor
+from numba_droi.gradcheck import gradcheck
+from numba_droi.kernels import deform_conv as kernels
+from numba_droi.kernels.roi_align import unravel_output_index
+from numba_droi.ops import deform_conv as deform_ops
+from reference.deform_conv import deform_conv2d as reference_forward
+from reference.deform_conv import deform_conv2d_backward as reference_backward
+
+GRAD_NAMES = ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask")
+
+
+def output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def random_case(rng, max_size=7, max_channels=4, use_offset=None, use_mask=None, kink_free=False):
+    """Arrays and options of a random deform_conv2d call: weight and offset groups, strides,
+    paddings, dilations; offsets that take samples across and outside the border. ``kink_free``
+    keeps every sample off integer coordinates (where B2 has kinks) for finite differences."""
+    groups, offset_groups = (int(v) for v in rng.choice([1, 2], 2))
+    channels = groups * offset_groups * int(rng.integers(1, max(max_channels // 2, 1) + 1))
+    out_channels = groups * int(rng.integers(1, 3))
+    kernel = tuple(int(v) for v in rng.integers(1, 4, 2))
+    stride, padding, dilation = (tuple(int(v) for v in rng.integers(low, high, 2))
+                                 for low, high in ((1, 3), (0, 3), (1, 3)))
+    batch = int(rng.integers(1, 3))
+    size = [int(v) for v in rng.integers(1, max_size + 1, 2)]
+    for axis in range(2):  # at least one output pixel
+        size[axis] = max(size[axis], dilation[axis] * (kernel[axis] - 1) + 1 - 2 * padding[axis])
+    out = tuple(output_size(size[a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
+    taps = kernel[0] * kernel[1]
+    input = rng.standard_normal((batch, channels, *size))
+    weight = rng.standard_normal((out_channels, channels // groups, *kernel))
+    offset_shape = (batch, 2 * offset_groups * taps, *out)
+    if kink_free:
+        offset = rng.integers(-2, 3, offset_shape) + rng.uniform(0.1, 0.9, offset_shape)
+    else:
+        offset = rng.uniform(-2.5, 2.5, offset_shape)
+    mask = rng.uniform(-0.5, 1.5, (batch, offset_groups * taps, *out))
+    bias = rng.standard_normal(out_channels)
+    use_offset = bool(rng.integers(0, 4)) if use_offset is None else use_offset  # mostly with offsets
+    use_mask = bool(rng.integers(2)) if use_mask is None else use_mask
+    if not use_offset and not use_mask:
+        mask = None if offset_groups == 1 else mask  # offset groups from the mask alone
+    arrays = dict(input=input, offset=offset if use_offset else None, weight=weight,
+                  bias=bias if rng.integers(2) else None, mask=mask if use_mask or not use_offset else None)
+    return arrays, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+def call_ours(on, arrays, options, grad_output=None):
+    with on:
+        put = {k: None if v is None else on.array(v) for k, v in arrays.items()}
+        output = numba_droi.deform_conv2d(put["input"], put["offset"], put["weight"], put["bias"],
+                                          mask=put["mask"], **options)
+        if grad_output is None:
+            return on.numpy(output)
+        grads = numba_droi.deform_conv2d_backward(on.array(grad_output), put["input"], put["offset"],
+                                                  put["weight"], mask=put["mask"], **options)
+    return on.numpy(output), [None if g is None else on.numpy(g) for g in grads]
+
+
+def check_against_reference(on, arrays, options, rtol=1e-12):
+    expected = reference_forward(arrays["input"], arrays["offset"], arrays["weight"], arrays["bias"],
+                                 mask=arrays["mask"], **options)
+    grad_output = np.random.default_rng(1).standard_normal(expected.shape)
+    output, grads = call_ours(on, arrays, options, grad_output)
+    np.testing.assert_allclose(output, expected, rtol=rtol, atol=rtol)
+    expected_grads = reference_backward(grad_output, arrays["input"], arrays["offset"],
+                                        arrays["weight"], mask=arrays["mask"], **options)
+    for name, grad, expected_grad in zip(GRAD_NAMES, grads, expected_grads):
+        assert (grad is None) == (expected_grad is None), name
+        if grad is not None:
+            np.testing.assert_allclose(grad, expected_grad, rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_matches_reference_on_cpu(cpu, seed):
+    check_against_reference(cpu, *random_case(np.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_reference_on_cuda(cuda, seed):
+    check_against_reference(cuda, *random_case(np.random.default_rng(seed), max_size=5,
+                                               max_channels=2))
+
+
+def test_float32_matches_float64_reference(on):
+    arrays, options = random_case(np.random.default_rng(3), max_size=5, max_channels=2,
+                                  use_offset=True, use_mask=True)
+    expected = reference_forward(arrays["input"], arrays["offset"], arrays["weight"], arrays["bias"],
+                                 mask=arrays["mask"], **options)
+    output = call_ours(on, {k: None if v is None else v.astype(np.float32) for k, v in arrays.items()},
+                       options)
+    assert output.dtype == np.float32
+    np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- gradients by finite differences --------------------------------------------------------------
+
+def gradcheck_case(on, arrays, options):
+    names = [k for k in ("input", "offset", "weight", "bias", "mask") if arrays[k] is not None]
+    with on:
+        tensors = [Tensor(on.array(arrays[k]), requires_grad=True) for k in names]
+
+        def call(*ts):
+            given = dict(zip(names, ts))
+            return functional.deform_conv2d(given["input"], given.get("offset"), given["weight"],
+                                            given.get("bias"), mask=given.get("mask"), **options)
+        return gradcheck(call, tensors)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradcheck_of_every_input_on_cpu(cpu, seed):
+    arrays, options = random_case(np.random.default_rng(100 + seed), max_size=5, max_channels=2,
+                                  use_offset=True, use_mask=bool(seed % 2 == 0), kink_free=True)
+    assert gradcheck_case(cpu, arrays, options)
+
+
+def test_gradcheck_of_every_input_on_cuda(cuda):
+    arrays, options = random_case(np.random.default_rng(200), max_size=4, max_channels=2,
+                                  use_offset=True, use_mask=True, kink_free=True)
+    arrays["input"] = arrays["input"][:1]
+    arrays["offset"], arrays["mask"] = arrays["offset"][:1], arrays["mask"][:1]
+    assert gradcheck_case(cuda, arrays, options)
+
+
+def test_gradcheck_of_a_modulated_convolution_without_offsets(cpu):
+    arrays, options = random_case(np.random.default_rng(7), max_size=5, max_channels=2,
+                                  use_offset=False, use_mask=True)
+    assert gradcheck_case(cpu, arrays, options)
+
+
+@pytest.mark.parametrize("coordinate", [-1.01, -0.99, -0.3, 3.6, 3.99, 4.01])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_offset_gradient_is_the_derivative_near_the_border(cpu, coordinate, axis):
+    """Samples just inside and just outside the support (-1, H) of rule B2, on either axis."""
+    rng = np.random.default_rng(8)
+    input = rng.standard_normal((1, 2, 4, 4))
+    base = 2 * np.arange(2)  # stride 2: output pixel o samples at 2*o + offset
+    offset = np.zeros((1, 2, 2, 2))
+    positions = coordinate + rng.uniform(-0.001, 0.001, (2, 2))
+    offset[0, axis] = positions - (base[:, None] if axis == 0 else base[None, :])
+    offset[0, 1 - axis] = rng.uniform(0.1, 0.9, (2, 2))
+    arrays = dict(input=input, offset=offset, weight=rng.standard_normal((1, 2, 1, 1)), bias=None,
+                  mask=rng.uniform(0.5, 1.5, (1, 1, 2, 2)))
+    assert gradcheck_case(cpu, arrays, dict(stride=2, padding=0, dilation=1))
+
+
+def test_offset_gradient_at_minus_one_is_the_left_derivative(cpu):
+    """At ``y = -1`` exactly the forward is 0 to the left and rises to the right: we give the left
+    derivative, 0, as on the rest of the outside (torchvision gives the right one there)."""
+    rng = np.random.default_rng(9)
+    input = rng.standard_normal((1, 1, 4, 4))
+    weight = np.ones((1, 1, 1, 1))
+    step = 1e-7
+    for axis in (0, 1):
+        offset = np.full((1, 2, 4, 4), 0.25)
+        offset[0, axis, 0, 0] = -1.0  # the sample of output pixel (0, 0) at y (or x) = -1 exactly
+        moved = offset.copy()
+        moved[0, axis, 0, 0] -= step
+        left = (numba_droi.deform_conv2d(input, offset, weight)
+                - numba_droi.deform_conv2d(input, moved, weight))[0, 0, 0, 0] / step
+        grad = numba_droi.deform_conv2d_backward(np.ones((1, 1, 4, 4)), input, offset, weight)[1]
+        assert grad[0, axis, 0, 0] == 0 and left == 0
+        moved[0, axis, 0, 0] += 2 * step  # and the right derivative is not 0
+        assert numba_droi.deform_conv2d(input, moved, weight)[0, 0, 0, 0] != 0
+
+
+def test_gradcheck_of_a_larger_case_by_directions(cpu):
+    rng = np.random.default_rng(5)
+    arrays, options = random_case(rng, max_size=12, max_channels=6, use_offset=True, use_mask=True,
+                                  kink_free=True)
+    names = ("input", "offset", "weight", "mask")
+    tensors = [Tensor(arrays[k], requires_grad=True) for k in names]
+    assert gradcheck(lambda x, o, w, m: functional.deform_conv2d(x, o, w, mask=m, **options), tensors,
+                     max_full_size=100)
+
+
+def test_functional_gradients_equal_array_backward(on):
+    rng = np.random.default_rng(10)
+    arrays, options = random_case(rng, max_size=5, max_channels=2, use_offset=True, use_mask=True)
+    arrays["bias"] = rng.standard_normal(arrays["weight"].shape[0])
+    names = ("input", "offset", "weight", "bias", "mask")
+    with on:
+        tensors = {k: Tensor(on.array(arrays[k]), requires_grad=True) for k in names}
+        out = functional.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"],
+                                       tensors["bias"], mask=tensors["mask"], **options)
+        grad = rng.standard_normal(out.shape)
+        out.backward(on.array(grad))
+        expected = numba_droi.deform_conv2d_backward(
+            on.array(grad), *(on.array(arrays[k]) for k in ("input", "offset", "weight")),
+            mask=on.array(arrays["mask"]), **options)
+    for name, expected_grad in zip(names[:3] + ("bias", "mask"), expected):
+        np.testing.assert_array_equal(on.numpy(tensors[name].grad), on.numpy(expected_grad), err_msg=name)
+
+
+# -- an ordinary convolution and the pieces on their own ------------------------------------------
+
+def ordinary_convolution(input, weight, bias, stride, padding, dilation):
+    """Zero padding, strided and dilated slices, one einsum per weight group."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    kh, kw = weight.shape[2:]
+    padded = np.pad(input, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out_h = output_size(input.shape[2], kh, sh, ph, dh)
+    out_w = output_size(input.shape[3], kw, sw, pw, dw)
+    patches = np.stack([np.stack([padded[:, :, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
+                                         j * dw:j * dw + sw * (out_w - 1) + 1:sw]
+                                  for j in range(kw)], 2) for i in range(kh)], 2)  # n c i j y x
+    groups = input.shape[1] // weight.shape[1]
+    per_in, per_out = weight.shape[1], weight.shape[0] // groups
+    out = np.concatenate([np.einsum("ncijyx,ocij->noyx", patches[:, g * per_in:(g + 1) * per_in],
+                                    weight[g * per_out:(g + 1) * per_out]) for g in range(groups)], 1)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zero_offsets_give_an_ordinary_convolution(on, seed):
+    arrays, options = random_case(np.random.default_rng(400 + seed), max_size=6, max_channels=2,
+                                  use_offset=True, use_mask=False)
+    arrays["offset"] = np.zeros_like(arrays["offset"])
+    expected = ordinary_convolution(arrays["input"], arrays["weight"], arrays["bias"], **options)
+    np.testing.assert_allclose(call_ours(on, arrays, options), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(call_ours(on, dict(arrays, offset=None), options), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_col2im_and_grouped_matmul_on_their_own(on):
+    rng = np.random.default_rng(12)
+    arrays, options = random_case(rng, max_size=6, max_channels=2, use_offset=True, use_mask=True)
+    input, offset, weight, mask = (arrays[k] for k in ("input", "offset", "weight", "mask"))
+    kernel = weight.shape[2:]
+    with on:
+        columns = ops.im2col(on.array(input), kernel, offset=on.array(offset), mask=on.array(mask),
+                             **options)
+        grad_columns = rng.standard_normal(columns.shape)
+        grad_input = ops.col2im(on.array(grad_columns), input.shape, kernel, offset=on.array(offset),
+                                mask=on.array(mask), **options)
+        output = ops.grouped_matmul(on.array(weight), columns)
+        plain = ops.im2col(on.array(input), kernel, **options)
+        zero = ops.im2col(on.array(input), kernel, offset=on.array(np.zeros_like(offset)), **options)
+    columns, grad_input, output = on.numpy(columns), on.numpy(grad_input), on.numpy(output)
+    assert columns.shape == (input.shape[0], input.shape[1] * kernel[0] * kernel[1]) + offset.shape[2:]
+    # col2im is the adjoint of im2col: <grad_columns, im2col(x)> = <col2im(grad_columns), x>
+    np.testing.assert_allclose(np.vdot(grad_columns, columns), np.vdot(grad_input, input), rtol=1e-12)
+    np.testing.assert_allclose(output, reference_forward(input, offset, weight, mask=mask, **options),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(on.numpy(plain), on.numpy(zero))
+
+
+def test_chunks_give_the_same_result(cpu, monkeypatch):
+    arrays, options = random_case(np.random.default_rng(13), max_size=6, use_offset=True,
+                                  use_mask=True)
+    arrays = dict(arrays, input=np.concatenate([arrays["input"]] * 3),
+                  offset=np.concatenate([arrays["offset"]] * 3), mask=np.concatenate([arrays["mask"]] * 3))
+    grad = np.random.default_rng(0).standard_normal(call_ours(cpu, arrays, options).shape)
+    whole, whole_grads = call_ours(cpu, arrays, options, grad)
+    monkeypatch.setattr(deform_ops, "COLUMN_BUFFER_ELEMENTS", 1)  # one image per chunk
+    chunked, chunked_grads = call_ours(cpu, arrays, options, grad)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
+    for name, a, b in zip(GRAD_NAMES, chunked_grads, whole_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13, err_msg=name)
+
+
+# -- the cuda kernels' bodies compiled for the cpu, at a realistic size ----------------------------
+
+@numba.njit(parallel=True)
+def _cuda_im2col_body_on_cpu(input, offset, mask, geometry, use_offset, use_mask, columns):
+    for index in numba.prange(columns.size):  # what each thread of deform_im2col_cuda does
+        b, row, oy, ox = unravel_output_index(index, columns.shape)
+        columns[b, row, oy, ox] = kernels.deform_im2col_element(input, offset, mask, b, row, oy, ox,
+                                                                geometry, use_offset, use_mask)
+
+
+@numba.njit
+def _cuda_col2im_body_on_cpu(grad_columns, offset, mask, geometry, use_offset, use_mask, grad_input):
+    for index in range(grad_columns.size):  # serial: the cpu add is not atomic
+        b, row, oy, ox = unravel_output_index(index, grad_columns.shape)
+        kernels.deform_im2col_element_backward(grad_columns[b, row, oy, ox], grad_input, offset, mask,
+                                               b, row, oy, ox, geometry, use_offset, use_mask)
+
+
+@numba.njit(parallel=True)
+def _cuda_coordinate_body_on_cpu(grad_columns, input, offset, mask, geometry, grad_offset, grad_mask):
+    taps = geometry[0] * geometry[1]
+    shape = kernels.coordinate_gradient_shape(grad_offset, grad_mask, True)
+    for index in numba.prange(grad_mask.size):
+        b, group_tap, oy, ox = unravel_output_index(index, shape)
+        g = group_tap // taps
+        grad_y, grad_x, grad_m = kernels.deform_coordinate_gradient(
+            grad_columns, input, offset, mask, b, g, group_tap - g * taps, oy, ox, geometry, True, True)
+        grad_offset[b, 2 * group_tap, oy, ox] = grad_y
+        grad_offset[b, 2 * group_tap + 1, oy, ox] = grad_x
+        grad_mask[b, group_tap, oy, ox] = grad_m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_bodies_compiled_for_cpu_match_the_cpu_drivers_at_a_realistic_size(dtype):
+    rng = np.random.default_rng(14)
+    input = rng.standard_normal((2, 32, 40, 48)).astype(dtype)
+    offset = rng.uniform(-3, 3, (2, 2 * 2 * 9, 40, 48)).astype(dtype)
+    mask = rng.uniform(0, 1, (2, 2 * 9, 40, 48)).astype(dtype)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1)
+    columns = ops.im2col(input, 3, 1, 1, 1, offset, mask)
+    body_columns = np.zeros_like(columns)
+    _cuda_im2col_body_on_cpu(input, offset, mask, geometry, True, True, body_columns)
+    np.testing.assert_array_equal(body_columns, columns)
+
+    grad_columns = rng.standard_normal(columns.shape).astype(dtype)
+    grad_input = ops.col2im(grad_columns, input.shape, 3, 1, 1, 1, offset, mask)
+    body_grad = np.zeros_like(input)
+    _cuda_col2im_body_on_cpu(grad_columns, offset, mask, geometry, True, True, body_grad)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(body_grad, grad_input, rtol=tolerance, atol=tolerance)
+
+    grad_offset, grad_mask = np.zeros_like(offset), np.zeros_like(mask)
+    kernels.deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, *geometry, True,
+                                                  True, grad_offset, grad_mask)
+    body_offset, body_mask = np.zeros_like(offset), np.zeros_like(mask)
+    _cuda_coordinate_body_on_cpu(grad_columns, input, offset, mask, geometry, body_offset, body_mask)
+    np.testing.assert_array_equal(body_offset, grad_offset)
+    np.testing.assert_array_equal(body_mask, grad_mask)
+
+
+# -- edge cases ------------------------------------------------------------------------------------
+
+def test_empty_batch(on):
+    input, offset = np.zeros((0, 2, 5, 5)), np.zeros((0, 18, 5, 5))
+    weight, mask = np.ones((3, 2, 3, 3)), np.zeros((0, 9, 5, 5))
+    with on:
+        output = numba_droi.deform_conv2d(on.array(input), on.array(offset), on.array(weight),
+                                          on.array(np.ones(3)), padding=1, mask=on.array(mask))
+        grads = numba_droi.deform_conv2d_backward(on.array(np.zeros((0, 3, 5, 5))), on.array(input),
+                                                  on.array(offset), on.array(weight), padding=1,
+                                                  mask=on.array(mask))
+    assert output.shape == (0, 3, 5, 5)
+    for grad, like in zip(grads, (input, offset, weight, np.ones(3), mask)):
+        assert grad.shape == like.shape and not on.numpy(grad).any()
+
+
+def test_nan_and_inf_offsets_give_zero_samples_and_read_nothing_outside(on):
+    """The simulator raises on any out-of-range index, so this also checks the bounds on cuda."""
+    rng = np.random.default_rng(15)
+    input = rng.standard_normal((1, 2, 4, 5))
+    offset = rng.uniform(-1, 1, (1, 18, 4, 5))
+    offset[0, 0, 1, 1], offset[0, 3, 2, 2], offset[0, 4, 0, 0] = np.nan, np.inf, -np.inf
+    arrays = dict(input=input, offset=offset, weight=rng.standard_normal((2, 2, 3, 3)), bias=None,
+                  mask=rng.uniform(0, 1, (1, 9, 4, 5)))
+    output, grads = call_ours(on, arrays, dict(stride=1, padding=1, dilation=1),
+                              rng.standard_normal((1, 2, 4, 5)))
+    assert np.all(np.isfinite(output)) and all(np.all(np.isfinite(g)) for g in grads if g is not None)
+    finite = dict(arrays, offset=np.where(np.isfinite(offset), offset, -5.0))  # -5: outside, as NaN
+    np.testing.assert_allclose(output, call_ours(on, finite, dict(stride=1, padding=1, dilation=1)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_inputs_give_the_same_result(on):
+    arrays, options = random_case(np.random.default_rng(16), max_size=5, max_channels=2,
+                                  use_offset=True, use_mask=True)
+    strided = {k: None if v is None else np.asfortranarray(v) for k, v in arrays.items()}
+    np.testing.assert_array_equal(call_ours(on, strided, options), call_ours(on, arrays, options))
+
+
+def test_inputs_are_not_modified(on):
+    arrays, options = random_case(np.random.default_rng(17), max_size=5, max_channels=2,
+                                  use_offset=True, use_mask=True)
+    copies = {k: None if v is None else v.copy() for k, v in arrays.items()}
+    grad = np.ones_like(call_ours(on, arrays, options))
+    grad_copy = grad.copy()
+    call_ours(on, arrays, options, grad)
+    for key, value in arrays.items():
+        if value is not None:
+            np.testing.assert_array_equal(value, copies[key], err_msg=key)
+    np.testing.assert_array_equal(grad, grad_copy)
+
+
+# -- bad inputs: clear errors before any launch ----------------------------------------------------
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def fail(*args):
+        raise AssertionError("a kernel ran before the arguments were checked")
+    monkeypatch.setattr(_backend, "run", fail)
+
+
+X = np.zeros((2, 4, 6, 6))
+W = np.zeros((6, 2, 3, 3))  # 2 weight groups
+OFFSET = np.zeros((2, 36, 4, 4))  # 2 offset groups, no padding
+MASK = np.zeros((2, 18, 4, 4))
+
+
+@pytest.mark.parametrize("changes, error, words", [
+    (dict(offset=OFFSET[:, :35]), ValueError, "offset.shape[1] = 35 must be 2 * offset_groups * kh * kw"),
+    (dict(offset=np.zeros((2, 54, 4, 4))), ValueError, "offset.shape[1] = 54 gives 3 offset groups"),
+    (dict(offset=OFFSET[:1]), ValueError, "offset must have shape (2, 36, 4, 4)"),
+    (dict(offset=OFFSET[:, :, :3]), ValueError, "offset must have shape (2, 36, 4, 4)"),
+    (dict(offset=OFFSET[0]), ValueError, "offset must have 4 dimensions"),
+    (dict(mask=MASK[:, :9]), ValueError, "mask.shape[1] = 9 must be offset_groups * kh * kw = 2 * 9"),
+    (dict(mask=MASK[:, :, 1:]), ValueError, "mask must have shape (2, 18, 4, 4)"),
+    (dict(weight=np.zeros((6, 3, 3, 3))), ValueError, "weight.shape[1] = 3 must divide the 4 input channels"),
+    (dict(weight=np.zeros((5, 2, 3, 3))), ValueError, "weight.shape[0] = 5 must be a multiple of groups = 2"),
+    (dict(weight=np.zeros((6, 0, 3, 3))), ValueError, "weight.shape[1] = 0"),
+    (dict(weight=np.zeros((6, 2, 3))), ValueError, "weight must have 4 dimensions"),
+    (dict(weight=np.zeros((6, 2, 7, 3))), ValueError, "the output would be empty"),
+    (dict(bias=np.zeros(5)), ValueError, "bias must have shape (6,)"),
+    (dict(input=X.astype(np.int64)), TypeError, "input must be float32 or float64"),
+    (dict(offset=OFFSET.astype(np.int64)), TypeError, "offset must be a floating array"),
+    (dict(stride=0), ValueError, "stride must be a positive int"),
+    (dict(padding=-1), ValueError, "padding must be a non-negative int"),
+    (dict(dilation=(1, 0)), ValueError, "dilation must be a positive int"),
+])
+def test_bad_arguments_are_named(no_launch, changes, error, words):
+    arguments = dict(input=X, offset=OFFSET, weight=W, bias=None, stride=1, padding=0, dilation=1,
+                     mask=MASK)
+    arguments.update(changes)
+    with pytest.raises(error) as raised:
+        numba_droi.deform_conv2d(**arguments)
+    assert words in str(raised.value)
+    grad_output = np.zeros((2, 6, 4, 4))
+    if "bias" not in changes:
+        with pytest.raises(error) as raised:
+            numba_droi.deform_conv2d_backward(grad_output, **{k: v for k, v in arguments.items()
+                                                              if k != "bias"})
+        assert words in str(raised.value)
+
+
+def test_backward_checks_the_gradient_shape(no_launch):
+    with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 6, 4, 4\)"):
+        numba_droi.deform_conv2d_backward(np.zeros((2, 6, 4, 3)), X, OFFSET, W, mask=MASK)
+
+
+# -- torchvision -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_torchvision_when_installed(cpu, seed):
+    """Offsets drawn from a continuous distribution never put a sample at exactly -1, the one place
+    where torchvision's offset gradient differs from the derivative (checked above)."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    arrays, options = random_case(np.random.default_rng(500 + seed), use_offset=True,
+                                  use_mask=bool(seed % 2))
+    names = ("input", "offset", "weight", "bias", "mask")
+    tensors = {k: None if arrays[k] is None else torch.tensor(arrays[k], requires_grad=True)
+               for k in names}
+    expected = torchvision.ops.deform_conv2d(*(tensors[k] for k in names[:4]), mask=tensors["mask"],
+                                             **options)
+    grad_output = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+    expected.backward(torch.tensor(grad_output))
+    output, grads = call_ours(cpu, arrays, options, grad_output)
+    np.testing.assert_allclose(output, expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for name, grad in zip(("input", "offset", "weight", "bias", "mask"), grads):
+        if tensors[name] is not None:
+            np.testing.assert_allclose(grad, tensors[name].grad.numpy(), rtol=1e-12, atol=1e-12,
+                                       err_msg=name)
