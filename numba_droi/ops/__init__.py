@@ -1,5 +1,9 @@
 """Array-level operators: argument checks, output allocation, kernel launch; a forward and a
 backward per operator. Arrays in, arrays of the same kind (NumPy or CuPy) out."""
+from .ps_roi import ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward
 from .roi_align import roi_align, roi_align_backward
+from .roi_pool import roi_pool, roi_pool_backward, roi_pool_with_argmax
 
-__all__ = ["roi_align", "roi_align_backward"]
+__all__ = ["roi_align", "roi_align_backward",
+           "roi_pool", "roi_pool_backward", "roi_pool_with_argmax",
+           "ps_roi_pool", "ps_roi_pool_backward", "ps_roi_align", "ps_roi_align_backward"]

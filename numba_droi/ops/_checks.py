@@ -70,3 +70,21 @@ def integer(value, name):
 def same_shape(array, shape, name):
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")
+
+
+def position_sensitive_channels(channels, pooled_h, pooled_w, name="input.shape[1]"):
+    """Output channels of a position-sensitive op: ``channels // (PH*PW)``; ValueError unless
+    ``channels`` is a multiple of ``PH*PW``."""
+    bins = pooled_h * pooled_w
+    if channels % bins:
+        raise ValueError(f"{name} = {channels} must be a multiple of PH*PW = {pooled_h}*{pooled_w} = "
+                         f"{bins} for a position-sensitive output_size ({pooled_h}, {pooled_w})")
+    return channels // bins
+
+
+def input_shape(shape):
+    """``shape`` as a tuple of four non-negative ints ``(N, C, H, W)``."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
+    return shape
