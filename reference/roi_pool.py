@@ -1,14 +1,15 @@
 """RoI Pool (Fast R-CNN, Girshick 2015) as torchvision computes it: SPEC.md, section roi_pool. The
 integer box geometry is shared with PS RoI Pool (reference/ps_roi.py)."""
 import math
-from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 
 import numpy as np
 
 
 def round_half_away(value):
-    """C's ``round``: halves away from zero (Decimal's ROUND_HALF_UP), exactly."""
-    return int(Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    """C's ``round``: halves away from zero, in exact rational arithmetic."""
+    rounded = math.floor(abs(Fraction(value)) + Fraction(1, 2))
+    return rounded if value >= 0 else -rounded
 
 
 def pool_windows(roi, spatial_scale, pooled_h, pooled_w, height, width, plus_one):
