@@ -12,11 +12,12 @@ grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spat
 ``grad_input`` is zero-filled.
 """
 import numba
+import numpy as np
 
 from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_from_samples,
                         roi_align_box, roi_align_box_samples, unravel_output_index)
-from .roi_pool import pool_box, pool_window
+from .roi_pool import pool_box, pool_window, pool_windows
 
 
 @jitable
@@ -36,7 +37,7 @@ def ps_output_position(channel, pooled_h, pooled_w):
 
 # -- PS RoI Pool -----------------------------------------------------------------------------------
 
-@jitable
+@jitable(inline="always")
 def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     """Mean of ``features[n, c, h_low:h_high, w_low:w_high]``; 0 for an empty window."""
     f = features.dtype.type
@@ -49,7 +50,7 @@ def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     return total / f((h_high - h_low) * (w_high - w_low))
 
 
-@jitable
+@jitable(inline="always")
 def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_high):
     """Scatter ``grad``, the gradient of ``ps_roi_pool_window``, into ``grad_input``."""
     if h_high <= h_low or w_high <= w_low:
@@ -89,28 +90,32 @@ def ps_roi_pool_backward_cuda(grad_output, rois, spatial_scale, grad_input):
 def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
     boxes, channels, pooled_h, pooled_w = output.shape
     for k in numba.prange(boxes):
-        box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                h_low, h_high, w_low, w_high = pool_window(box, ph, pw, features.shape[2],
-                                                           features.shape[3])
-                for c in range(channels):
+        n = int(rois[k, 0])
+        windows = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
+                               features.shape[3])
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
                     output[k, c, ph, pw] = ps_roi_pool_window(
-                        features, box[0], ps_input_channel(c, ph, pw, pooled_h, pooled_w),
-                        h_low, h_high, w_low, w_high)
+                        features, n, ps_input_channel(c, ph, pw, pooled_h, pooled_w),
+                        windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2], windows[ph, pw, 3])
 
 
 @cpu_driver
 def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
+    # Every box's windows first (one parallel iteration per box), then one input channel per
+    # parallel iteration.
     boxes, _, pooled_h, pooled_w = grad_output.shape
+    windows = np.empty((boxes, pooled_h, pooled_w, 4), np.int64)
+    for k in numba.prange(boxes):
+        windows[k] = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
+                                  grad_input.shape[3])
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for k in range(boxes):
-            box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
-            h_low, h_high, w_low, w_high = pool_window(box, ph, pw, grad_input.shape[2],
-                                                       grad_input.shape[3])
-            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, box[0], channel,
-                                        h_low, h_high, w_low, w_high)
+            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
+                                        windows[k, ph, pw, 0], windows[k, ph, pw, 1],
+                                        windows[k, ph, pw, 2], windows[k, ph, pw, 3])
 
 
 # -- PS RoI Align ----------------------------------------------------------------------------------

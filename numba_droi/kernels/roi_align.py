@@ -133,7 +133,7 @@ def roi_align_box_samples(features, box, pooled_h, pooled_w):
     return corners, weights
 
 
-@jitable
+@jitable(inline="always")
 def roi_align_bin_from_samples(features, n, c, ph, pw, corners, weights):
     """``roi_align_bin`` from the corners and weights ``roi_align_box_samples`` gave."""
     f = features.dtype.type

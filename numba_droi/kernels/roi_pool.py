@@ -76,6 +76,19 @@ def pool_window(box, ph, pw, height, width):
 
 
 @jitable
+def pool_windows(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width):
+    """The windows ``pool_window`` gives for every bin of box ``k``, as a ``(PH, PW, 4)`` array: for
+    cpu drivers that reuse them across channels."""
+    box = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
+    windows = np.empty((pooled_h, pooled_w, 4), np.int64)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            (windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2],
+             windows[ph, pw, 3]) = pool_window(box, ph, pw, height, width)
+    return windows
+
+
+@jitable(inline="always")
 def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     """``(maximum, argmax)`` of ``features[n, c, h_low:h_high, w_low:w_high]``, scanned row-major with
     strict ``>`` (the first maximum wins); ``(0, -1)`` for an empty window."""
@@ -91,7 +104,7 @@ def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     return best, best_index
 
 
-@jitable
+@jitable(inline="always")
 def roi_pool_scatter(grad, grad_input, n, c, index):
     """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]``; nothing for -1."""
     if index >= 0:
@@ -123,17 +136,14 @@ def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
     # Per box, the bin windows are computed once and reused for all channels.
     boxes, channels, pooled_h, pooled_w = output.shape
     for k in numba.prange(boxes):
-        box = pool_box(rois, k, spatial_scale, 1, pooled_h, pooled_w)
-        windows = np.empty((pooled_h, pooled_w, 4), np.int64)
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                (windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2],
-                 windows[ph, pw, 3]) = pool_window(box, ph, pw, features.shape[2], features.shape[3])
+        n = int(rois[k, 0])
+        windows = pool_windows(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
+                               features.shape[3])
         for c in range(channels):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
-                        features, box[0], c, windows[ph, pw, 0], windows[ph, pw, 1],
+                        features, n, c, windows[ph, pw, 0], windows[ph, pw, 1],
                         windows[ph, pw, 2], windows[ph, pw, 3])
 
 
