@@ -116,6 +116,15 @@ def for_cpu(generic):
     return register
 
 
+def jitable_inlined_on_cpu(fn):
+    """``jitable``, and inlined (at the Numba IR level) into cpu drivers, for small helpers called
+    once per output element, where the call costs more than the work. The cuda target calls it as
+    any ``jitable`` (numba-cuda cannot inline such overloads)."""
+    jitable(fn)
+    overload(fn, target="cpu", strict=False, inline="always")(lambda *args: fn)
+    return fn
+
+
 def cpu_driver(fn):
     return numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
 

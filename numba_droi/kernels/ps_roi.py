@@ -14,7 +14,8 @@ grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spat
 import numba
 import numpy as np
 
-from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_from_samples,
                         roi_align_box, roi_align_box_samples, unravel_output_index)
 from .roi_pool import pool_box, pool_window, pool_windows
@@ -37,7 +38,7 @@ def ps_output_position(channel, pooled_h, pooled_w):
 
 # -- PS RoI Pool -----------------------------------------------------------------------------------
 
-@jitable(inline="always")
+@jitable_inlined_on_cpu
 def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     """Mean of ``features[n, c, h_low:h_high, w_low:w_high]``; 0 for an empty window."""
     f = features.dtype.type
@@ -50,7 +51,7 @@ def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     return total / f((h_high - h_low) * (w_high - w_low))
 
 
-@jitable(inline="always")
+@jitable_inlined_on_cpu
 def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_high):
     """Scatter ``grad``, the gradient of ``ps_roi_pool_window``, into ``grad_input``."""
     if h_high <= h_low or w_high <= w_low:

@@ -13,7 +13,8 @@ import math
 import numba
 import numpy as np
 
-from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
 from .bilinear import b1_interpolate, b1_value, b1_weights
 
 
@@ -133,7 +134,7 @@ def roi_align_box_samples(features, box, pooled_h, pooled_w):
     return corners, weights
 
 
-@jitable(inline="always")
+@jitable_inlined_on_cpu
 def roi_align_bin_from_samples(features, n, c, ph, pw, corners, weights):
     """``roi_align_bin`` from the corners and weights ``roi_align_box_samples`` gave."""
     f = features.dtype.type

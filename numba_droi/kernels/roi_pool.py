@@ -15,7 +15,8 @@ import math
 import numba
 import numpy as np
 
-from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
 from .roi_align import unravel_output_index
 
 # Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
@@ -88,7 +89,7 @@ def pool_windows(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, w
     return windows
 
 
-@jitable(inline="always")
+@jitable_inlined_on_cpu
 def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     """``(maximum, argmax)`` of ``features[n, c, h_low:h_high, w_low:w_high]``, scanned row-major with
     strict ``>`` (the first maximum wins); ``(0, -1)`` for an empty window."""
@@ -104,7 +105,7 @@ def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     return best, best_index
 
 
-@jitable(inline="always")
+@jitable_inlined_on_cpu
 def roi_pool_scatter(grad, grad_input, n, c, index):
     """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]``; nothing for -1."""
     if index >= 0:
