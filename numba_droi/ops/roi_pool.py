@@ -50,11 +50,13 @@ def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
     target = _backend.target_of(features)
     xp = _backend.array_module(features)
     shape = (rois.shape[0], features.shape[1], pooled_h, pooled_w)
-    output = xp.zeros(shape, dtype=features.dtype)
-    argmax = xp.full(shape, -1, dtype=np.int64)
-    if features.size:
-        _backend.run(target, KERNELS["forward"][target], output.size,
-                     features, rois, spatial_scale, output, argmax)
+    if not features.size:
+        return xp.zeros(shape, dtype=features.dtype), xp.full(shape, -1, dtype=np.int64)
+    # The kernels write every element: no need to fill (the argmax alone is 8 bytes per output).
+    output = xp.empty(shape, dtype=features.dtype)
+    argmax = xp.empty(shape, dtype=np.int64)
+    _backend.run(target, KERNELS["forward"][target], output.size,
+                 features, rois, spatial_scale, output, argmax)
     return output, argmax
 
 
