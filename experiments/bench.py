@@ -62,6 +62,37 @@ def roi_align_case(rng):
                 "torchvision", lambda x: torchvision.ops.roi_align(x, torch_rois, **options))
 
 
+def _torchvision_case(features, ours, peer_name, rois, options):
+    """Case of ``ours(x, rois, **options)`` against ``torchvision.ops.<peer_name>`` when installed."""
+    def call(x):
+        return ours(x, rois, **options)
+    if torchvision is None:
+        return Case([features], call)
+    torch_rois = torch.from_numpy(rois)
+    peer = getattr(torchvision.ops, peer_name)
+    return Case([features], call, "torchvision", lambda x: peer(x, torch_rois, **options))
+
+
+def roi_pool_case(rng):
+    features, rois = detection_case(rng)
+    return _torchvision_case(features, F.roi_pool, "roi_pool", rois,
+                             dict(output_size=7, spatial_scale=1 / 16))
+
+
+def ps_roi_pool_case(rng):
+    features, rois = detection_case(rng, channels=10 * 7 * 7)
+    return _torchvision_case(features, F.ps_roi_pool, "ps_roi_pool", rois,
+                             dict(output_size=7, spatial_scale=1 / 16))
+
+
+def ps_roi_align_case(rng):
+    features, rois = detection_case(rng, channels=10 * 7 * 7)
+    return _torchvision_case(features, F.ps_roi_align, "ps_roi_align", rois,
+                             dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2))
+
+
+
+
 def deform_roi_pool_case(rng):
     features, rois = detection_case(rng)
     offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
@@ -101,7 +132,8 @@ def deform_conv2d_case(rng):
 
 
 # operator -> function(rng) -> Case, at the detection-sized case of that operator
-CASES = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
+CASES = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "ps_roi_pool": ps_roi_pool_case,
+         "ps_roi_align": ps_roi_align_case, "deform_roi_pool": deform_roi_pool_case,
          "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
 
 

@@ -108,22 +108,22 @@ def to_numpy(array):
 jitable = register_jitable
 
 
-def jitable_inline(fn):
-    """``jitable``, and on the cpu inlined into its callers in Numba's IR: for small helpers called
-    once per element in cpu loops, where the call (with the reference counting of its array
-    arguments, which parallel threads contend for) costs more than the body. (numba-cuda cannot
-    inline Numba IR, and needn't: its device functions are inlined by LLVM.)"""
-    register_jitable(fn)
-    overload(fn, target="cpu", strict=False, inline="always")(lambda *args: fn)
-    return fn
-
-
 def for_cpu(generic):
     """Register the decorated function as ``generic``'s implementation on the cpu target."""
     def register(cpu_version):
         overload(generic, target="cpu", strict=False)(lambda *args: cpu_version)
         return cpu_version
     return register
+
+
+def jitable_inlined_on_cpu(fn):
+    """``jitable``, and inlined (at the Numba IR level) into cpu drivers: for small helpers called once
+    per element in cpu loops, where the call (with the reference counting of its array arguments, which
+    parallel threads contend for) costs more than the work. The cuda target calls it as any
+    ``jitable`` (numba-cuda cannot inline such overloads, and needn't: LLVM inlines device functions)."""
+    jitable(fn)
+    overload(fn, target="cpu", strict=False, inline="always")(lambda *args: fn)
+    return fn
 
 
 def cpu_driver(fn):

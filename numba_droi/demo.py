@@ -27,6 +27,41 @@ def roi_align_case(rng, batch, channels, height, width, boxes, dtype):
     return [features], call
 
 
+def roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+    scale = 0.25
+    size = batch * channels * height * width
+    # distinct values, far apart next to a finite-difference step: no ties for the maximum
+    features = (rng.permutation(size) / size).reshape(batch, channels, height, width).astype(dtype)
+    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+
+    def call(x):
+        return functional.roi_pool(x, rois, (7, 7), scale)
+    return [features], call
+
+
+def _ps_case(rng, batch, channels, height, width, boxes, dtype):
+    """Features with a multiple of 7*7 channels (about ``channels``) for a 7x7 position-sensitive op."""
+    channels = max(channels // 49, 1) * 49
+    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    return features, _boxes(rng, boxes, batch, height, width, 0.25).astype(dtype)
+
+
+def ps_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype)
+
+    def call(x):
+        return functional.ps_roi_pool(x, rois, (7, 7), 0.25)
+    return [features], call
+
+
+def ps_roi_align_case(rng, batch, channels, height, width, boxes, dtype):
+    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype)
+
+    def call(x):
+        return functional.ps_roi_align(x, rois, (7, 7), 0.25, sampling_ratio=2)
+    return [features], call
+
+
 def deform_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
     scale = 0.25
     features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
@@ -69,7 +104,8 @@ def deform_conv2d_case(rng, batch, channels, height, width, boxes, dtype):
 # operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (inputs, call): the
 # arrays that get gradients (features first) and ``call(*tensors)``, the operator on them as Tensors.
 # A case may adapt the sizes to its operator (channel counts, boxes unused).
-OPERATORS = {"roi_align": roi_align_case, "deform_roi_pool": deform_roi_pool_case,
+OPERATORS = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "ps_roi_pool": ps_roi_pool_case,
+             "ps_roi_align": ps_roi_align_case, "deform_roi_pool": deform_roi_pool_case,
              "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
 
 SIZES = {  # (batch, channels, height, width, boxes) for the timing and the gradient check

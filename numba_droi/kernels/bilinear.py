@@ -6,7 +6,7 @@ The rules are not interchangeable: each reproduces the border behaviour of the o
 """
 import math
 
-from .._backend import add_4d, jitable, jitable_inline
+from .._backend import add_4d, jitable, jitable_inlined_on_cpu
 
 
 # -- B1: the RoI-Align rule (roi_align, ps_roi_align, deform_roi_pool) -----------------------------
@@ -94,7 +94,7 @@ def b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh,
 
 # -- B2: the deformable-convolution rule (deform_conv2d) -------------------------------------------
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_corner(features, n, c, y, x):
     """``features[n, c, y, x]``, or 0 outside the map: B2 pads with zeros."""
     if y >= 0 and y < features.shape[2] and x >= 0 and x < features.shape[3]:
@@ -102,7 +102,7 @@ def b2_corner(features, n, c, y, x):
     return features.dtype.type(0)
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_cell(features, y, x):
     """``(inside, y_low, x_low, ly, lx)`` of rule B2 at ``(y, x)``: whether ``-1 < y < H`` and
     ``-1 < x < W`` (False for NaN), the top-left corner ``floor`` and the fractions past it."""
@@ -114,7 +114,7 @@ def b2_cell(features, y, x):
     return True, y_low, x_low, y - f(y_low), x - f(x_low)
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_interpolate(features, n, c, y_low, x_low, ly, lx):
     """The bilinear value of ``features[n, c]`` in the cell of ``b2_cell``; corners outside count 0."""
     f = features.dtype.type
@@ -126,7 +126,7 @@ def b2_interpolate(features, n, c, y_low, x_low, ly, lx):
             + ly * lx * b2_corner(features, n, c, y_low + 1, x_low + 1))
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_value(features, n, c, y, x):
     """Rule B2: 0 unless ``-1 < y < H`` and ``-1 < x < W``; corners outside the map count as 0."""
     inside, y_low, x_low, ly, lx = b2_cell(features, y, x)
@@ -135,7 +135,7 @@ def b2_value(features, n, c, y, x):
     return b2_interpolate(features, n, c, y_low, x_low, ly, lx)
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b2_value``; 0 outside its support."""
     f = features.dtype.type
@@ -151,14 +151,14 @@ def b2_coordinate_gradient(features, n, c, y, x):
     return dy, dx
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_scatter_corner(grad_features, n, c, y, x, value):
     """``grad_features[n, c, y, x] += value`` (atomically on the GPU), nothing outside the map."""
     if y >= 0 and y < grad_features.shape[2] and x >= 0 and x < grad_features.shape[3]:
         add_4d(grad_features, n, c, y, x, value)
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def b2_scatter(grad_features, n, c, y, x, grad):
     """The adjoint of ``b2_value``: add ``grad`` times the B2 corner weights of ``(y, x)`` into
     ``grad_features[n, c]``."""

@@ -21,13 +21,13 @@ mask the corresponding array argument is any array of the right dtype and rank (
 import numba
 import numpy as np
 
-from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inline, thread_start,
+from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
 from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
 from .roi_align import unravel_output_index
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def offset_groups(offset, mask, taps, use_offset, use_mask):
     """Number of offset groups: from the offsets' channels, else the mask's, else 1."""
     if use_offset:
@@ -37,7 +37,7 @@ def offset_groups(offset, mask, taps, use_offset, use_mask):
     return 1
 
 
-@jitable_inline
+@jitable_inlined_on_cpu
 def deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset, use_mask):
     """``(y, x, modulation)`` of kernel tap ``tap`` of offset group ``g`` at output pixel ``(oy, ox)``
     of image ``b``: the sampling position (y offset first) and the mask value (1 without a mask)."""

@@ -13,7 +13,8 @@ import math
 import numba
 import numpy as np
 
-from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
 from .bilinear import b1_interpolate, b1_value, b1_weights
 
 
@@ -114,36 +115,50 @@ def roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio, al
         roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
 
 
+@jitable
+def roi_align_box_samples(features, box, pooled_h, pooled_w):
+    """Corners and weights (rule B1) of every sample of every bin of a box, for cpu drivers that
+    reuse them across channels: ``(corners, weights)``, each ``(PH, PW, samples, 4)`` in the order
+    of ``b1_weights``."""
+    _, _, _, _, _, grid_h, grid_w = box
+    samples = grid_h * grid_w
+    corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
+    weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            for s in range(samples):
+                y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
+                (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
+                 corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                 weights[ph, pw, s, 2], weights[ph, pw, s, 3], _, _) = b1_weights(features, y, x)
+    return corners, weights
+
+
+@jitable_inlined_on_cpu
+def roi_align_bin_from_samples(features, n, c, ph, pw, corners, weights):
+    """``roi_align_bin`` from the corners and weights ``roi_align_box_samples`` gave."""
+    f = features.dtype.type
+    total = f(0)
+    for s in range(corners.shape[2]):
+        total += b1_interpolate(features, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
+                                corners[ph, pw, s, 2], corners[ph, pw, s, 3], weights[ph, pw, s, 0],
+                                weights[ph, pw, s, 1], weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+    return total / f(max(corners.shape[2], 1))
+
+
 @cpu_driver
 def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
     # Per box, the corners and weights of every sample are computed once and reused for all channels
     # (the same helpers as roi_align_bin, in a cache-friendly order).
-    f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = output.shape
     for k in numba.prange(boxes):
         box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
-        n, _, _, _, _, grid_h, grid_w = box
-        samples = grid_h * grid_w
-        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
-        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                for s in range(samples):
-                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
-                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
-                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], _, _) = b1_weights(features, y, x)
-        count = f(max(samples, 1))
+        corners, weights = roi_align_box_samples(features, box, pooled_h, pooled_w)
         for c in range(channels):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    total = f(0)
-                    for s in range(samples):
-                        total += b1_interpolate(
-                            features, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
-                            corners[ph, pw, s, 2], corners[ph, pw, s, 3], weights[ph, pw, s, 0],
-                            weights[ph, pw, s, 1], weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-                    output[k, c, ph, pw] = total / count
+                    output[k, c, ph, pw] = roi_align_bin_from_samples(features, box[0], c, ph, pw,
+                                                                      corners, weights)
 
 
 @cpu_driver

@@ -82,3 +82,19 @@ def per_bin(array, features_array, shape, name):
         raise TypeError(f"{name} must be a floating array, got {array.dtype}")
     same_shape(array, shape, name)
     return _backend.array_module(array).ascontiguousarray(array, dtype=features_array.dtype)
+def position_sensitive_channels(channels, pooled_h, pooled_w, name="input.shape[1]"):
+    """Output channels of a position-sensitive op: ``channels // (PH*PW)``; ValueError unless
+    ``channels`` is a multiple of ``PH*PW``."""
+    bins = pooled_h * pooled_w
+    if channels % bins:
+        raise ValueError(f"{name} = {channels} must be a multiple of PH*PW = {pooled_h}*{pooled_w} = "
+                         f"{bins} for a position-sensitive output_size ({pooled_h}, {pooled_w})")
+    return channels // bins
+
+
+def input_shape(shape):
+    """``shape`` as a tuple of four non-negative ints ``(N, C, H, W)``."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
+    return shape

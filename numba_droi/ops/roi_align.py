@@ -62,9 +62,7 @@ def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampli
         ``grad_input`` of shape ``input_shape``: ``sum_k,ph,pw grad_output * d out / d input``.
     """
     grad_output = _checks.features(grad_output, "grad_output")
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 4 or min(input_shape) < 0:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
+    input_shape = _checks.input_shape(input_shape)
     xp = _backend.array_module(grad_output)
     grad_input = xp.zeros(input_shape, dtype=grad_output.dtype)
     rois, spatial_scale, sampling_ratio, aligned = _arguments(

@@ -1,0 +1,178 @@
+"""Position-sensitive RoI Pool and RoI Align kernels (R-FCN): one source for the cpu and the cuda target.
+
+Output channel ``c`` at bin ``(ph, pw)`` reads input channel ``ps_input_channel(c, ph, pw, PH, PW)``.
+PS RoI Pool takes its geometry from RoI Pool's helpers (``pool_box`` without the +1, ``pool_window``)
+and averages the window; PS RoI Align is roi_align's ``roi_align_bin`` with ``aligned=True`` on the
+mapped channel. The cuda kernels give each thread one output element; the cpu forwards give each
+parallel iteration one box, the cpu backwards one input channel (which belongs to exactly one output
+channel and bin, so no two iterations write the same element).
+
+Kernel arguments: ``(features, rois, spatial_scale, output)`` and ``(grad_output, rois, spatial_scale,
+grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spatial_scale``.
+``grad_input`` is zero-filled.
+"""
+import numba
+import numpy as np
+
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
+from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_from_samples,
+                        roi_align_box, roi_align_box_samples, unravel_output_index)
+from .roi_pool import pool_box, pool_window, pool_windows
+
+
+@jitable
+def ps_input_channel(c, ph, pw, pooled_h, pooled_w):
+    """The input channel that output channel ``c`` reads at bin ``(ph, pw)``."""
+    return (c * pooled_h + ph) * pooled_w + pw
+
+
+@jitable
+def ps_output_position(channel, pooled_h, pooled_w):
+    """``(c, ph, pw)``: the output channel and bin that read input ``channel`` (inverse of
+    ``ps_input_channel``)."""
+    c_ph = channel // pooled_w
+    c = c_ph // pooled_h
+    return c, c_ph - c * pooled_h, channel - c_ph * pooled_w
+
+
+# -- PS RoI Pool -----------------------------------------------------------------------------------
+
+@jitable_inlined_on_cpu
+def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
+    """Mean of ``features[n, c, h_low:h_high, w_low:w_high]``; 0 for an empty window."""
+    f = features.dtype.type
+    if h_high <= h_low or w_high <= w_low:
+        return f(0)
+    total = f(0)
+    for h in range(h_low, h_high):
+        for w in range(w_low, w_high):
+            total += features[n, c, h, w]
+    return total / f((h_high - h_low) * (w_high - w_low))
+
+
+@jitable_inlined_on_cpu
+def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_high):
+    """Scatter ``grad``, the gradient of ``ps_roi_pool_window``, into ``grad_input``."""
+    if h_high <= h_low or w_high <= w_low:
+        return
+    grad = grad / grad_input.dtype.type((h_high - h_low) * (w_high - w_low))
+    for h in range(h_low, h_high):
+        for w in range(w_low, w_high):
+            add_4d(grad_input, n, c, h, w, grad)
+
+
+@cuda_kernel("F4 F2 f F4")
+def ps_roi_pool_forward_cuda(features, rois, spatial_scale, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
+        h_low, h_high, w_low, w_high = pool_window(box, ph, pw, features.shape[2], features.shape[3])
+        output[k, c, ph, pw] = ps_roi_pool_window(
+            features, box[0], ps_input_channel(c, ph, pw, pooled_h, pooled_w),
+            h_low, h_high, w_low, w_high)
+
+
+@cuda_kernel("F4 F2 f F4")
+def ps_roi_pool_backward_cuda(grad_output, rois, spatial_scale, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
+        h_low, h_high, w_low, w_high = pool_window(box, ph, pw, grad_input.shape[2],
+                                                   grad_input.shape[3])
+        ps_roi_pool_window_backward(
+            grad_output[k, c, ph, pw], grad_input, box[0],
+            ps_input_channel(c, ph, pw, pooled_h, pooled_w), h_low, h_high, w_low, w_high)
+
+
+@cpu_driver
+def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
+    boxes, channels, pooled_h, pooled_w = output.shape
+    for k in numba.prange(boxes):
+        n = int(rois[k, 0])
+        windows = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
+                               features.shape[3])
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    output[k, c, ph, pw] = ps_roi_pool_window(
+                        features, n, ps_input_channel(c, ph, pw, pooled_h, pooled_w),
+                        windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2], windows[ph, pw, 3])
+
+
+@cpu_driver
+def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
+    # Every box's windows first (one parallel iteration per box), then one input channel per
+    # parallel iteration.
+    boxes, _, pooled_h, pooled_w = grad_output.shape
+    windows = np.empty((boxes, pooled_h, pooled_w, 4), np.int64)
+    for k in numba.prange(boxes):
+        windows[k] = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
+                                  grad_input.shape[3])
+    for channel in numba.prange(grad_input.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(boxes):
+            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
+                                        windows[k, ph, pw, 0], windows[k, ph, pw, 1],
+                                        windows[k, ph, pw, 2], windows[k, ph, pw, 3])
+
+
+# -- PS RoI Align ----------------------------------------------------------------------------------
+
+@cuda_kernel("F4 F2 f i F4")
+def ps_roi_align_forward_cuda(features, rois, spatial_scale, sampling_ratio, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        output[k, c, ph, pw] = roi_align_bin(
+            features, ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw, box)
+
+
+@cuda_kernel("F4 F2 f i F4")
+def ps_roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input,
+                               ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw, box)
+
+
+@cpu_driver
+def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, output):
+    # Per box, the sample corners and weights are computed once and reused for all output channels.
+    boxes, channels, pooled_h, pooled_w = output.shape
+    for k in numba.prange(boxes):
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        corners, weights = roi_align_box_samples(features, box, pooled_h, pooled_w)
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    output[k, c, ph, pw] = roi_align_bin_from_samples(
+                        features, box[0], ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw,
+                        corners, weights)
+
+
+@cpu_driver
+def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
+    boxes, _, pooled_h, pooled_w = grad_output.shape
+    for channel in numba.prange(grad_input.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(boxes):
+            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+            roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, channel, ph, pw, box)
+
+
+KERNELS = {
+    "ps_roi_pool": {
+        "forward": {"cpu": ps_roi_pool_forward_cpu, "cuda": ps_roi_pool_forward_cuda},
+        "backward": {"cpu": ps_roi_pool_backward_cpu, "cuda": ps_roi_pool_backward_cuda},
+    },
+    "ps_roi_align": {
+        "forward": {"cpu": ps_roi_align_forward_cpu, "cuda": ps_roi_align_forward_cuda},
+        "backward": {"cpu": ps_roi_align_backward_cpu, "cuda": ps_roi_align_backward_cuda},
+    },
+}

@@ -1,0 +1,166 @@
+"""RoI Pool kernels (Fast R-CNN max pooling): one source for the cpu and the cuda target.
+
+``pool_box`` and ``pool_bin`` give the integer geometry shared with PS RoI Pool (kernels/ps_roi.py):
+box corners rounded half away from zero, bins ``floor(i*bin) .. ceil((i+1)*bin)`` shifted by the box
+start and clipped to the map. ``roi_pool_window`` computes one output element and its argmax; the
+backward adds each output's gradient at its argmax (atomically on the GPU).
+
+Kernel arguments: ``(features, rois, spatial_scale, output, argmax)`` and
+``(grad_output, rois, argmax, grad_input)``, with ``spatial_scale`` of the features' dtype, ``argmax``
+int64 of the output's shape (the flat index ``h*W + w`` in the box's feature plane, -1 for an empty
+bin) and ``grad_input`` zero-filled.
+"""
+import math
+
+import numba
+import numpy as np
+
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                       thread_start, thread_stride)
+from .roi_align import unravel_output_index
+
+# Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
+# absurdly large (finite) box cannot overflow; it changes nothing for boxes of any real image.
+COORDINATE_LIMIT = 2 ** 30
+
+
+@jitable
+def round_half_away(value):
+    """``value`` rounded to the nearest int, halves away from zero (C's ``round``)."""
+    f = type(value)
+    magnitude = abs(value)
+    rounded = int(math.floor(magnitude))
+    if magnitude - f(rounded) >= f(0.5):
+        rounded += 1
+    return rounded if value >= f(0) else -rounded
+
+
+@jitable
+def pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w):
+    """Integer geometry of box ``k``: ``(batch, y_start, x_start, bin_h, bin_w)``.
+
+    Corners are scaled and rounded half away from zero; the size is ``end - start + plus_one``, at
+    least 1 (``plus_one`` is 1 for RoI Pool, 0 for PS RoI Pool). A box with a non-finite coordinate
+    gets bins of size 0 at the origin: every bin is empty.
+    """
+    f = rois.dtype.type
+    limit = f(COORDINATE_LIMIT)
+    x1 = rois[k, 1] * spatial_scale
+    y1 = rois[k, 2] * spatial_scale
+    x2 = rois[k, 3] * spatial_scale
+    y2 = rois[k, 4] * spatial_scale
+    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+        return int(rois[k, 0]), 0, 0, f(0), f(0)
+    x_start = round_half_away(min(max(x1, -limit), limit))
+    y_start = round_half_away(min(max(y1, -limit), limit))
+    roi_w = max(round_half_away(min(max(x2, -limit), limit)) - x_start + plus_one, 1)
+    roi_h = max(round_half_away(min(max(y2, -limit), limit)) - y_start + plus_one, 1)
+    return int(rois[k, 0]), y_start, x_start, f(roi_h) / f(pooled_h), f(roi_w) / f(pooled_w)
+
+
+@jitable
+def pool_bin(start, bin_size, index, size):
+    """``(low, high)``: bin ``index`` of an axis, pixels ``low <= i < high``, clipped to ``[0, size]``."""
+    f = type(bin_size)
+    low = int(math.floor(f(index) * bin_size)) + start
+    high = int(math.ceil(f(index + 1) * bin_size)) + start
+    return min(max(low, 0), size), min(max(high, 0), size)
+
+
+@jitable
+def pool_window(box, ph, pw, height, width):
+    """``(h_low, h_high, w_low, w_high)`` of bin ``(ph, pw)`` of the box ``pool_box`` gave."""
+    _, y_start, x_start, bin_h, bin_w = box
+    h_low, h_high = pool_bin(y_start, bin_h, ph, height)
+    w_low, w_high = pool_bin(x_start, bin_w, pw, width)
+    return h_low, h_high, w_low, w_high
+
+
+@jitable
+def pool_windows(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width):
+    """The windows ``pool_window`` gives for every bin of box ``k``, as a ``(PH, PW, 4)`` array: for
+    cpu drivers that reuse them across channels."""
+    box = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
+    windows = np.empty((pooled_h, pooled_w, 4), np.int64)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            (windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2],
+             windows[ph, pw, 3]) = pool_window(box, ph, pw, height, width)
+    return windows
+
+
+@jitable_inlined_on_cpu
+def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
+    """``(maximum, argmax)`` of ``features[n, c, h_low:h_high, w_low:w_high]``, scanned row-major with
+    strict ``>`` (the first maximum wins); ``(0, -1)`` for an empty window."""
+    if h_high <= h_low or w_high <= w_low:
+        return features.dtype.type(0), -1
+    best = features[n, c, h_low, w_low]
+    best_index = h_low * features.shape[3] + w_low
+    for h in range(h_low, h_high):
+        for w in range(w_low, w_high):
+            if features[n, c, h, w] > best:
+                best = features[n, c, h, w]
+                best_index = h * features.shape[3] + w
+    return best, best_index
+
+
+@jitable_inlined_on_cpu
+def roi_pool_scatter(grad, grad_input, n, c, index):
+    """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]``; nothing for -1."""
+    if index >= 0:
+        width = grad_input.shape[3]
+        h = index // width
+        add_4d(grad_input, n, c, h, index - h * width, grad)
+
+
+@cuda_kernel("F4 F2 f F4 I4")
+def roi_pool_forward_cuda(features, rois, spatial_scale, output, argmax):
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = pool_box(rois, k, spatial_scale, 1, output.shape[2], output.shape[3])
+        h_low, h_high, w_low, w_high = pool_window(box, ph, pw, features.shape[2], features.shape[3])
+        output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
+            features, box[0], c, h_low, h_high, w_low, w_high)
+
+
+@cuda_kernel("F4 F2 I4 F4")
+def roi_pool_backward_cuda(grad_output, rois, argmax, grad_input):
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), c,
+                         argmax[k, c, ph, pw])
+
+
+@cpu_driver
+def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
+    # Per box, the bin windows are computed once and reused for all channels.
+    boxes, channels, pooled_h, pooled_w = output.shape
+    for k in numba.prange(boxes):
+        n = int(rois[k, 0])
+        windows = pool_windows(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
+                               features.shape[3])
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
+                        features, n, c, windows[ph, pw, 0], windows[ph, pw, 1],
+                        windows[ph, pw, 2], windows[ph, pw, 3])
+
+
+@cpu_driver
+def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
+    # Partitioned by channel: no two parallel iterations write the same element.
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    for c in numba.prange(channels):
+        for k in range(boxes):
+            n = int(rois[k, 0])
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, n, c, argmax[k, c, ph, pw])
+
+
+KERNELS = {
+    "forward": {"cpu": roi_pool_forward_cpu, "cuda": roi_pool_forward_cuda},
+    "backward": {"cpu": roi_pool_backward_cpu, "cuda": roi_pool_backward_cuda},
+}

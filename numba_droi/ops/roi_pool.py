@@ -1,0 +1,96 @@
+"""roi_pool and its backward at the array level.
+
+The backward needs the forward's argmax: ``roi_pool_with_argmax`` returns it next to the output,
+``roi_pool_backward`` takes it; ``roi_pool`` is the forward alone.
+"""
+import numpy as np
+
+from .. import _backend
+from ..kernels.roi_pool import KERNELS
+from . import _checks
+
+
+def roi_pool(input, rois, output_size, spatial_scale=1.0):
+    """RoI max pooling of Fast R-CNN (Girshick, 2015, https://arxiv.org/abs/1504.08083), as torchvision.
+
+    Box ``k = [n, x1, y1, x2, y2]`` is scaled by ``spatial_scale`` and its corners rounded half away
+    from zero; with ``roi_h = max(y2 - y1 + 1, 1)`` (the legacy +1) and ``bin_h = roi_h / PH``, bin
+    ``ph`` covers rows ``y1 + floor(ph*bin_h) <= h < y1 + ceil((ph+1)*bin_h)`` clipped to ``[0, H]``
+    (same for columns)::
+
+        out[k, c, ph, pw] = max_{h, w in bin (ph, pw)} input[n, c, h, w]     (0 for an empty bin)
+
+    Boxes with NaN or inf coordinates give 0. Where several elements share the maximum, the first in
+    row-major order is the one whose gradient flows (as torchvision). torchvision starts each
+    maximum at ``-FLT_MAX``; we start at the bin's first element, which differs only for bins whose
+    values are all ``<= -FLT_MAX`` or NaN.
+
+    Args:
+        input: ``(N, C, H, W)`` float32 or float64 features, NumPy or CuPy.
+        rois: ``(K, 5)`` boxes ``[batch_index, x1, y1, x2, y2]`` in input-image coordinates; cast to
+            the features' dtype.
+        output_size: ``PH`` or ``(PH, PW)``.
+        spatial_scale: factor from image to feature-map coordinates.
+
+    Returns:
+        ``(K, C, PH, PW)`` array of the input's kind and dtype. ``roi_pool_with_argmax`` also
+        returns the argmax that ``roi_pool_backward`` needs.
+    """
+    return roi_pool_with_argmax(input, rois, output_size, spatial_scale)[0]
+
+
+def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
+    """``roi_pool`` and its argmax: ``(output, argmax)``, ``argmax`` an int64 array of the output's
+    shape holding the flat index ``h*W + w`` of each maximum in its feature plane (-1 for an empty
+    bin), for ``roi_pool_backward``."""
+    features = _checks.features(input)
+    pooled_h, pooled_w = _checks.pair(output_size, "output_size")
+    rois = _checks.rois(rois, features)
+    spatial_scale = features.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
+    target = _backend.target_of(features)
+    xp = _backend.array_module(features)
+    shape = (rois.shape[0], features.shape[1], pooled_h, pooled_w)
+    if not features.size:
+        return xp.zeros(shape, dtype=features.dtype), xp.full(shape, -1, dtype=np.int64)
+    # The kernels write every element: no need to fill (the argmax alone is 8 bytes per output).
+    output = xp.empty(shape, dtype=features.dtype)
+    argmax = xp.empty(shape, dtype=np.int64)
+    _backend.run(target, KERNELS["forward"][target], output.size,
+                 features, rois, spatial_scale, output, argmax)
+    return output, argmax
+
+
+def roi_pool_backward(grad_output, rois, argmax, input_shape):
+    """Gradient of ``roi_pool`` with respect to its input: each output's gradient added at its argmax.
+
+    Args:
+        grad_output: ``(K, C, PH, PW)`` gradient of the output.
+        rois: as given to the forward (for the batch indices).
+        argmax: the argmax ``roi_pool_with_argmax`` returned.
+        input_shape: ``(N, C, H, W)`` of the forward's input.
+
+    Returns:
+        ``grad_input`` of shape ``input_shape``.
+    """
+    grad_output = _checks.features(grad_output, "grad_output")
+    input_shape = _checks.input_shape(input_shape)
+    xp = _backend.array_module(grad_output)
+    grad_input = xp.zeros(input_shape, dtype=grad_output.dtype)
+    rois = _checks.rois(rois, grad_input)
+    _checks.same_shape(grad_output, (rois.shape[0], input_shape[1]) + grad_output.shape[2:],
+                       "grad_output")
+    _backend.target_of(grad_output, argmax, names=("grad_output", "argmax"))
+    argmax = _backend.as_array(argmax)
+    _checks.same_shape(argmax, grad_output.shape, "argmax")
+    if argmax.dtype != np.int64:
+        raise TypeError(f"argmax must be int64, got {argmax.dtype}")
+    plane = input_shape[2] * input_shape[3]
+    if argmax.size and not bool(((argmax >= -1) & (argmax < plane)).all()):
+        raise ValueError(f"argmax values must lie in [-1, H*W) = [-1, {plane}): not the argmax of a "
+                         f"roi_pool of this input_shape")
+    argmax = xp.ascontiguousarray(argmax)
+    target = _backend.target_of(grad_output)
+    if grad_input.size:
+        _backend.run(target, KERNELS["backward"][target], grad_output.size,
+                     grad_output, rois, argmax, grad_input)
+    return grad_input

@@ -1,0 +1,394 @@
+"""ps_roi_pool and ps_roi_align: against reference/ (float64) on both targets, gradients by finite
+differences, the cuda kernels' bodies compiled for the cpu at a detection size, the channel mapping,
+the differences from torchvision that SPEC.md chooses, bad inputs, and torchvision when installed."""
+import numba
+import numpy as np
+import pytest
+from test_roi_align import GOOD_ROIS, no_launch, random_boxes  # noqa: F401 (fixture)
+
+import numba_droi
+import reference.ps_roi as reference
+from numba_droi import functional
+from numba_droi.autograd import Tensor
+from numba_droi.gradcheck import gradcheck
+from numba_droi.kernels import ps_roi as kernels
+from numba_droi.kernels.roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box,
+                                          unravel_output_index)
+from numba_droi.kernels.roi_pool import pool_box, pool_window
+
+OPS = ["ps_roi_pool", "ps_roi_align"]
+
+
+def forward(name):
+    return getattr(numba_droi, name)
+
+
+def backward(name):
+    return getattr(numba_droi, name + "_backward")
+
+
+def backward_options(options):
+    return {k: v for k, v in options.items() if k != "output_size"}
+
+
+def random_case(rng, name, max_size=11, max_boxes=5, max_channels=2):
+    output_size = tuple(int(v) for v in rng.integers(1, 4, 2))
+    batch = rng.integers(1, 3)
+    channels = rng.integers(1, max_channels + 1) * output_size[0] * output_size[1]
+    height, width = rng.integers(1, max_size + 1, 2)
+    scale = float(rng.choice([1.0, 0.5, 0.25, 1.3]))
+    features = rng.standard_normal((batch, channels, height, width))
+    rois = random_boxes(rng, rng.integers(1, max_boxes + 1), batch, height, width, scale)
+    options = dict(output_size=output_size, spatial_scale=scale)
+    if name == "ps_roi_align":
+        options["sampling_ratio"] = int(rng.choice([-1, 0, 1, 2, 3]))
+    return features, rois, options
+
+
+def check_against_reference(on, name, features, rois, options):
+    with on:
+        output = on.numpy(forward(name)(on.array(features), on.array(rois), **options))
+        grad_output = np.random.default_rng(1).standard_normal(output.shape)
+        grad_input = on.numpy(backward(name)(on.array(grad_output), on.array(rois), features.shape,
+                                             **backward_options(options)))
+    expected = getattr(reference, name)(features, rois, **options)
+    np.testing.assert_allclose(output, expected, rtol=1e-12, atol=1e-12)
+    expected_grad = getattr(reference, name + "_backward")(grad_output, rois, features.shape,
+                                                           **backward_options(options))
+    np.testing.assert_allclose(grad_input, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("seed", range(30))
+def test_matches_reference_on_cpu(cpu, name, seed):
+    check_against_reference(cpu, name, *random_case(np.random.default_rng(seed), name))
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_reference_on_cuda(cuda, name, seed):
+    check_against_reference(cuda, name, *random_case(np.random.default_rng(seed), name, max_size=7,
+                                                     max_boxes=3, max_channels=1))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_matches_reference_on_cpu_at_a_larger_size(cpu, name):
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((2, 2 * 9, 30, 41))
+    options = dict(output_size=(3, 3), spatial_scale=0.25)
+    if name == "ps_roi_align":
+        options["sampling_ratio"] = -1
+    check_against_reference(cpu, name, features, random_boxes(rng, 24, 2, 30, 41, 0.25), options)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_each_bin_reads_its_own_channel(on, name):
+    """Input channel i is the constant i, so each non-empty bin returns the channel it read."""
+    pooled_h, pooled_w, channels = 2, 3, 2
+    features = np.broadcast_to(np.arange(channels * pooled_h * pooled_w, dtype=np.float64)[:, None, None],
+                               (1, channels * pooled_h * pooled_w, 9, 10)).copy()
+    with on:
+        output = on.numpy(forward(name)(on.array(features), on.array([[0, 0.6, 1.2, 8.3, 7.9]]),
+                                        (pooled_h, pooled_w)))
+    for c, ph, pw in np.ndindex(channels, pooled_h, pooled_w):
+        np.testing.assert_allclose(output[0, c, ph, pw], (c * pooled_h + ph) * pooled_w + pw, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_float32_matches_float64_reference(on, name):
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((2, 8, 9, 8))
+    rois = random_boxes(rng, 4, 2, 9, 8, 0.5)
+    options = dict(output_size=(2, 4), spatial_scale=0.5)  # pooling bins exact in both dtypes
+    if name == "ps_roi_align":
+        options["sampling_ratio"] = 2
+    with on:
+        output = forward(name)(on.array(features.astype(np.float32)), on.array(rois.astype(np.float32)),
+                               **options)
+    assert output.dtype == np.float32
+    np.testing.assert_allclose(on.numpy(output), getattr(reference, name)(features, rois, **options),
+                               rtol=1e-5, atol=1e-5)
+
+
+# -- gradients by finite differences --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_on_cpu(cpu, name, seed):
+    features, rois, options = random_case(np.random.default_rng(100 + seed), name, max_size=8)
+    x = Tensor(features, requires_grad=True)
+    assert gradcheck(lambda t: getattr(functional, name)(t, rois, **options), [x])
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_gradcheck_on_cuda(cuda, name):
+    features, rois, options = random_case(np.random.default_rng(200), name, max_size=6, max_boxes=2,
+                                          max_channels=1)
+    with cuda:
+        x = Tensor(cuda.array(features), requires_grad=True)
+        assert gradcheck(lambda t: getattr(functional, name)(t, cuda.array(rois), **options), [x])
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_functional_gradient_equals_array_backward(on, name):
+    rng = np.random.default_rng(9)
+    features, rois, options = random_case(rng, name, max_size=6, max_boxes=2, max_channels=1)
+    with on:
+        x = Tensor(on.array(features), requires_grad=True)
+        out = getattr(functional, name)(x, on.array(rois), **options)
+        grad = rng.standard_normal(out.shape)
+        out.backward(on.array(grad))
+        expected = backward(name)(on.array(grad), on.array(rois), features.shape,
+                                  **backward_options(options))
+    np.testing.assert_array_equal(on.numpy(x.grad), on.numpy(expected))
+
+
+# -- the cuda kernels' bodies compiled for the cpu, at a detection size ----------------------------
+
+@numba.njit(parallel=True)
+def _ps_roi_pool_forward_body(features, rois, spatial_scale, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
+    for index in numba.prange(output.size):  # what each thread of ps_roi_pool_forward_cuda does
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
+        h_low, h_high, w_low, w_high = pool_window(box, ph, pw, features.shape[2], features.shape[3])
+        output[k, c, ph, pw] = kernels.ps_roi_pool_window(
+            features, box[0], kernels.ps_input_channel(c, ph, pw, pooled_h, pooled_w),
+            h_low, h_high, w_low, w_high)
+
+
+@numba.njit
+def _ps_roi_pool_backward_body(grad_output, rois, spatial_scale, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    for index in range(grad_output.size):  # serial: the cpu add is not atomic
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
+        h_low, h_high, w_low, w_high = pool_window(box, ph, pw, grad_input.shape[2],
+                                                   grad_input.shape[3])
+        kernels.ps_roi_pool_window_backward(
+            grad_output[k, c, ph, pw], grad_input, box[0],
+            kernels.ps_input_channel(c, ph, pw, pooled_h, pooled_w), h_low, h_high, w_low, w_high)
+
+
+@numba.njit(parallel=True)
+def _ps_roi_align_forward_body(features, rois, spatial_scale, sampling_ratio, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
+    for index in numba.prange(output.size):  # what each thread of ps_roi_align_forward_cuda does
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        output[k, c, ph, pw] = roi_align_bin(
+            features, kernels.ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw, box)
+
+
+@numba.njit
+def _ps_roi_align_backward_body(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    for index in range(grad_output.size):  # serial: the cpu add is not atomic
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input,
+                               kernels.ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw, box)
+
+
+BODIES = {"ps_roi_pool": (_ps_roi_pool_forward_body, _ps_roi_pool_backward_body, ()),
+          "ps_roi_align": (_ps_roi_align_forward_body, _ps_roi_align_backward_body, (2,))}
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_bodies_compiled_for_cpu_match_the_cpu_drivers_at_detection_size(name, dtype):
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((2, 10 * 49, 50, 68)).astype(dtype)
+    rois = random_boxes(rng, 512, 2, 50, 68, 1 / 16).astype(dtype)
+    forward_body, backward_body, options = BODIES[name]
+    output = forward(name)(features, rois, 7, 1 / 16, *options)
+    body_output = np.zeros_like(output)
+    forward_body(features, rois, dtype(1 / 16), *options, body_output)
+    np.testing.assert_array_equal(body_output, output)
+
+    grad_output = rng.standard_normal(output.shape).astype(dtype)
+    grad_input = backward(name)(grad_output, rois, features.shape, 1 / 16, *options)
+    body_grad = np.zeros_like(features)
+    backward_body(grad_output, rois, dtype(1 / 16), *options, body_grad)
+    np.testing.assert_allclose(body_grad, grad_input, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                               atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+# -- where we differ from torchvision on purpose (SPEC.md) -----------------------------------------
+
+def test_ps_roi_pool_bins_reach_the_last_row_and_column(on):
+    """Bins are clipped to [0, H] in the forward as in the backward; torchvision's forward clips to
+    H-1 and never reads the last row or column."""
+    features = np.random.default_rng(2).standard_normal((1, 4, 3, 3))
+    with on:
+        output = on.numpy(numba_droi.ps_roi_pool(on.array(features), on.array([[0, 0, 0, 3.0, 3]]), 2))
+    # roi 3x3, bins of 1.5: bin 1 covers rows and columns floor(1.5)=1 .. ceil(3)=3, i.e. 1 and 2.
+    np.testing.assert_allclose(output[0, 0, 1, 1], features[0, 3, 1:3, 1:3].mean(), rtol=1e-14)
+    np.testing.assert_allclose(output[0, 0, 0, 0], features[0, 0, 0:2, 0:2].mean(), rtol=1e-14)
+
+
+def test_torchvision_ps_roi_pool_forward_skips_the_last_row_and_column():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    features = np.random.default_rng(2).standard_normal((1, 4, 3, 3))
+    theirs = torchvision.ops.ps_roi_pool(torch.tensor(features), torch.tensor([[0, 0, 0, 3.0, 3]], dtype=torch.float64), 2)
+    np.testing.assert_allclose(theirs[0, 0, 1, 1].item(), features[0, 3, 1, 1], rtol=1e-14)
+
+
+@pytest.mark.parametrize("box", [[0, 1, 2, 5, 2], [0, 1, 2, 1, 5]])  # zero height, zero width
+def test_ps_roi_align_zero_size_box_gives_zero_not_nan(on, box):
+    features = np.random.default_rng(2).standard_normal((1, 4, 6, 7))
+    with on:
+        output = on.numpy(numba_droi.ps_roi_align(on.array(features), on.array(np.array([box], float)), 2))
+        grad = on.numpy(numba_droi.ps_roi_align_backward(on.array(np.ones(output.shape)),
+                                                         on.array(np.array([box], float)), features.shape))
+    assert not output.any() and not grad.any()
+
+
+@pytest.mark.parametrize("box", [[0, 1, 2, 5, 2], [0, 1, 2, 1, 5]])
+def test_torchvision_ps_roi_align_gives_nan_for_a_zero_size_box(box):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    features = np.random.default_rng(2).standard_normal((1, 4, 6, 7))
+    theirs = torchvision.ops.ps_roi_align(torch.tensor(features), torch.tensor([box], dtype=torch.float64), 2)
+    assert torch.isnan(theirs).all()
+
+
+# -- edge cases ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", OPS)
+def test_nan_and_inf_boxes_give_zero_and_read_nothing_outside(on, name):
+    """Non-finite boxes give 0; absurdly large finite ones stay finite. The simulator raises on any
+    out-of-range index, so this also checks the bounds on cuda."""
+    features = np.random.default_rng(0).standard_normal((1, 8, 5, 6))
+    rois = np.array([[0, np.nan, 1, 3, 3], [0, 1, np.inf, 3, 3], [0, 1, 1, np.inf, 3],
+                     [0, -np.inf, -np.inf, np.inf, np.inf], [0, -1e30, -1e30, 1e30, 1e30],
+                     [0, 1, 1, 4, 3]])
+    for sampling_ratio in ((-1, 2) if name == "ps_roi_align" else (None,)):
+        options = {} if sampling_ratio is None else dict(sampling_ratio=sampling_ratio)
+        # (an adaptive grid for the huge box would have ~1e30 samples per bin, as in torchvision)
+        boxes = np.delete(rois, 4, 0) if sampling_ratio == -1 else rois
+        with on:
+            output = on.numpy(forward(name)(on.array(features), on.array(boxes), 2, **options))
+            grad = on.numpy(backward(name)(on.array(np.ones(output.shape)), on.array(boxes),
+                                           features.shape, **options))
+        assert np.all(output[:4] == 0) and np.all(output[-1] != 0) and np.all(np.isfinite(output))
+        assert np.all(np.isfinite(grad))
+        np.testing.assert_allclose(grad, getattr(reference, name + "_backward")(
+            np.ones(output.shape)[4:], boxes[4:], features.shape, **options), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_no_boxes_give_an_empty_output_and_zero_gradient(on, name):
+    features = np.ones((2, 12, 4, 5))
+    with on:
+        output = forward(name)(on.array(features), on.array(np.zeros((0, 5))), (2, 3))
+        grad = backward(name)(on.array(np.zeros((0, 2, 2, 3))), on.array(np.zeros((0, 5))),
+                              features.shape)
+    assert output.shape == (0, 2, 2, 3)
+    assert grad.shape == features.shape and not on.numpy(grad).any()
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("shape", [(1, 0, 4, 5), (1, 4, 0, 5), (1, 4, 4, 0)])
+def test_empty_feature_maps_give_zeros(cpu, name, shape):
+    output = forward(name)(np.ones(shape), np.array([[0, 0.5, 0.5, 2, 2]]), 2)
+    assert output.shape == (1, shape[1] // 4, 2, 2) and not output.any()
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_non_contiguous_inputs_give_the_same_result(on, name):
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((1, 5, 7, 9))
+    rois = random_boxes(rng, 3, 1, 5, 7, 1.0)
+    with on:
+        strided = forward(name)(on.array(features).transpose(0, 3, 1, 2),
+                                on.array(np.asfortranarray(rois)), 3)
+        contiguous = forward(name)(on.array(np.ascontiguousarray(features.transpose(0, 3, 1, 2))),
+                                   on.array(rois), 3)
+    np.testing.assert_array_equal(on.numpy(strided), on.numpy(contiguous))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_inputs_are_not_modified(on, name):
+    rng = np.random.default_rng(8)
+    features, rois = rng.standard_normal((1, 8, 6, 6)), np.array([[0, 0.5, 0.75, 4.25, 5.5]])
+    grad = rng.standard_normal((1, 2, 2, 2))
+    copies = [a.copy() for a in (features, rois, grad)]
+    with on:
+        arrays = [on.array(a) for a in (features, rois, grad)]
+        forward(name)(arrays[0], arrays[1], 2)
+        backward(name)(arrays[2], arrays[1], features.shape)
+    for array, copy in zip(arrays, copies):
+        np.testing.assert_array_equal(on.numpy(array), copy)
+
+
+# -- bad inputs: clear errors before any launch ----------------------------------------------------
+
+GOOD_FEATURES = np.zeros((2, 8, 4, 5))
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("features, rois, output_size, error, words", [
+    (GOOD_FEATURES, GOOD_ROIS, 3, ValueError,
+     "input.shape[1] = 8 must be a multiple of PH*PW = 3*3 = 9"),
+    (GOOD_FEATURES, GOOD_ROIS, (1, 3), ValueError, "input.shape[1] = 8 must be a multiple of PH*PW"),
+    (GOOD_FEATURES, GOOD_ROIS[:, :4], 2, ValueError, "rois must have shape (K, 5)"),
+    (GOOD_FEATURES, np.array([[0, 0, 0, 2, 2], [2, 1, 1, 3, 3.0]]), 2, ValueError, "rois[1, 0] = 2.0"),
+    (GOOD_FEATURES, np.array([[np.nan, 0, 0, 2, 2.0]]), 2, ValueError, "rois[0, 0] = nan"),
+    (GOOD_FEATURES, GOOD_ROIS.astype(np.int64), 2, TypeError, "rois must be a floating array"),
+    (GOOD_FEATURES.astype(np.float16), GOOD_ROIS, 2, TypeError, "input must be float32 or float64"),
+    (GOOD_FEATURES[0], GOOD_ROIS, 2, ValueError, "input must have 4 dimensions"),
+    (GOOD_FEATURES, GOOD_ROIS, (2, 2, 2), ValueError, "output_size"),
+])
+def test_bad_arguments_are_named(no_launch, name, features, rois, output_size, error, words):
+    with pytest.raises(error) as raised:
+        forward(name)(features, rois, output_size)
+    assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_bad_options_are_named(no_launch, name):
+    with pytest.raises(ValueError, match="spatial_scale must be a finite number, got nan"):
+        forward(name)(GOOD_FEATURES, GOOD_ROIS, 2, spatial_scale=float("nan"))
+    if name == "ps_roi_align":
+        with pytest.raises(TypeError, match="sampling_ratio must be an int, got 1.5"):
+            forward(name)(GOOD_FEATURES, GOOD_ROIS, 2, sampling_ratio=1.5)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_backward_checks_its_arguments(no_launch, name):
+    with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 2, 2, 2\)"):
+        backward(name)(np.zeros((2, 3, 2, 2)), GOOD_ROIS, GOOD_FEATURES.shape)
+    with pytest.raises(ValueError, match=r"input_shape\[1\] = 8 must be a multiple of PH\*PW = 3\*1"):
+        backward(name)(np.zeros((2, 2, 3, 1)), GOOD_ROIS, GOOD_FEATURES.shape)
+    with pytest.raises(ValueError, match="input_shape"):
+        backward(name)(np.zeros((2, 2, 2, 2)), GOOD_ROIS, (2, 8, 4))
+    with pytest.raises(ValueError, match=r"rois\[1, 0\]"):
+        backward(name)(np.zeros((2, 2, 2, 2)), GOOD_ROIS, (1, 8, 4, 5))
+
+
+# -- torchvision, where SPEC.md says we match it ---------------------------------------------------
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("seed", range(10))
+def test_matches_torchvision_when_installed(cpu, name, seed):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    features, rois, options = random_case(np.random.default_rng(300 + seed), name)
+    x = torch.tensor(features, requires_grad=True)
+    expected = getattr(torchvision.ops, name)(x, torch.tensor(rois), **options)
+    grad_output = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+    expected.backward(torch.tensor(grad_output))
+    output = forward(name)(features, rois, **options)
+    if name == "ps_roi_pool":
+        # torchvision's forward clips bins to H-1 (its backward to H, as we do in both): on a map with
+        # one more row and column, which it never reads, its forward is ours.
+        padded = torch.tensor(np.pad(features, ((0, 0), (0, 0), (0, 1), (0, 1))))
+        expected = torchvision.ops.ps_roi_pool(padded, torch.tensor(rois), **options)
+    elif options["sampling_ratio"] <= 0:  # where torchvision gives NaN for an empty grid, we give 0
+        expected = torch.nan_to_num(expected, nan=0.0)
+    np.testing.assert_allclose(output, expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backward(name)(grad_output, rois, features.shape,
+                                              **backward_options(options)),
+                               x.grad.numpy(), rtol=1e-12, atol=1e-12)
