@@ -314,7 +314,7 @@ POOLING_MODULES = [
 ]
 
 
-@pytest.mark.parametrize("module, operator, shape", POOLING_MODULES, 
+@pytest.mark.parametrize("module, operator, shape", POOLING_MODULES,
                          ids=["RoIPool", "PSRoIPool", "PSRoIAlign"])
 def test_pooling_modules_are_their_operators(on, module, operator, shape):
     """Each module is its functional operator; its input gradient checks by finite differences on the
@@ -335,3 +335,14 @@ def test_pooling_modules_are_their_operators(on, module, operator, shape):
     else:
         np.testing.assert_allclose(grads["cuda"], grads["cpu"], rtol=1e-12, atol=1e-13)
     assert repr(module).startswith(type(module).__name__ + "(output_size=(2, 3)")
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups", CONV_CASES)
+def test_conv2d_matches_torch_as_torchvision_peer(cpu, stride, padding, dilation, groups):
+    torch = pytest.importorskip("torch")
+    input, weight, bias = random((2, 4, 6, 7)), random((4, 4 // groups, 3, 2), 1), random(4, 2)
+    expected = torch.nn.functional.conv2d(*(torch.from_numpy(a) for a in (input, weight, bias)),
+                                          stride=stride, padding=padding, dilation=dilation,
+                                          groups=groups).numpy()
+    output = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    np.testing.assert_allclose(output.data, expected, rtol=1e-12, atol=1e-12)
