@@ -458,3 +458,64 @@ def _axes(axis, ndim):
     if len(set(axes)) != len(axes):
         raise ValueError(f"axis must not repeat an axis, got {axis}")
     return tuple(sorted(axes))
+
+
+# -- convolution and channel splits -------------------------------------------------------------------
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-d convolution (a cross-correlation), as ``torch.nn.functional.conv2d``::
+
+        out[n, o, oy, ox] = bias[o] + sum_{c < C_in/groups, i < kh, j < kw} weight[o, c, i, j]
+            * input_zero_padded[n, g*C_in/groups + c, oy*stride_h + i*dil_h, ox*stride_w + j*dil_w]
+
+    with ``g = o // (C_out/groups)``. ``input`` (N, C_in, H, W), ``weight`` (C_out, C_in/groups, kh,
+    kw), ``bias`` (C_out,) or None; ``stride``, ``padding``, ``dilation`` ints or ``(h, w)`` pairs.
+    Computed by ``deform_conv2d`` without offsets (its im2col reads no offset array, then one grouped
+    matrix product); gradients with respect to input, weight and bias."""
+    input, weight = _tensor(input), _tensor(weight)
+    if input.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"input and weight must be 4-d, got shapes {input.shape} and {weight.shape}")
+    groups = ops._checks.integer(groups, "groups")
+    if groups < 1 or weight.shape[1] * groups != input.shape[1]:
+        raise ValueError(f"groups = {groups} must equal input.shape[1] // weight.shape[1] = "
+                         f"{input.shape[1]} // {weight.shape[1]} (and divide it exactly)")
+    if weight.shape[0] % groups:
+        raise ValueError(f"weight.shape[0] = {weight.shape[0]} must be a multiple of groups = {groups}")
+    return DeformConv2d.apply(input, None, weight, bias, stride, padding, dilation, None)
+
+
+class Narrow(Function):
+    @staticmethod
+    def forward(ctx, input, axis, start, length):
+        ctx.input_shape, ctx.index = input.shape, (slice(None),) * axis + (slice(start, start + length),)
+        return input[ctx.index]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_input = _backend.array_module(grad_output).zeros(ctx.input_shape, grad_output.dtype)
+        grad_input[ctx.index] = grad_output
+        return grad_input, None, None, None
+
+
+def narrow(input, axis, start, length):
+    """``input[..., start:start + length, ...]`` along ``axis``, as ``torch.narrow`` (a copy)."""
+    input = _tensor(input)
+    axis = _axis(ops._checks.integer(axis, "axis"), input.ndim)
+    start, length = ops._checks.integer(start, "start"), ops._checks.integer(length, "length")
+    if start < 0 or length < 0 or start + length > input.shape[axis]:
+        raise ValueError(f"start = {start} and length = {length} must lie within the "
+                         f"{input.shape[axis]} elements of axis {axis}")
+    return Narrow.apply(input, axis, start, length)
+
+
+def split(input, sizes, axis=0):
+    """``input`` cut along ``axis`` into consecutive pieces of the given ``sizes`` (which must add up
+    to ``input.shape[axis]``), as ``torch.split`` with a list; each piece is differentiable."""
+    input = _tensor(input)
+    sizes = [ops._checks.integer(size, "sizes") for size in sizes]
+    axis_length = input.shape[_axis(ops._checks.integer(axis, "axis"), input.ndim)]
+    if any(size < 0 for size in sizes) or np.sum(sizes) != axis_length:
+        raise ValueError(f"sizes {sizes} must be non-negative and add up to {axis_length}, the length "
+                         f"of axis {axis}")
+    starts = np.cumsum([0] + sizes[:-1])
+    return tuple(narrow(input, axis, int(start), size) for start, size in zip(starts, sizes))

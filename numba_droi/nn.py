@@ -345,3 +345,210 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         rows = self._pooled_rows(input, rois)
         mask = functional.reshape(self.mask_fc(rows), (rows.shape[0], 1) + self.output_size)
         return DeformRoIPool.forward(self, input, rois, self._offset(rows), mask)
+
+
+class RoIPool(Module):
+    """``functional.roi_pool`` as a layer: ``RoIPool(output_size, spatial_scale)(features, rois)``,
+    with torchvision's argument order and defaults."""
+
+    def __init__(self, output_size, spatial_scale=1.0):
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+
+    def forward(self, input, rois):
+        return functional.roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+class PSRoIPool(RoIPool):
+    """``functional.ps_roi_pool`` as a layer: ``PSRoIPool(output_size, spatial_scale)(features,
+    rois)``, with torchvision's argument order and defaults."""
+
+    def forward(self, input, rois):
+        return functional.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+
+class PSRoIAlign(Module):
+    """``functional.ps_roi_align`` as a layer: ``PSRoIAlign(output_size, spatial_scale,
+    sampling_ratio)(features, rois)``, with torchvision's argument order and defaults."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1):
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, input, rois):
+        return functional.ps_roi_align(input, rois, self.output_size, self.spatial_scale,
+                                       self.sampling_ratio)
+
+    def extra_repr(self):
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}")
+
+
+class DeformPSRoIPoolPack(DeformPSRoIPool):
+    """Deformable position-sensitive RoI pooling that predicts its own part offsets, the R-FCN head of
+    Deformable ConvNets (Dai et al., 2017, https://arxiv.org/abs/1703.06211; the ``rfcn_cls_offset_t``
+    branch of its ``resnet_v1_101_rfcn_dcn`` symbol)::
+
+        offset_map = offset_conv(features)      # 1x1 conv: (N, 2*offset_classes*G*G, H, W)
+        trans = deform_psroi_pool(offset_map, rois, None, output_dim=2*offset_classes,
+                                  pooled_size=part_size, no_trans=True)   # (K, 2*offset_classes, P, P)
+        out = deform_psroi_pool(input, rois, trans, output_dim, ..., trans_std=trans_std)
+
+    ``input`` is the position-sensitive score map, ``(N, output_dim * G*G, H, W)`` with ``G =
+    group_size``; ``features`` (``in_channels`` channels) is the map the offsets are predicted from —
+    in R-FCN the map the score map was itself computed from — and defaults to ``input``.
+    ``offset_classes`` classes of offsets (1: shared by all output channels; ``output_dim``: one per
+    class, as R-FCN's classification branch) divide the output channels into equal consecutive runs.
+    Each class's ``trans`` channels are x then y, as ``deform_psroi_pool`` reads them.
+
+    ``offset_conv`` is zero-initialised (as the original), so training starts from plain PS RoI
+    pooling with sub-sampling (``no_trans``); ``rng`` and ``dtype`` as ``Conv2d``. The gradient reaches
+    ``features`` through the offsets and ``input`` through the pooling.
+    """
+
+    def __init__(self, in_channels, spatial_scale, output_dim, group_size, pooled_size, part_size=None,
+                 sample_per_part=1, trans_std=0.1, offset_classes=1, rng=None, dtype=np.float32):
+        super().__init__(spatial_scale, output_dim, group_size, pooled_size, part_size,
+                         sample_per_part, trans_std, no_trans=False)
+        if output_dim % offset_classes:
+            raise ValueError(f"offset_classes = {offset_classes} must divide output_dim = {output_dim}")
+        self.in_channels, self.offset_classes = in_channels, offset_classes
+        self.offset_conv = Conv2d(in_channels, 2 * offset_classes * group_size ** 2, 1, rng=rng,
+                                  dtype=dtype)
+        self.offset_conv.weight.data[...] = 0
+        self.offset_conv.bias.data[...] = 0
+
+    def forward(self, input, rois, features=None):
+        offset_map = self.offset_conv(input if features is None else features)
+        part_size = self.pooled_size if self.part_size is None else self.part_size
+        trans = functional.deform_psroi_pool(
+            offset_map, rois, None, self.spatial_scale, 2 * self.offset_classes, self.group_size,
+            part_size, part_size, self.sample_per_part, no_trans=True)
+        return super().forward(input, rois, trans)
+
+    def extra_repr(self):
+        return (f"in_channels={self.in_channels}, {super().extra_repr()}, "
+                f"offset_classes={self.offset_classes}")
+
+
+# -- convolutions ------------------------------------------------------------------------------------
+
+class Conv2d(Module):
+    """``functional.conv2d`` as a layer, as ``torch.nn.Conv2d``: ``weight`` (out_channels,
+    in_channels/groups, kh, kw) and ``bias`` (out_channels,) initialised as PyTorch's
+    (``kaiming_uniform`` with ``fan_in = in_channels/groups * kh * kw``) from ``rng``, in ``dtype``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, rng=None, dtype=np.float32):
+        groups = _checks.integer(groups, "groups")
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups = {groups} must be positive and divide in_channels = "
+                             f"{in_channels} and out_channels = {out_channels}")
+        rng = np.random.default_rng(rng)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _checks.pair(kernel_size, "kernel_size")
+        self.stride = _checks.pair(stride, "stride")
+        self.padding = _checks.pair(padding, "padding", minimum=0)
+        self.dilation = _checks.pair(dilation, "dilation")
+        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = Parameter(kaiming_uniform((out_channels, in_channels // groups) + self.kernel_size,
+                                                fan_in, rng, dtype))
+        self.bias = Parameter(kaiming_uniform((out_channels,), fan_in, rng, dtype)) if bias else None
+
+    def _check_input(self, input):
+        if len(input.shape) != 4 or input.shape[1] != self.in_channels:
+            raise ValueError(f"input must be (N, in_channels = {self.in_channels}, H, W), got shape "
+                             f"{tuple(input.shape)}")
+
+    def forward(self, input):
+        self._check_input(input)
+        return functional.conv2d(input, self.weight, self.bias, self.stride, self.padding,
+                                 self.dilation, self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+
+class DeformConv2d(Conv2d):
+    """``functional.deform_conv2d`` as a layer: ``DeformConv2d(in_channels, out_channels, kernel_size,
+    ...)(input, offset, mask=None)``, parameters as ``Conv2d`` (and as torchvision's DeformConv2d).
+    ``offset`` ``(N, 2*G*kh*kw, Ho, Wo)``, y before x for each tap; ``mask`` ``(N, G*kh*kw, Ho, Wo)``
+    (DCNv2) or None; ``G``, the number of offset groups, is read from ``offset.shape[1]``."""
+
+    def forward(self, input, offset, mask=None):
+        self._check_input(input)
+        return functional.deform_conv2d(input, offset, self.weight, self.bias, self.stride,
+                                        self.padding, self.dilation, mask)
+
+
+class DeformConv2dPack(DeformConv2d):
+    """Deformable convolution (DCNv1, Dai et al., 2017, https://arxiv.org/abs/1703.06211) that
+    predicts its own offsets, as mmcv's ``DeformConv2dPack``::
+
+        offset = conv_offset(input)   # Conv2d(in_channels, 2*deform_groups*kh*kw), same kernel,
+                                      # stride, padding and dilation: offsets for every output pixel
+        out = deform_conv2d(input, offset, weight, bias)
+
+    Offset channel ``2*(g*kh*kw + i*kw + j)`` is the y offset of tap ``(i, j)`` of offset group ``g``,
+    the next channel its x offset (the layout of mmcv, torchvision and ``deform_conv2d``).
+    ``conv_offset`` is zero-initialised, so training starts from the plain convolution. No bias by
+    default (as mmcv); parameters otherwise as ``Conv2d`` from ``rng``, in ``dtype``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 deform_groups=1, bias=False, rng=None, dtype=np.float32):
+        rng = np.random.default_rng(rng)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         rng, dtype)
+        deform_groups = _checks.integer(deform_groups, "deform_groups")
+        if deform_groups < 1 or in_channels % deform_groups:
+            raise ValueError(f"deform_groups = {deform_groups} must be positive and divide "
+                             f"in_channels = {in_channels}")
+        self.deform_groups = deform_groups
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = Conv2d(in_channels, self._offset_channels_per_tap * deform_groups * taps,
+                                  self.kernel_size, self.stride, self.padding, self.dilation, rng=rng,
+                                  dtype=dtype)
+        self.conv_offset.weight.data[...] = 0
+        self.conv_offset.bias.data[...] = 0
+
+    _offset_channels_per_tap = 2
+
+    def forward(self, input):
+        return super().forward(input, self.conv_offset(input))
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, deform_groups={self.deform_groups}"
+
+
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+    """Modulated deformable convolution (DCNv2, Zhu et al., 2019, https://arxiv.org/abs/1811.11168)
+    that predicts its own offsets and mask, as mmcv's ``ModulatedDeformConv2dPack``::
+
+        prediction = conv_offset(input)              # (N, 3*deform_groups*kh*kw, Ho, Wo)
+        offset, mask = prediction[:, :2/3], sigmoid(prediction[:, 2/3:])
+        out = deform_conv2d(input, offset, weight, bias, mask=mask)
+
+    The first two thirds of ``conv_offset``'s channels are the offsets, in ``deform_conv2d``'s layout
+    (channel ``2*(g*kh*kw + i*kw + j)`` the y offset of tap ``(i, j)`` of group ``g``, the next its x
+    offset: mmcv's ``cat(o1, o2)``), the last third the mask before the sigmoid (channel ``g*kh*kw +
+    i*kw + j``). ``conv_offset`` is zero-initialised, so training starts from ``0.5 *`` the plain
+    convolution without bias (``sigmoid(0) = 0.5``, as mmcv). Bias on by default (as mmcv).
+    """
+
+    _offset_channels_per_tap = 3
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 deform_groups=1, bias=True, rng=None, dtype=np.float32):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deform_groups, bias, rng, dtype)
+
+    def forward(self, input):
+        prediction = self.conv_offset(input)
+        mask_channels = prediction.shape[1] // 3
+        offset, mask = functional.split(prediction, (2 * mask_channels, mask_channels), axis=1)
+        return DeformConv2d.forward(self, input, offset, functional.sigmoid(mask))
