@@ -175,7 +175,7 @@ def b2_scatter(grad_features, n, c, y, x, grad):
 
 # -- B3: the MXNet deformable position-sensitive rule (deform_psroi_pool) --------------------------
 
-@jitable
+@jitable_inlined_on_cpu
 def b3_inside(features, y, x):
     """Whether rule B3 takes a sample at ``(y, x)``: inside ``[-0.5, H-0.5] x [-0.5, W-0.5]``."""
     f = features.dtype.type
@@ -184,26 +184,31 @@ def b3_inside(features, y, x):
             and x >= -half and x <= f(features.shape[3]) - half)
 
 
-@jitable
-def b3_weights(features, y, x):
-    """Corners and weights of rule B3 at a sample that ``b3_inside`` accepts: clamp into the map,
-    interpolate between floor and ceil. Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl,
-    w_hh)`` as ``b1_weights`` does (corners coincide at integer coordinates)."""
+@jitable_inlined_on_cpu
+def b3_cell(features, y, x):
+    """Rule B3's cell at a sample that ``b3_inside`` accepts: clamp into the map; ``(y_low, x_low,
+    y_high, x_high, ly, lx)``, floor and ceil and the fractions past the floor."""
     f = features.dtype.type
     y = min(max(y, f(0)), f(features.shape[2] - 1))
     x = min(max(x, f(0)), f(features.shape[3] - 1))
     y_low = int(math.floor(y))
     x_low = int(math.floor(x))
-    y_high = int(math.ceil(y))
-    x_high = int(math.ceil(x))
-    ly = y - f(y_low)
-    lx = x - f(x_low)
+    return y_low, x_low, int(math.ceil(y)), int(math.ceil(x)), y - f(y_low), x - f(x_low)
+
+
+@jitable_inlined_on_cpu
+def b3_weights(features, y, x):
+    """Corners and weights of rule B3 at a sample that ``b3_inside`` accepts: clamp into the map,
+    interpolate between floor and ceil. Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl,
+    w_hh)`` as ``b1_weights`` does (corners coincide at integer coordinates)."""
+    f = features.dtype.type
+    y_low, x_low, y_high, x_high, ly, lx = b3_cell(features, y, x)
     hy = f(1) - ly
     hx = f(1) - lx
     return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx
 
 
-@jitable
+@jitable_inlined_on_cpu
 def b3_value(features, n, c, y, x):
     """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
     y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(features, y, x)
@@ -211,7 +216,7 @@ def b3_value(features, n, c, y, x):
             + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
 
 
-@jitable
+@jitable_inlined_on_cpu
 def b3_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b3_value``: 0 where it clamps, one-sided (0) at
     integer coordinates, where floor and ceil meet."""

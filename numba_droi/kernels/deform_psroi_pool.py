@@ -14,9 +14,11 @@ grad_trans)``; without offsets ``trans`` is a placeholder that is not read.
 import math
 
 import numba
+import numpy as np
 
-from .._backend import add_4d, cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import b3_coordinate_gradient, b3_inside, b3_value, b3_weights
+from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
+                        thread_stride)
+from .bilinear import b3_cell, b3_coordinate_gradient, b3_inside, b3_value, b3_weights
 from .roi_align import unravel_output_index
 
 
@@ -30,7 +32,7 @@ def round_half_away(value):
     return magnitude if value >= f(0) else -magnitude
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_box(rois, k, spatial_scale):
     """``(batch, y_start, x_start, roi_h, roi_w)`` of box ``k``: rounded image coordinates, the end
     pixel included, scaled and shifted by -0.5; sizes at least 0.1."""
@@ -44,7 +46,7 @@ def deform_psroi_box(rois, k, spatial_scale):
             max(x_end - x_start, f(0.1)))
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_part(rois, p, pooled_size, part_size):
     """Part cell of bin row (or column) ``p``: ``floor(p / P * part_size)``, in the features' dtype as
     MXNet computes it."""
@@ -52,7 +54,7 @@ def deform_psroi_part(rois, p, pooled_size, part_size):
     return int(math.floor(f(p) / f(pooled_size) * f(part_size)))
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std, group_size, part_size,
                      sample_per_part, no_trans, output_dim, pooled_size):
     """Where output element ``(k, c, ph, pw)`` samples: ``(batch, input_channel, h_start, w_start,
@@ -70,14 +72,19 @@ def deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std, group_
         part_w = deform_psroi_part(rois, pw, pooled_size, part_size)
         w_start += trans[k, 2 * class_id, part_h, part_w] * trans_std * roi_w
         h_start += trans[k, 2 * class_id + 1, part_h, part_w] * trans_std * roi_h
+    return (n, deform_psroi_channel(c, ph, pw, group_size, pooled_size), h_start, w_start,
+            bin_h / f(sample_per_part), bin_w / f(sample_per_part), sample_per_part)
+
+
+@jitable_inlined_on_cpu
+def deform_psroi_channel(c, ph, pw, group_size, pooled_size):
+    """The input channel that output channel ``c`` reads in bin ``(ph, pw)``: its group's."""
     group_h = min(max(ph * group_size // pooled_size, 0), group_size - 1)
     group_w = min(max(pw * group_size // pooled_size, 0), group_size - 1)
-    channel = (c * group_size + group_h) * group_size + group_w
-    return (n, channel, h_start, w_start, bin_h / f(sample_per_part), bin_w / f(sample_per_part),
-            sample_per_part)
+    return (c * group_size + group_h) * group_size + group_w
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_sample(bin_, ih, iw):
     """``(h, w)`` of sample ``(ih, iw)``: a sub-bin corner."""
     _, _, h_start, w_start, sub_bin_h, sub_bin_w, _ = bin_
@@ -85,7 +92,7 @@ def deform_psroi_sample(bin_, ih, iw):
     return h_start + f(ih) * sub_bin_h, w_start + f(iw) * sub_bin_w
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_bin_count(features, bin_):
     """How many samples of the bin rule B3 takes (a NaN or out-of-map sample is not counted)."""
     samples = bin_[6]
@@ -98,7 +105,7 @@ def deform_psroi_bin_count(features, bin_):
     return count
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_bin_value(features, bin_):
     """The mean of the bin's in-range samples, 0 if none."""
     f = features.dtype.type
@@ -114,7 +121,7 @@ def deform_psroi_bin_value(features, bin_):
     return total / f(count) if count > 0 else f(0)
 
 
-@jitable
+@jitable_inlined_on_cpu
 def deform_psroi_bin_backward(grad, grad_input, bin_):
     """Scatter ``grad``, the gradient of ``deform_psroi_bin_value(..., bin_)``, into ``grad_input``."""
     f = grad_input.dtype.type
@@ -218,45 +225,164 @@ def deform_psroi_pool_trans_grad_cuda(features, grad_output, rois, trans, spatia
         grad_trans[k, 2 * class_id + 1, part_h, part_w] = grad_y
 
 
+@jitable
+def deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,
+                             part_size, sample_per_part, no_trans, output_dim, cells, fractions,
+                             counts):
+    """The in-range samples of every (class, bin) of box ``k``, which the cpu drivers reuse for all
+    channels of a class: ``counts[class, ph, pw]`` samples, the ``s``-th in B3's cell
+    ``cells[class, ph, pw, s]`` (y_low, x_low, y_high, x_high) at fractions
+    ``fractions[class, ph, pw, s]`` (ly, lx)."""
+    classes, pooled_size = counts.shape[0], counts.shape[1]
+    per_class = output_dim // classes
+    for class_id in range(classes):
+        for ph in range(pooled_size):
+            for pw in range(pooled_size):
+                bin_ = deform_psroi_bin(rois, trans, k, class_id * per_class, ph, pw, spatial_scale,
+                                        trans_std, group_size, part_size, sample_per_part, no_trans,
+                                        output_dim, pooled_size)
+                count = 0
+                for ih in range(sample_per_part):
+                    for iw in range(sample_per_part):
+                        h, w = deform_psroi_sample(bin_, ih, iw)
+                        if b3_inside(features, h, w):
+                            (cells[class_id, ph, pw, count, 0], cells[class_id, ph, pw, count, 1],
+                             cells[class_id, ph, pw, count, 2], cells[class_id, ph, pw, count, 3],
+                             fractions[class_id, ph, pw, count, 0],
+                             fractions[class_id, ph, pw, count, 1]) = b3_cell(features, h, w)
+                            count += 1
+                counts[class_id, ph, pw] = count
+
+
+@jitable
+def deform_psroi_samples_tables(features, classes, pooled_size, sample_per_part):
+    """Empty ``(cells, fractions, counts)`` for ``deform_psroi_box_samples``."""
+    samples = sample_per_part * sample_per_part
+    return (np.empty((classes, pooled_size, pooled_size, samples, 4), np.int64),
+            np.empty((classes, pooled_size, pooled_size, samples, 2), features.dtype),
+            np.empty((classes, pooled_size, pooled_size), np.int64))
+
+
 @cpu_driver
 def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_std, group_size,
                                   part_size, sample_per_part, no_trans, output):
+    f = features.dtype.type
     boxes, output_dim, pooled_size, _ = output.shape
+    classes = 1 if no_trans else trans.shape[1] // 2
     for k in numba.prange(boxes):
+        cells, fractions, counts = deform_psroi_samples_tables(features, classes, pooled_size,
+                                                               sample_per_part)
+        deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,
+                                 part_size, sample_per_part, no_trans, output_dim, cells, fractions,
+                                 counts)
+        n = int(rois[k, 0])
         for c in range(output_dim):
+            class_id = c // (output_dim // classes)
             for ph in range(pooled_size):
                 for pw in range(pooled_size):
-                    bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
-                                            group_size, part_size, sample_per_part, no_trans,
-                                            output_dim, pooled_size)
-                    output[k, c, ph, pw] = deform_psroi_bin_value(features, bin_)
+                    channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
+                    count = counts[class_id, ph, pw]
+                    total = f(0)
+                    for s in range(count):
+                        ly = fractions[class_id, ph, pw, s, 0]
+                        lx = fractions[class_id, ph, pw, s, 1]
+                        hy = f(1) - ly
+                        hx = f(1) - lx
+                        y_low, x_low = cells[class_id, ph, pw, s, 0], cells[class_id, ph, pw, s, 1]
+                        y_high, x_high = cells[class_id, ph, pw, s, 2], cells[class_id, ph, pw, s, 3]
+                        total += (hy * hx * features[n, channel, y_low, x_low]
+                                  + hy * lx * features[n, channel, y_low, x_high]
+                                  + ly * hx * features[n, channel, y_high, x_low]
+                                  + ly * lx * features[n, channel, y_high, x_high])
+                    output[k, c, ph, pw] = total / f(count) if count > 0 else f(0)
 
 
 @cpu_driver
 def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, trans_std, group_size,
                                    part_size, sample_per_part, no_trans, grad_input):
+    f = grad_input.dtype.type
     boxes, output_dim, pooled_size, _ = grad_output.shape
-    for c in numba.prange(output_dim):
+    classes = 1 if no_trans else trans.shape[1] // 2
+    samples = sample_per_part * sample_per_part
+    cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int64)
+    fractions = np.empty((boxes, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
+    counts = np.empty((boxes, classes, pooled_size, pooled_size), np.int64)
+    for k in numba.prange(boxes):
+        deform_psroi_box_samples(grad_input, rois, trans, k, spatial_scale, trans_std, group_size,
+                                 part_size, sample_per_part, no_trans, output_dim, cells[k],
+                                 fractions[k], counts[k])
+    for c in numba.prange(output_dim):  # output channels read disjoint input channels: no races
+        class_id = c // (output_dim // classes)
         for k in range(boxes):
+            n = int(rois[k, 0])
             for ph in range(pooled_size):
                 for pw in range(pooled_size):
-                    bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
-                                            group_size, part_size, sample_per_part, no_trans,
-                                            output_dim, pooled_size)
-                    deform_psroi_bin_backward(grad_output[k, c, ph, pw], grad_input, bin_)
+                    count = counts[k, class_id, ph, pw]
+                    if count == 0:
+                        continue
+                    channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
+                    grad = grad_output[k, c, ph, pw] / f(count)
+                    for s in range(count):
+                        ly = fractions[k, class_id, ph, pw, s, 0]
+                        lx = fractions[k, class_id, ph, pw, s, 1]
+                        hy = f(1) - ly
+                        hx = f(1) - lx
+                        y_low, x_low = cells[k, class_id, ph, pw, s, 0], cells[k, class_id, ph, pw, s, 1]
+                        y_high = cells[k, class_id, ph, pw, s, 2]
+                        x_high = cells[k, class_id, ph, pw, s, 3]
+                        grad_input[n, channel, y_low, x_low] += grad * (hy * hx)
+                        grad_input[n, channel, y_low, x_high] += grad * (hy * lx)
+                        grad_input[n, channel, y_high, x_low] += grad * (ly * hx)
+                        grad_input[n, channel, y_high, x_high] += grad * (ly * lx)
 
 
 @cpu_driver
 def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial_scale, trans_std,
                                      group_size, part_size, sample_per_part, grad_trans):
-    cells = trans_cells_shape(grad_trans)
-    for index in numba.prange(grad_trans.size // 2):
-        k, class_id, part_h, part_w = unravel_output_index(index, cells)
-        grad_x, grad_y = deform_psroi_part_gradient(
-            features, grad_output, rois, trans, k, class_id, part_h, part_w, spatial_scale,
-            trans_std, group_size, part_size, sample_per_part)
-        grad_trans[k, 2 * class_id, part_h, part_w] = grad_x
-        grad_trans[k, 2 * class_id + 1, part_h, part_w] = grad_y
+    # Per box: its trans gradient is its own, so boxes run in parallel without races.
+    f = features.dtype.type
+    boxes, output_dim, pooled_size, _ = grad_output.shape
+    classes = trans.shape[1] // 2
+    per_class = output_dim // classes
+    for k in numba.prange(boxes):
+        _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
+        if not (math.isfinite(roi_h) and math.isfinite(roi_w)):  # such a box takes no sample
+            continue
+        cells, fractions, counts = deform_psroi_samples_tables(features, classes, pooled_size,
+                                                               sample_per_part)
+        deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,
+                                 part_size, sample_per_part, False, output_dim, cells, fractions,
+                                 counts)
+        n = int(rois[k, 0])
+        for class_id in range(classes):
+            for ph in range(pooled_size):
+                part_h = deform_psroi_part(rois, ph, pooled_size, part_size)
+                for pw in range(pooled_size):
+                    part_w = deform_psroi_part(rois, pw, pooled_size, part_size)
+                    count = counts[class_id, ph, pw]
+                    if count == 0:
+                        continue
+                    grad_y = f(0)
+                    grad_x = f(0)
+                    for c in range(class_id * per_class, (class_id + 1) * per_class):
+                        channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
+                        grad = grad_output[k, c, ph, pw] / f(count)
+                        for s in range(count):
+                            ly = fractions[class_id, ph, pw, s, 0]
+                            lx = fractions[class_id, ph, pw, s, 1]
+                            y_low, x_low = cells[class_id, ph, pw, s, 0], cells[class_id, ph, pw, s, 1]
+                            y_high, x_high = cells[class_id, ph, pw, s, 2], cells[class_id, ph, pw, s, 3]
+                            v_ll = features[n, channel, y_low, x_low]
+                            v_lh = features[n, channel, y_low, x_high]
+                            v_hl = features[n, channel, y_high, x_low]
+                            v_hh = features[n, channel, y_high, x_high]
+                            # as b3_coordinate_gradient: 0 where B3 clamps or floor and ceil meet
+                            if y_high > y_low:
+                                grad_y += grad * ((f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh))
+                            if x_high > x_low:
+                                grad_x += grad * ((f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl))
+                    grad_trans[k, 2 * class_id, part_h, part_w] += trans_std * roi_w * grad_x
+                    grad_trans[k, 2 * class_id + 1, part_h, part_w] += trans_std * roi_h * grad_y
 
 
 KERNELS = {
