@@ -106,6 +106,36 @@ def deform_roi_pool_offset_mask_grad_cuda(features, grad_output, rois, offset, m
         grad_mask[k, 0, ph, pw] = grad_m
 
 
+@jitable
+def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma):
+    """Rule B1 at every sample of every bin of box ``k``, for cpu drivers that reuse them across
+    channels: ``(batch, samples, corners, weights, free)``, the last three ``(PH, PW, samples, 4 or
+    2)`` in the order of ``b1_weights``."""
+    pooled_h, pooled_w = offset.shape[2], offset.shape[3]
+    first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio, gamma)
+    n, _, _, _, _, grid_h, grid_w = first
+    samples = grid_h * grid_w
+    corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
+    weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+    free = np.empty((pooled_h, pooled_w, samples, 2), np.bool_)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                sampling_ratio, gamma)
+            for s in range(samples):
+                y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
+                (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
+                 corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                 weights[ph, pw, s, 2], weights[ph, pw, s, 3], free[ph, pw, s, 0],
+                 free[ph, pw, s, 1]) = b1_weights(features, y, x)
+    return n, samples, corners, weights, free
+
+
+# The input gradient on the cpu: a parallel iteration per block of channels, which computes each box's
+# samples once for the whole block (a block per channel would recompute them for every channel).
+CHANNEL_BLOCK = 16
+
+
 @cpu_driver
 def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
                                 output):
@@ -114,21 +144,8 @@ def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sam
     f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = output.shape
     for k in numba.prange(boxes):
-        first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio,
-                                              gamma)
-        n, _, _, _, _, grid_h, grid_w = first
-        samples = grid_h * grid_w
-        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
-        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                    sampling_ratio, gamma)
-                for s in range(samples):
-                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
-                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
-                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], _, _) = b1_weights(features, y, x)
+        n, samples, corners, weights, _ = deform_roi_pool_box_samples(
+            features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         count = f(max(samples, 1))
         for c in range(channels):
             for ph in range(pooled_h):
@@ -145,15 +162,28 @@ def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sam
 @cpu_driver
 def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
                                  gamma, grad_input):
+    # The scatter of roi_align_bin_backward, in the same order for each channel.
+    f = grad_input.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    for c in numba.prange(channels):
+    for block in numba.prange((channels + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK):
         for k in range(boxes):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                        sampling_ratio, gamma)
-                    roi_align_bin_backward(mask[k, 0, ph, pw] * grad_output[k, c, ph, pw],
-                                           grad_input, c, ph, pw, box)
+            n, samples, corners, weights, _ = deform_roi_pool_box_samples(
+                grad_input, rois, offset, k, spatial_scale, sampling_ratio, gamma)
+            count = f(max(samples, 1))
+            for c in range(block * CHANNEL_BLOCK, min((block + 1) * CHANNEL_BLOCK, channels)):
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        grad = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw] / count
+                        for s in range(samples):
+                            w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                                                      weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+                            if w_ll + w_lh + w_hl + w_hh != f(0):  # zero outside the map
+                                y_low, x_low = corners[ph, pw, s, 0], corners[ph, pw, s, 1]
+                                y_high, x_high = corners[ph, pw, s, 2], corners[ph, pw, s, 3]
+                                grad_input[n, c, y_low, x_low] += grad * w_ll
+                                grad_input[n, c, y_low, x_high] += grad * w_lh
+                                grad_input[n, c, y_high, x_low] += grad * w_hl
+                                grad_input[n, c, y_high, x_high] += grad * w_hh
 
 
 @cpu_driver
@@ -165,26 +195,11 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
     f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     for k in numba.prange(boxes):
-        first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio,
-                                              gamma)
-        n, _, _, _, _, grid_h, grid_w = first
-        samples = grid_h * grid_w
+        n, samples, corners, weights, free = deform_roi_pool_box_samples(
+            features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         if samples == 0:
             continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
-        corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
-        weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
-        free = np.empty((pooled_h, pooled_w, samples, 2), np.bool_)
         sums = np.zeros((3, pooled_h, pooled_w), features.dtype)  # d/dx, d/dy, mask
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                    sampling_ratio, gamma)
-                for s in range(samples):
-                    y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
-                    (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
-                     corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                     weights[ph, pw, s, 2], weights[ph, pw, s, 3], free[ph, pw, s, 0],
-                     free[ph, pw, s, 1]) = b1_weights(features, y, x)
         for c in range(channels):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
