@@ -258,7 +258,7 @@ def deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std,
 def deform_psroi_samples_tables(features, classes, pooled_size, sample_per_part):
     """Empty ``(cells, fractions, counts)`` for ``deform_psroi_box_samples``."""
     samples = sample_per_part * sample_per_part
-    return (np.empty((classes, pooled_size, pooled_size, samples, 4), np.int64),
+    return (np.empty((classes, pooled_size, pooled_size, samples, 4), np.int32),
             np.empty((classes, pooled_size, pooled_size, samples, 2), features.dtype),
             np.empty((classes, pooled_size, pooled_size), np.int64))
 
@@ -304,7 +304,7 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
     boxes, output_dim, pooled_size, _ = grad_output.shape
     classes = 1 if no_trans else trans.shape[1] // 2
     samples = sample_per_part * sample_per_part
-    cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int64)
+    cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int32)
     fractions = np.empty((boxes, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
     counts = np.empty((boxes, classes, pooled_size, pooled_size), np.int64)
     for k in numba.prange(boxes):
