@@ -211,20 +211,22 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{row[0]}\n{row[1]}" + (f"\nvs {row[3]}" if row[3] else "") for row in rows]
-    positions = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.6 * len(rows)), 3.6))
-    ax.bar(positions - 0.2, [r[2] for r in rows], 0.4, label="numba_droi (cpu)")
+    labels = [f"{row[0]} {row[1]}" + (f" (vs {row[3]})" if row[3] else "") for row in rows]
+    positions = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(rows)))
+    ax.barh(positions + 0.2, [r[2] for r in rows], 0.4, label="numba_droi (cpu)")
     if any(r[4] is not None for r in rows):
-        ax.bar(positions + 0.2, [r[4] or 0 for r in rows], 0.4, label="peer (cpu)")
+        ax.barh(positions - 0.2, [r[4] or 0 for r in rows], 0.4, label="peer (cpu)")
         for position, row in zip(positions, rows):
             if row[4] is not None:
-                ax.annotate(f"{row[2] / row[4]:.2f}x", (position, max(row[2], row[4])),
-                            ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(positions, labels)
-    ax.set_ylabel("median time (ms)")
+                ax.annotate(f" {row[2] / row[4]:.2f}x", (max(row[2], row[4]), position),
+                            va="center", fontsize=8)
+    ax.set_yticks(positions, labels, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(right=2 * max(max(r[2], r[4] or 0) for r in rows))  # room for the ratios
+    ax.set_xlabel("median time (ms, log scale)")
     ax.set_title("CPU, detection-sized cases (ratio = numba_droi / peer)")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
