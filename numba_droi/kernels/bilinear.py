@@ -92,6 +92,17 @@ def b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh,
     return dy, dx
 
 
+@jitable_inlined_on_cpu
+def b1_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad):
+    """The adjoint of ``b1_interpolate``: add ``grad`` times the corner weights of ``b1_weights`` into
+    ``grad_features[n, c]`` (atomically on the GPU); nothing for a sample outside the map."""
+    if w_ll + w_lh + w_hl + w_hh != grad_features.dtype.type(0):
+        add_4d(grad_features, n, c, y_low, x_low, grad * w_ll)
+        add_4d(grad_features, n, c, y_low, x_high, grad * w_lh)
+        add_4d(grad_features, n, c, y_high, x_low, grad * w_hl)
+        add_4d(grad_features, n, c, y_high, x_high, grad * w_hh)
+
+
 # -- B2: the deformable-convolution rule (deform_conv2d) -------------------------------------------
 
 @jitable_inlined_on_cpu
@@ -197,45 +208,53 @@ def b3_cell(features, y, x):
 
 
 @jitable_inlined_on_cpu
-def b3_weights(features, y, x):
-    """Corners and weights of rule B3 at a sample that ``b3_inside`` accepts: clamp into the map,
-    interpolate between floor and ceil. Returns ``(y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl,
-    w_hh)`` as ``b1_weights`` does (corners coincide at integer coordinates)."""
+def b3_interpolate(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
+    """The bilinear value of ``features[n, c]`` in the cell of ``b3_cell``."""
     f = features.dtype.type
-    y_low, x_low, y_high, x_high, ly, lx = b3_cell(features, y, x)
     hy = f(1) - ly
     hx = f(1) - lx
-    return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx
+    return (hy * hx * features[n, c, y_low, x_low] + hy * lx * features[n, c, y_low, x_high]
+            + ly * hx * features[n, c, y_high, x_low] + ly * lx * features[n, c, y_high, x_high])
+
+
+@jitable_inlined_on_cpu
+def b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
+    """Derivatives ``(d value/dy, d value/dx)`` of ``b3_interpolate`` in the cell of ``b3_cell``: 0
+    along an axis where floor and ceil meet, which is where B3 clamps (to 0 or the last pixel) and
+    at integer coordinates (one-sided)."""
+    f = features.dtype.type
+    v_ll = features[n, c, y_low, x_low]
+    v_lh = features[n, c, y_low, x_high]
+    v_hl = features[n, c, y_high, x_low]
+    v_hh = features[n, c, y_high, x_high]
+    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh) if y_high > y_low else f(0)
+    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl) if x_high > x_low else f(0)
+    return dy, dx
+
+
+@jitable_inlined_on_cpu
+def b3_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, ly, lx, grad):
+    """The adjoint of ``b3_interpolate``: add ``grad`` times its corner weights into
+    ``grad_features[n, c]`` (atomically on the GPU)."""
+    f = grad_features.dtype.type
+    hy = f(1) - ly
+    hx = f(1) - lx
+    add_4d(grad_features, n, c, y_low, x_low, grad * (hy * hx))
+    add_4d(grad_features, n, c, y_low, x_high, grad * (hy * lx))
+    add_4d(grad_features, n, c, y_high, x_low, grad * (ly * hx))
+    add_4d(grad_features, n, c, y_high, x_high, grad * (ly * lx))
 
 
 @jitable_inlined_on_cpu
 def b3_value(features, n, c, y, x):
     """Rule B3 at a sample that ``b3_inside`` accepts: clamp into the map, interpolate floor/ceil."""
-    y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(features, y, x)
-    return (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
-            + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
+    y_low, x_low, y_high, x_high, ly, lx = b3_cell(features, y, x)
+    return b3_interpolate(features, n, c, y_low, x_low, y_high, x_high, ly, lx)
 
 
 @jitable_inlined_on_cpu
 def b3_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b3_value``: 0 where it clamps, one-sided (0) at
     integer coordinates, where floor and ceil meet."""
-    f = features.dtype.type
-    zero = f(0)
-    y_free = y > zero and y < f(features.shape[2] - 1)
-    x_free = x > zero and x < f(features.shape[3] - 1)
-    y = min(max(y, zero), f(features.shape[2] - 1))
-    x = min(max(x, zero), f(features.shape[3] - 1))
-    y_low = int(math.floor(y))
-    x_low = int(math.floor(x))
-    y_high = int(math.ceil(y))
-    x_high = int(math.ceil(x))
-    ly = y - f(y_low)
-    lx = x - f(x_low)
-    v_ll = features[n, c, y_low, x_low]
-    v_lh = features[n, c, y_low, x_high]
-    v_hl = features[n, c, y_high, x_low]
-    v_hh = features[n, c, y_high, x_high]
-    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh) if y_free and y_high > y_low else zero
-    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl) if x_free and x_high > x_low else zero
-    return dy, dx
+    y_low, x_low, y_high, x_high, ly, lx = b3_cell(features, y, x)
+    return b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx)

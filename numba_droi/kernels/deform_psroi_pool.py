@@ -16,9 +16,10 @@ import math
 import numba
 import numpy as np
 
-from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
+from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import b3_cell, b3_coordinate_gradient, b3_inside, b3_value, b3_weights
+from .bilinear import (b3_cell, b3_cell_gradient, b3_coordinate_gradient, b3_inside, b3_interpolate,
+                       b3_scatter, b3_value)
 from .roi_align import unravel_output_index
 
 
@@ -134,11 +135,8 @@ def deform_psroi_bin_backward(grad, grad_input, bin_):
         for iw in range(samples):
             h, w = deform_psroi_sample(bin_, ih, iw)
             if b3_inside(grad_input, h, w):
-                y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh = b3_weights(grad_input, h, w)
-                add_4d(grad_input, n, channel, y_low, x_low, grad * w_ll)
-                add_4d(grad_input, n, channel, y_low, x_high, grad * w_lh)
-                add_4d(grad_input, n, channel, y_high, x_low, grad * w_hl)
-                add_4d(grad_input, n, channel, y_high, x_high, grad * w_hh)
+                y_low, x_low, y_high, x_high, ly, lx = b3_cell(grad_input, h, w)
+                b3_scatter(grad_input, n, channel, y_low, x_low, y_high, x_high, ly, lx, grad)
 
 
 @jitable
@@ -284,16 +282,11 @@ def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_st
                     count = counts[class_id, ph, pw]
                     total = f(0)
                     for s in range(count):
-                        ly = fractions[class_id, ph, pw, s, 0]
-                        lx = fractions[class_id, ph, pw, s, 1]
-                        hy = f(1) - ly
-                        hx = f(1) - lx
-                        y_low, x_low = cells[class_id, ph, pw, s, 0], cells[class_id, ph, pw, s, 1]
-                        y_high, x_high = cells[class_id, ph, pw, s, 2], cells[class_id, ph, pw, s, 3]
-                        total += (hy * hx * features[n, channel, y_low, x_low]
-                                  + hy * lx * features[n, channel, y_low, x_high]
-                                  + ly * hx * features[n, channel, y_high, x_low]
-                                  + ly * lx * features[n, channel, y_high, x_high])
+                        total += b3_interpolate(
+                            features, n, channel, cells[class_id, ph, pw, s, 0],
+                            cells[class_id, ph, pw, s, 1], cells[class_id, ph, pw, s, 2],
+                            cells[class_id, ph, pw, s, 3], fractions[class_id, ph, pw, s, 0],
+                            fractions[class_id, ph, pw, s, 1])
                     output[k, c, ph, pw] = total / f(count) if count > 0 else f(0)
 
 
@@ -323,17 +316,11 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
                     channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
                     grad = grad_output[k, c, ph, pw] / f(count)
                     for s in range(count):
-                        ly = fractions[k, class_id, ph, pw, s, 0]
-                        lx = fractions[k, class_id, ph, pw, s, 1]
-                        hy = f(1) - ly
-                        hx = f(1) - lx
-                        y_low, x_low = cells[k, class_id, ph, pw, s, 0], cells[k, class_id, ph, pw, s, 1]
-                        y_high = cells[k, class_id, ph, pw, s, 2]
-                        x_high = cells[k, class_id, ph, pw, s, 3]
-                        grad_input[n, channel, y_low, x_low] += grad * (hy * hx)
-                        grad_input[n, channel, y_low, x_high] += grad * (hy * lx)
-                        grad_input[n, channel, y_high, x_low] += grad * (ly * hx)
-                        grad_input[n, channel, y_high, x_high] += grad * (ly * lx)
+                        b3_scatter(grad_input, n, channel, cells[k, class_id, ph, pw, s, 0],
+                                   cells[k, class_id, ph, pw, s, 1], cells[k, class_id, ph, pw, s, 2],
+                                   cells[k, class_id, ph, pw, s, 3],
+                                   fractions[k, class_id, ph, pw, s, 0],
+                                   fractions[k, class_id, ph, pw, s, 1], grad)
 
 
 @cpu_driver
@@ -368,19 +355,13 @@ def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial
                         channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
                         grad = grad_output[k, c, ph, pw] / f(count)
                         for s in range(count):
-                            ly = fractions[class_id, ph, pw, s, 0]
-                            lx = fractions[class_id, ph, pw, s, 1]
-                            y_low, x_low = cells[class_id, ph, pw, s, 0], cells[class_id, ph, pw, s, 1]
-                            y_high, x_high = cells[class_id, ph, pw, s, 2], cells[class_id, ph, pw, s, 3]
-                            v_ll = features[n, channel, y_low, x_low]
-                            v_lh = features[n, channel, y_low, x_high]
-                            v_hl = features[n, channel, y_high, x_low]
-                            v_hh = features[n, channel, y_high, x_high]
-                            # as b3_coordinate_gradient: 0 where B3 clamps or floor and ceil meet
-                            if y_high > y_low:
-                                grad_y += grad * ((f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh))
-                            if x_high > x_low:
-                                grad_x += grad * ((f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl))
+                            dy, dx = b3_cell_gradient(
+                                features, n, channel, cells[class_id, ph, pw, s, 0],
+                                cells[class_id, ph, pw, s, 1], cells[class_id, ph, pw, s, 2],
+                                cells[class_id, ph, pw, s, 3], fractions[class_id, ph, pw, s, 0],
+                                fractions[class_id, ph, pw, s, 1])
+                            grad_y += grad * dy
+                            grad_x += grad * dx
                     grad_trans[k, 2 * class_id, part_h, part_w] += trans_std * roi_w * grad_x
                     grad_trans[k, 2 * class_id + 1, part_h, part_w] += trans_std * roi_h * grad_y
 

@@ -15,8 +15,8 @@ import numba
 import numpy as np
 
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import (b1_coordinate_gradient, b1_corner_gradient, b1_interpolate, b1_value,
-                       b1_weights)
+from .bilinear import (b1_coordinate_gradient, b1_corner_gradient, b1_interpolate, b1_scatter,
+                       b1_value, b1_weights)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box, roi_align_sample,
                         unravel_output_index)
 
@@ -175,15 +175,10 @@ def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale,
                     for pw in range(pooled_w):
                         grad = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw] / count
                         for s in range(samples):
-                            w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                                                      weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-                            if w_ll + w_lh + w_hl + w_hh != f(0):  # zero outside the map
-                                y_low, x_low = corners[ph, pw, s, 0], corners[ph, pw, s, 1]
-                                y_high, x_high = corners[ph, pw, s, 2], corners[ph, pw, s, 3]
-                                grad_input[n, c, y_low, x_low] += grad * w_ll
-                                grad_input[n, c, y_low, x_high] += grad * w_lh
-                                grad_input[n, c, y_high, x_low] += grad * w_hl
-                                grad_input[n, c, y_high, x_high] += grad * w_hh
+                            b1_scatter(grad_input, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
+                                       corners[ph, pw, s, 2], corners[ph, pw, s, 3],
+                                       weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                                       weights[ph, pw, s, 2], weights[ph, pw, s, 3], grad)
 
 
 @cpu_driver

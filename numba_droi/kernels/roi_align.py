@@ -13,9 +13,9 @@ import math
 import numba
 import numpy as np
 
-from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                       thread_start, thread_stride)
-from .bilinear import b1_interpolate, b1_value, b1_weights
+from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
+                        thread_stride)
+from .bilinear import b1_interpolate, b1_scatter, b1_value, b1_weights
 
 
 @jitable
@@ -86,11 +86,7 @@ def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
         for ix in range(grid_w):
             y, x = roi_align_sample(box, ph, pw, iy, ix)
             y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(grad_input, y, x)
-            if w_ll + w_lh + w_hl + w_hh != f(0):  # zero outside the map: nothing to scatter
-                add_4d(grad_input, n, c, y_low, x_low, grad * w_ll)
-                add_4d(grad_input, n, c, y_low, x_high, grad * w_lh)
-                add_4d(grad_input, n, c, y_high, x_low, grad * w_hl)
-                add_4d(grad_input, n, c, y_high, x_high, grad * w_hh)
+            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad)
 
 
 # The cuda kernels give each thread one output element; the cpu drivers give each parallel iteration
