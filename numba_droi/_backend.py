@@ -139,8 +139,8 @@ def cuda_kernel(argument_spec):
     """Compile the decorated grid-stride function as a cuda kernel, recorded in ``CUDA_KERNELS``.
 
     ``argument_spec`` gives each argument's type, space-separated: ``F<d>`` a C-contiguous d-dim array
-    of the kernel's float dtype, ``I<d>`` the same of int64, ``f`` a scalar of the float dtype, ``i`` an
-    int64, ``b`` a bool.
+    of the kernel's float dtype, ``I<d>`` the same of int64, ``J<d>`` of int32, ``f`` a scalar of the
+    float dtype, ``i`` an int64, ``b`` a bool.
     """
     def compile_kernel(fn):
         kernel = cuda.jit(cache=True)(fn)
@@ -158,7 +158,7 @@ def kernel_argument_types(argument_spec, dtype):
         if token in scalars:
             types.append(scalars[token])
         else:
-            element = {"F": float_type, "I": numba.int64}[token[0]]
+            element = {"F": float_type, "I": numba.int64, "J": numba.int32}[token[0]]
             types.append(numba.types.Array(element, int(token[1:]), "C"))
     return tuple(types)
 

@@ -45,14 +45,15 @@ def b1_weights(features, y, x):
     return y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx, y_free, x_free
 
 
-@jitable
+@jitable_inlined_on_cpu
 def b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh):
     """The value at corners and weights from ``b1_weights``; 0 without reading when all weights are 0
     (a sample outside the map: its corners might hold inf or NaN)."""
-    if w_ll + w_lh + w_hl + w_hh == features.dtype.type(0):
-        return features.dtype.type(0)
-    return (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
-            + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
+    value = features.dtype.type(0)
+    if w_ll + w_lh + w_hl + w_hh != value:
+        value = (w_ll * features[n, c, y_low, x_low] + w_lh * features[n, c, y_low, x_high]
+                 + w_hl * features[n, c, y_high, x_low] + w_hh * features[n, c, y_high, x_high])
+    return value
 
 
 @jitable
@@ -60,6 +61,53 @@ def b1_value(features, n, c, y, x):
     """Rule B1: the bilinear value of ``features[n, c]`` at ``(y, x)``."""
     y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(features, y, x)
     return b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh)
+
+
+@jitable_inlined_on_cpu
+def b1_axis_weights(features, coordinate, size):
+    """Rule B1 along one axis, for drivers that tabulate the rows and the columns of a separable
+    sampling grid: ``(low, high, w_low, w_high, free)``, with weights 0 outside ``[-1, size]`` (NaN
+    included) and ``free`` as ``b1_weights`` gives it. The corner weights of ``b1_weights`` are the
+    products of a row's and a column's weights, so the tabulated value is the same, bit for bit."""
+    f = features.dtype.type
+    if not (coordinate >= f(-1) and coordinate <= f(size)):
+        return 0, 0, f(0), f(0), False
+    low, high, fraction, free = b1_axis(features, coordinate, size)
+    return low, high, f(1) - fraction, fraction, free
+
+
+@jitable_inlined_on_cpu
+def b1_interpolate_axes(features, n, c, y_low, y_high, hy, ly, x_low, x_high, hx, lx):
+    """``b1_interpolate`` from a row's and a column's ``b1_axis_weights``."""
+    return b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx,
+                          ly * lx)
+
+
+@jitable_inlined_on_cpu
+def b1_coordinate_gradient_axes(features, n, c, y_low, y_high, hy, ly, y_free, x_low, x_high, hx, lx,
+                                x_free):
+    """``b1_coordinate_gradient`` from a row's and a column's ``b1_axis_weights`` (0 for a sample outside
+    the map, whose row or column weights are both 0)."""
+    zero = features.dtype.type(0)
+    dy = zero
+    dx = zero
+    if (y_free or x_free) and hy + ly != zero and hx + lx != zero:
+        v_ll = features[n, c, y_low, x_low]
+        v_lh = features[n, c, y_low, x_high]
+        v_hl = features[n, c, y_high, x_low]
+        v_hh = features[n, c, y_high, x_high]
+        if y_free:
+            dy = hx * (v_hl - v_ll) + lx * (v_hh - v_lh)
+        if x_free:
+            dx = hy * (v_lh - v_ll) + ly * (v_hh - v_hl)
+    return dy, dx
+
+
+@jitable_inlined_on_cpu
+def b1_scatter_axes(grad_features, n, c, y_low, y_high, hy, ly, x_low, x_high, hx, lx, grad):
+    """``b1_scatter`` from a row's and a column's ``b1_axis_weights``."""
+    b1_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx,
+               grad)
 
 
 @jitable

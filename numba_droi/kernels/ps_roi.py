@@ -3,9 +3,9 @@
 Output channel ``c`` at bin ``(ph, pw)`` reads input channel ``ps_input_channel(c, ph, pw, PH, PW)``.
 PS RoI Pool takes its geometry from RoI Pool's helpers (``pool_box`` without the +1, ``pool_window``)
 and averages the window; PS RoI Align is roi_align's ``roi_align_bin`` with ``aligned=True`` on the
-mapped channel. The cuda kernels give each thread one output element; the cpu forwards give each
-parallel iteration one box, the cpu backwards one input channel (which belongs to exactly one output
-channel and bin, so no two iterations write the same element).
+mapped channel. The cuda kernels give each thread one output element; the cpu drivers give each
+parallel iteration one input channel (which belongs to exactly one output channel and bin, so no two
+iterations write the same element), with every box's bins or samples tabulated once before.
 
 Kernel arguments: ``(features, rois, spatial_scale, output)`` and ``(grad_output, rois, spatial_scale,
 grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spatial_scale``.
@@ -16,9 +16,10 @@ import numpy as np
 
 from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
                        thread_start, thread_stride)
-from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_from_samples,
-                        roi_align_box, roi_align_box_samples, unravel_output_index)
-from .roi_pool import pool_box, pool_window, pool_windows
+from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
+                        roi_align_bin_from_tables, roi_align_box, roi_align_fill_tables,
+                        roi_align_table_layout, unravel_output_index)
+from .roi_pool import pool_box, pool_fill_bounds, pool_window
 
 
 @jitable
@@ -89,34 +90,32 @@ def ps_roi_pool_backward_cuda(grad_output, rois, spatial_scale, grad_input):
 
 @cpu_driver
 def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
-    boxes, channels, pooled_h, pooled_w = output.shape
+    boxes, _, pooled_h, pooled_w = output.shape
+    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
     for k in numba.prange(boxes):
-        n = int(rois[k, 0])
-        windows = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
-                               features.shape[3])
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw] = ps_roi_pool_window(
-                        features, n, ps_input_channel(c, ph, pw, pooled_h, pooled_w),
-                        windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2], windows[ph, pw, 3])
+        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
+                         features.shape[3], bounds)
+    for channel in numba.prange(features.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(boxes):
+            output[k, c, ph, pw] = ps_roi_pool_window(
+                features, int(rois[k, 0]), channel, bounds[k, 0, ph], bounds[k, 1, ph],
+                bounds[k, 2, pw], bounds[k, 3, pw])
 
 
 @cpu_driver
 def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
-    # Every box's windows first (one parallel iteration per box), then one input channel per
-    # parallel iteration.
     boxes, _, pooled_h, pooled_w = grad_output.shape
-    windows = np.empty((boxes, pooled_h, pooled_w, 4), np.int64)
+    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
     for k in numba.prange(boxes):
-        windows[k] = pool_windows(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
-                                  grad_input.shape[3])
+        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
+                         grad_input.shape[3], bounds)
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for k in range(boxes):
             ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
-                                        windows[k, ph, pw, 0], windows[k, ph, pw, 1],
-                                        windows[k, ph, pw, 2], windows[k, ph, pw, 3])
+                                        bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
+                                        bounds[k, 3, pw])
 
 
 # -- PS RoI Align ----------------------------------------------------------------------------------
@@ -143,27 +142,40 @@ def ps_roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio,
 
 @cpu_driver
 def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, output):
-    # Per box, the sample corners and weights are computed once and reused for all output channels.
-    boxes, channels, pooled_h, pooled_w = output.shape
+    boxes, _, pooled_h, pooled_w = output.shape
+    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
+                                          pooled_w, False)
+    corners = np.empty((size, 2), np.int64)
+    weights = np.empty((size, 2), features.dtype)
     for k in numba.prange(boxes):
-        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
-        corners, weights = roi_align_box_samples(features, box, pooled_h, pooled_w)
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw] = roi_align_bin_from_samples(
-                        features, box[0], ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw,
-                        corners, weights)
+        roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
+                              pooled_w, layout, corners, weights)
+    for channel in numba.prange(features.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(boxes):
+            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+            output[k, c, ph, pw] = roi_align_bin_from_tables(
+                features, int(rois[k, 0]), channel, first + ph * grid_h,
+                first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
 @cpu_driver
 def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
     boxes, _, pooled_h, pooled_w = grad_output.shape
+    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
+                                          pooled_w, False)
+    corners = np.empty((size, 2), np.int64)
+    weights = np.empty((size, 2), grad_input.dtype)
+    for k in numba.prange(boxes):
+        roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
+                              pooled_w, layout, corners, weights)
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for k in range(boxes):
-            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
-            roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, channel, ph, pw, box)
+            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+            roi_align_bin_backward_from_tables(
+                grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel, first + ph * grid_h,
+                first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
 KERNELS = {

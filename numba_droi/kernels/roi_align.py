@@ -15,7 +15,8 @@ import numpy as np
 
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import b1_interpolate, b1_scatter, b1_value, b1_weights
+from .bilinear import (b1_axis_weights, b1_interpolate_axes, b1_scatter, b1_scatter_axes, b1_value,
+                       b1_weights)
 
 
 @jitable
@@ -89,9 +90,7 @@ def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
             b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad)
 
 
-# The cuda kernels give each thread one output element; the cpu drivers give each parallel iteration
-# one (box, channel) pair and reuse the box geometry across its bins. The backward partitions by
-# channel on the cpu, so that no two parallel iterations write the same input-gradient element.
+# The cuda kernels give each thread one output element.
 
 @cuda_kernel("F4 F2 f i b F4")
 def roi_align_forward_cuda(features, rois, spatial_scale, sampling_ratio, aligned, output):
@@ -111,61 +110,119 @@ def roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio, al
         roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
 
 
+# The cpu drivers give each parallel iteration one channel (one input channel for the backward), so
+# that its feature plane stays in cache while every box reads it and no two iterations write the same
+# input-gradient element. Sample positions are separable (a bin's rows and columns), so every box's
+# B1 row and column weights are tabulated once, before the channels, and reused by all of them.
+
 @jitable
-def roi_align_box_samples(features, box, pooled_h, pooled_w):
-    """Corners and weights (rule B1) of every sample of every bin of a box, for cpu drivers that
-    reuse them across channels: ``(corners, weights)``, each ``(PH, PW, samples, 4)`` in the order
-    of ``b1_weights``."""
-    _, _, _, _, _, grid_h, grid_w = box
-    samples = grid_h * grid_w
-    corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
-    weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
+def roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w, per_bin):
+    """Where each box's samples go in the tables of rule B1's row and column weights: ``(layout,
+    size)``, ``layout[k] = (first, grid_h, grid_w)``. Box ``k``'s ``PH*grid_h`` row samples start at
+    ``first`` and its ``PW*grid_w`` column samples follow them; or, ``per_bin`` (bins that move on
+    their own, as in deformable pooling), each bin ``(ph, pw)`` has its ``grid_h`` rows and then its
+    ``grid_w`` columns at ``first + (ph*PW + pw) * (grid_h + grid_w)``."""
+    layout = np.empty((rois.shape[0], 3), np.int64)
+    size = 0
+    for k in range(rois.shape[0]):
+        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+        grid_h, grid_w = box[5], box[6]
+        layout[k, 0], layout[k, 1], layout[k, 2] = size, grid_h, grid_w
+        if per_bin:
+            size += pooled_h * pooled_w * (grid_h + grid_w)
+        else:
+            size += pooled_h * grid_h + pooled_w * grid_w
+    return layout, size
+
+
+@jitable
+def roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
+                          pooled_w, layout, corners, weights):
+    """Box ``k``'s row and column samples as ``b1_axis_weights`` gives them: ``corners[s] = (low,
+    high)``, ``weights[s] = (w_low, w_high)``."""
+    box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+    first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
     for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            for s in range(samples):
-                y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
-                (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
-                 corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                 weights[ph, pw, s, 2], weights[ph, pw, s, 3], _, _) = b1_weights(features, y, x)
-    return corners, weights
+        for iy in range(grid_h):
+            y, _ = roi_align_sample(box, ph, 0, iy, 0)
+            s = first + ph * grid_h + iy
+            corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1], _ = b1_axis_weights(
+                features, y, features.shape[2])
+    first += pooled_h * grid_h
+    for pw in range(pooled_w):
+        for ix in range(grid_w):
+            _, x = roi_align_sample(box, 0, pw, 0, ix)
+            s = first + pw * grid_w + ix
+            corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1], _ = b1_axis_weights(
+                features, x, features.shape[3])
 
 
 @jitable_inlined_on_cpu
-def roi_align_bin_from_samples(features, n, c, ph, pw, corners, weights):
-    """``roi_align_bin`` from the corners and weights ``roi_align_box_samples`` gave."""
+def roi_align_bin_from_tables(features, n, c, rows, columns, grid_h, grid_w, corners, weights):
+    """``roi_align_bin`` from the tables: the bin's ``grid_h`` row samples start at ``rows``, its
+    ``grid_w`` column samples at ``columns``."""
     f = features.dtype.type
     total = f(0)
-    for s in range(corners.shape[2]):
-        total += b1_interpolate(features, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
-                                corners[ph, pw, s, 2], corners[ph, pw, s, 3], weights[ph, pw, s, 0],
-                                weights[ph, pw, s, 1], weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-    return total / f(max(corners.shape[2], 1))
+    for r in range(rows, rows + grid_h):
+        for s in range(columns, columns + grid_w):
+            total += b1_interpolate_axes(features, n, c, corners[r, 0], corners[r, 1], weights[r, 0],
+                                         weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
+                                         weights[s, 1])
+    return total / f(max(grid_h * grid_w, 1))
+
+
+@jitable_inlined_on_cpu
+def roi_align_bin_backward_from_tables(grad, grad_input, n, c, rows, columns, grid_h, grid_w, corners,
+                                       weights):
+    """``roi_align_bin_backward`` from the tables, as ``roi_align_bin_from_tables`` reads them."""
+    grad = grad / grad_input.dtype.type(max(grid_h * grid_w, 1))
+    for r in range(rows, rows + grid_h):
+        for s in range(columns, columns + grid_w):
+            b1_scatter_axes(grad_input, n, c, corners[r, 0], corners[r, 1], weights[r, 0],
+                            weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
+                            weights[s, 1], grad)
 
 
 @cpu_driver
 def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
-    # Per box, the corners and weights of every sample are computed once and reused for all channels
-    # (the same helpers as roi_align_bin, in a cache-friendly order).
     boxes, channels, pooled_h, pooled_w = output.shape
+    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
+                                          pooled_w, False)
+    corners = np.empty((size, 2), np.int64)
+    weights = np.empty((size, 2), features.dtype)
     for k in numba.prange(boxes):
-        box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
-        corners, weights = roi_align_box_samples(features, box, pooled_h, pooled_w)
-        for c in range(channels):
+        roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
+                              pooled_w, layout, corners, weights)
+    for c in numba.prange(channels):
+        for k in range(boxes):
+            n = int(rois[k, 0])
+            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    output[k, c, ph, pw] = roi_align_bin_from_samples(features, box[0], c, ph, pw,
-                                                                      corners, weights)
+                    output[k, c, ph, pw] = roi_align_bin_from_tables(
+                        features, n, c, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
+                        grid_h, grid_w, corners, weights)
 
 
 @cpu_driver
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
+    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
+                                          pooled_w, False)
+    corners = np.empty((size, 2), np.int64)
+    weights = np.empty((size, 2), grad_input.dtype)
+    for k in numba.prange(boxes):
+        roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
+                              pooled_w, layout, corners, weights)
     for c in numba.prange(channels):
         for k in range(boxes):
-            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+            n = int(rois[k, 0])
+            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
+                    roi_align_bin_backward_from_tables(
+                        grad_output[k, c, ph, pw], grad_input, n, c, first + ph * grid_h,
+                        first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
 KERNELS = {

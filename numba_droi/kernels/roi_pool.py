@@ -7,7 +7,7 @@ backward adds each output's gradient at its argmax (atomically on the GPU).
 
 Kernel arguments: ``(features, rois, spatial_scale, output, argmax)`` and
 ``(grad_output, rois, argmax, grad_input)``, with ``spatial_scale`` of the features' dtype, ``argmax``
-int64 of the output's shape (the flat index ``h*W + w`` in the box's feature plane, -1 for an empty
+int32 of the output's shape (the flat index ``h*W + w`` in the box's feature plane, -1 for an empty
 bin) and ``grad_input`` zero-filled.
 """
 import math
@@ -77,16 +77,15 @@ def pool_window(box, ph, pw, height, width):
 
 
 @jitable
-def pool_windows(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width):
-    """The windows ``pool_window`` gives for every bin of box ``k``, as a ``(PH, PW, 4)`` array: for
-    cpu drivers that reuse them across channels."""
-    box = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
-    windows = np.empty((pooled_h, pooled_w, 4), np.int64)
+def pool_fill_bounds(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width, bounds):
+    """Box ``k``'s bins as ``pool_window`` gives them, for cpu drivers that reuse them across channels:
+    rows ``bounds[k, 0, ph] <= h < bounds[k, 1, ph]`` of bin row ``ph``, columns ``bounds[k, 2, pw]
+    <= w < bounds[k, 3, pw]`` of bin column ``pw`` (a window is a row range times a column range)."""
+    _, y_start, x_start, bin_h, bin_w = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
     for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            (windows[ph, pw, 0], windows[ph, pw, 1], windows[ph, pw, 2],
-             windows[ph, pw, 3]) = pool_window(box, ph, pw, height, width)
-    return windows
+        bounds[k, 0, ph], bounds[k, 1, ph] = pool_bin(y_start, bin_h, ph, height)
+    for pw in range(pooled_w):
+        bounds[k, 2, pw], bounds[k, 3, pw] = pool_bin(x_start, bin_w, pw, width)
 
 
 @jitable_inlined_on_cpu
@@ -114,7 +113,7 @@ def roi_pool_scatter(grad, grad_input, n, c, index):
         add_4d(grad_input, n, c, h, index - h * width, grad)
 
 
-@cuda_kernel("F4 F2 f F4 I4")
+@cuda_kernel("F4 F2 f F4 J4")
 def roi_pool_forward_cuda(features, rois, spatial_scale, output, argmax):
     for index in range(thread_start(), output.size, thread_stride()):
         k, c, ph, pw = unravel_output_index(index, output.shape)
@@ -124,7 +123,7 @@ def roi_pool_forward_cuda(features, rois, spatial_scale, output, argmax):
             features, box[0], c, h_low, h_high, w_low, w_high)
 
 
-@cuda_kernel("F4 F2 I4 F4")
+@cuda_kernel("F4 F2 J4 F4")
 def roi_pool_backward_cuda(grad_output, rois, argmax, grad_input):
     for index in range(thread_start(), grad_output.size, thread_stride()):
         k, c, ph, pw = unravel_output_index(index, grad_output.shape)
@@ -132,25 +131,29 @@ def roi_pool_backward_cuda(grad_output, rois, argmax, grad_input):
                          argmax[k, c, ph, pw])
 
 
+# The cpu drivers give each parallel iteration one channel, so that its feature plane stays in cache
+# while every box reads it and no two iterations write the same input-gradient element; every box's
+# bins are computed once, before the channels.
+
 @cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
-    # Per box, the bin windows are computed once and reused for all channels.
     boxes, channels, pooled_h, pooled_w = output.shape
+    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
     for k in numba.prange(boxes):
-        n = int(rois[k, 0])
-        windows = pool_windows(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
-                               features.shape[3])
-        for c in range(channels):
+        pool_fill_bounds(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
+                         features.shape[3], bounds)
+    for c in numba.prange(channels):
+        for k in range(boxes):
+            n = int(rois[k, 0])
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
-                        features, n, c, windows[ph, pw, 0], windows[ph, pw, 1],
-                        windows[ph, pw, 2], windows[ph, pw, 3])
+                        features, n, c, bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
+                        bounds[k, 3, pw])
 
 
 @cpu_driver
 def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
-    # Partitioned by channel: no two parallel iterations write the same element.
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     for c in numba.prange(channels):
         for k in range(boxes):

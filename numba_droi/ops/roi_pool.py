@@ -40,21 +40,25 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0):
 
 
 def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
-    """``roi_pool`` and its argmax: ``(output, argmax)``, ``argmax`` an int64 array of the output's
+    """``roi_pool`` and its argmax: ``(output, argmax)``, ``argmax`` an int32 array of the output's
     shape holding the flat index ``h*W + w`` of each maximum in its feature plane (-1 for an empty
-    bin), for ``roi_pool_backward``."""
+    bin), for ``roi_pool_backward``. (torchvision's argmax is int64; int32 halves the memory the
+    forward writes and the backward reads, and holds any plane of fewer than 2**31 elements.)"""
     features = _checks.features(input)
     pooled_h, pooled_w = _checks.pair(output_size, "output_size")
     rois = _checks.rois(rois, features)
     spatial_scale = features.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
+    if features.shape[2] * features.shape[3] > np.iinfo(np.int32).max:
+        raise ValueError(f"input's feature planes (H*W = {features.shape[2] * features.shape[3]}) "
+                         f"must have fewer than 2**31 elements, for the int32 argmax")
     target = _backend.target_of(features)
     xp = _backend.array_module(features)
     shape = (rois.shape[0], features.shape[1], pooled_h, pooled_w)
     if not features.size:
-        return xp.zeros(shape, dtype=features.dtype), xp.full(shape, -1, dtype=np.int64)
-    # The kernels write every element: no need to fill (the argmax alone is 8 bytes per output).
+        return xp.zeros(shape, dtype=features.dtype), xp.full(shape, -1, dtype=np.int32)
+    # The kernels write every element: no need to fill.
     output = xp.empty(shape, dtype=features.dtype)
-    argmax = xp.empty(shape, dtype=np.int64)
+    argmax = xp.empty(shape, dtype=np.int32)
     _backend.run(target, KERNELS["forward"][target], output.size,
                  features, rois, spatial_scale, output, argmax)
     return output, argmax
@@ -82,13 +86,14 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     _backend.target_of(grad_output, argmax, names=("grad_output", "argmax"))
     argmax = _backend.as_array(argmax)
     _checks.same_shape(argmax, grad_output.shape, "argmax")
-    if argmax.dtype != np.int64:
-        raise TypeError(f"argmax must be int64, got {argmax.dtype}")
+    if argmax.dtype.kind not in "iu":
+        raise TypeError(f"argmax must be an integer array (int32 from roi_pool_with_argmax), "
+                        f"got {argmax.dtype}")
     plane = input_shape[2] * input_shape[3]
     if argmax.size and not bool(((argmax >= -1) & (argmax < plane)).all()):
         raise ValueError(f"argmax values must lie in [-1, H*W) = [-1, {plane}): not the argmax of a "
                          f"roi_pool of this input_shape")
-    argmax = xp.ascontiguousarray(argmax)
+    argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
     target = _backend.target_of(grad_output)
     if grad_input.size:
         _backend.run(target, KERNELS["backward"][target], grad_output.size,
