@@ -24,6 +24,15 @@ import numba_droi  # noqa: E402
 from numba_droi import ptx  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+BLOCK = 256  # threads per block of _backend.launch
+
+
+def occupancy(registers):
+    """Share of an sm_80/sm_90 SM's 2048 threads resident at ``registers`` per thread, when registers
+    are the limit: its 65536 registers go to warps in units of 256, to blocks of ``BLOCK`` threads."""
+    per_warp = -(-registers * 32 // 256) * 256
+    blocks = min(65536 // (per_warp * BLOCK // 32), 2048 // BLOCK)
+    return blocks * BLOCK / 2048
 
 
 def measure(capabilities):
@@ -43,6 +52,11 @@ def measure(capabilities):
             resources = ptx.ptxas_resources(ptxas, os.path.join(out, name), arch[3:])
             f64 = len(ptx.f64_instructions(texts[name])) if dtype == "float32" else None
             rows.append(dict(kernel=kernel, dtype=dtype, arch=arch, f64=f64, **resources))
+            if ptx.is_forward(kernel) and resources["registers"] > ptx.FORWARD_REGISTER_TARGET:
+                # what forcing the target with a register cap would cost
+                capped = ptx.ptxas_resources(ptxas, os.path.join(out, name), arch[3:],
+                                             max_registers=ptx.FORWARD_REGISTER_TARGET)
+                rows[-1]["capped_spills"] = capped["spill_stores"] + capped["spill_loads"]
     header = re.search(r"Cuda compilation tools, release [^\n]*", first).group(0)
     tools = {"NVVM (wrote the PTX)": header,
              "PTX ISA": re.search(r"^\.version (\S+)", first, re.M).group(1),
@@ -74,13 +88,15 @@ def markdown(rows, tools, capabilities):
     lines = ["# PTX resources of the cuda kernels", "",
              "Every cuda kernel compiled to PTX by Numba (no GPU needed) and assembled by `ptxas -v`. "
              "Per thread: registers, spill stores/loads and stack frame (local memory) in bytes; shared "
-             "memory per block in bytes; f64: float64 instructions in the float32 PTX. "
+             "memory per block in bytes; occupancy: the share of an SM's threads resident at that "
+             f"register count with {BLOCK}-thread blocks; f64: float64 instructions in the float32 PTX. "
              "Forward kernels are in bold.", ""]
     lines += [f"- {tool}: {version}" for tool, version in tools.items()]
     lines += [f"- numba_droi {numba_droi.__version__}, numba {numba.__version__}, "
               f"numba-cuda {importlib.metadata.version('numba-cuda')}, Python {platform.python_version()}, "
               f"{platform.machine()} {platform.system()}", ""]
-    columns = [f"{arch} {what}" for arch in archs for what in ("registers", "spill st/ld", "stack", "shared")]
+    measures = ("registers", "occupancy", "spill st/ld", "stack", "shared")
+    columns = [f"{arch} {what}" for arch in archs for what in measures]
     lines += ["| kernel | dtype | " + " | ".join(columns) + " | f64 |",
               "|---|---|" + "---:|" * len(columns) + "---:|"]
     for kernel in kernels:
@@ -89,14 +105,20 @@ def markdown(rows, tools, capabilities):
             cells = []
             for arch in archs:
                 r = by_key[kernel, dtype, arch]
-                cells += [r["registers"], f"{r['spill_stores']}/{r['spill_loads']}", r["stack_frame"],
-                          r["shared"]]
+                cells += [r["registers"], f"{occupancy(r['registers']):.1%}",
+                          f"{r['spill_stores']}/{r['spill_loads']}", r["stack_frame"], r["shared"]]
             f64 = by_key[kernel, dtype, archs[0]]["f64"]
             cells.append("" if f64 is None else f64)
             lines.append(f"| {label} | {dtype} | " + " | ".join(map(str, cells)) + " |")
     lines += ["", "## Targets", ""]
     for target, misses in targets(rows):
         lines.append(f"- {target}: " + ("met" if not misses else "missed by " + ", ".join(misses)))
+    capped = [r for r in rows if "capped_spills" in r]
+    if capped:
+        lines.append(f"- capped at {ptx.FORWARD_REGISTER_TARGET} registers (`ptxas -maxrregcount`), the "
+                     "forward kernels over the target would spill (stores + loads, bytes): "
+                     + ", ".join(f"{r['kernel']} {r['dtype']} {r['arch']} {r['capped_spills']}"
+                                 for r in capped))
     forward = [r for r in rows if ptx.is_forward(r["kernel"])]
     for dtype in ptx.DTYPES:
         counts = [r["registers"] for r in forward if r["dtype"] == dtype]

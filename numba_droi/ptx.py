@@ -83,12 +83,13 @@ def find_ptxas(ptx):
     return None
 
 
-def ptxas_resources(ptxas, ptx_path, cc):
-    """What ``ptxas -v`` reports for the PTX file at ``ptx_path`` on ``sm_<cc>``: a dict of
-    ``registers`` (per thread), ``spill_stores``, ``spill_loads``, ``stack_frame`` (local memory per
-    thread) and ``shared`` bytes. Registers are the largest of any function in the file, bytes summed
-    (the kernels inline every call, so there is one)."""
-    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc}", "-o", os.devnull, ptx_path],
+def ptxas_resources(ptxas, ptx_path, cc, max_registers=None):
+    """What ``ptxas -v`` reports for the PTX file at ``ptx_path`` on ``sm_<cc>`` (with at most
+    ``max_registers`` per thread if given): a dict of ``registers`` (per thread), ``spill_stores``,
+    ``spill_loads``, ``stack_frame`` (local memory per thread) and ``shared`` bytes. Registers are the
+    largest of any function in the file, bytes summed (the kernels inline every call, so there is one)."""
+    limit = [f"-maxrregcount={max_registers}"] if max_registers else []
+    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc}", *limit, "-o", os.devnull, ptx_path],
                             capture_output=True, text=True, check=True)
     log = result.stdout + result.stderr
 
