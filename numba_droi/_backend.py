@@ -226,3 +226,25 @@ def run(target_name, kernel, size, *args):
             kernel(*args)
     else:
         launch(kernel, size, *args)
+
+
+# -- PTX without a GPU -----------------------------------------------------------------------------
+
+def kernel_ptx(name, dtype, cc):
+    """PTX of the cuda kernel ``name`` of ``CUDA_KERNELS`` for float ``dtype`` and compute capability
+    ``cc`` (a pair such as ``(9, 0)``), compiled without a GPU; not under the simulator."""
+    if SIMULATED:
+        raise RuntimeError("compiling PTX needs NUMBA_ENABLE_CUDASIM=0: the simulator does not compile")
+    import numba.cuda.dispatcher
+    from types import SimpleNamespace
+
+    kernel, spec = CUDA_KERNELS[name]
+    # The helpers a kernel calls are compiled for the current device, which asks the driver; without a
+    # GPU there is none, so stand in a device of capability ``cc``.
+    get_current_device = numba.cuda.dispatcher.get_current_device
+    numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, kernel_argument_types(spec, dtype), cc=cc)
+    finally:
+        numba.cuda.dispatcher.get_current_device = get_current_device
+    return ptx

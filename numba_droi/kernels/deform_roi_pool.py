@@ -78,7 +78,8 @@ def deform_roi_pool_forward_cuda(features, rois, offset, mask, spatial_scale, sa
         k, c, ph, pw = unravel_output_index(index, output.shape)
         box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio,
                                             gamma)
-        output[k, c, ph, pw] = mask[k, 0, ph, pw] * roi_align_bin(features, c, ph, pw, box)
+        pooled = roi_align_bin(features, c, ph, pw, box)  # then the mask: not held across the loop
+        output[k, c, ph, pw] = mask[k, 0, ph, pw] * pooled
 
 
 @cuda_kernel("F4 F2 F4 F4 f i f F4")
