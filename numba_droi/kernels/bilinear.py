@@ -76,38 +76,52 @@ def b1_axis_weights(features, coordinate, size):
     return low, high, f(1) - fraction, fraction, free
 
 
+# Cpu drivers that tabulate a separable grid's rows as offsets ``y*W`` into flat feature planes
+# ``planes[p] = features[n, c].ravel()``, ``p = n*C + c``, read the four corners without 4-d index
+# arithmetic. Same corner weights and the same sums as b1_interpolate, b1_scatter and
+# b1_corner_gradient, so the same values bit for bit (the coordinate gradient up to rounding).
+
 @jitable_inlined_on_cpu
-def b1_interpolate_axes(features, n, c, y_low, y_high, hy, ly, x_low, x_high, hx, lx):
-    """``b1_interpolate`` from a row's and a column's ``b1_axis_weights``."""
-    return b1_interpolate(features, n, c, y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx,
-                          ly * lx)
+def b1_interpolate_rows(planes, p, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
+    """``b1_interpolate`` from a row's (as plane offsets) and a column's ``b1_axis_weights``."""
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    value = planes.dtype.type(0)
+    if w_ll + w_lh + w_hl + w_hh != value:
+        value = (w_ll * planes[p, row_low + x_low] + w_lh * planes[p, row_low + x_high]
+                 + w_hl * planes[p, row_high + x_low] + w_hh * planes[p, row_high + x_high])
+    return value
 
 
 @jitable_inlined_on_cpu
-def b1_coordinate_gradient_axes(features, n, c, y_low, y_high, hy, ly, y_free, x_low, x_high, hx, lx,
+def b1_scatter_rows(grad_planes, p, row_low, row_high, hy, ly, x_low, x_high, hx, lx, grad):
+    """``b1_scatter`` from a row's (as plane offsets) and a column's ``b1_axis_weights``; cpu only (a
+    plain add)."""
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    if w_ll + w_lh + w_hl + w_hh != grad_planes.dtype.type(0):
+        grad_planes[p, row_low + x_low] += grad * w_ll
+        grad_planes[p, row_low + x_high] += grad * w_lh
+        grad_planes[p, row_high + x_low] += grad * w_hl
+        grad_planes[p, row_high + x_high] += grad * w_hh
+
+
+@jitable_inlined_on_cpu
+def b1_coordinate_gradient_rows(planes, p, row_low, row_high, hy, ly, y_free, x_low, x_high, hx, lx,
                                 x_free):
-    """``b1_coordinate_gradient`` from a row's and a column's ``b1_axis_weights`` (0 for a sample outside
-    the map, whose row or column weights are both 0)."""
-    zero = features.dtype.type(0)
+    """``b1_coordinate_gradient`` from a row's (as plane offsets) and a column's ``b1_axis_weights``
+    (0 for a sample outside the map, whose row or column weights are both 0)."""
+    zero = planes.dtype.type(0)
     dy = zero
     dx = zero
     if (y_free or x_free) and hy + ly != zero and hx + lx != zero:
-        v_ll = features[n, c, y_low, x_low]
-        v_lh = features[n, c, y_low, x_high]
-        v_hl = features[n, c, y_high, x_low]
-        v_hh = features[n, c, y_high, x_high]
+        v_ll = planes[p, row_low + x_low]
+        v_lh = planes[p, row_low + x_high]
+        v_hl = planes[p, row_high + x_low]
+        v_hh = planes[p, row_high + x_high]
         if y_free:
             dy = hx * (v_hl - v_ll) + lx * (v_hh - v_lh)
         if x_free:
             dx = hy * (v_lh - v_ll) + ly * (v_hh - v_hl)
     return dy, dx
-
-
-@jitable_inlined_on_cpu
-def b1_scatter_axes(grad_features, n, c, y_low, y_high, hy, ly, x_low, x_high, hx, lx, grad):
-    """``b1_scatter`` from a row's and a column's ``b1_axis_weights``."""
-    b1_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx,
-               grad)
 
 
 @jitable

@@ -150,12 +150,13 @@ def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, outp
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
                               pooled_w, layout, corners, weights)
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for channel in numba.prange(features.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             output[k, c, ph, pw] = roi_align_bin_from_tables(
-                features, int(rois[k, 0]), channel, first + ph * grid_h,
+                planes, int(rois[k, 0]) * features.shape[1] + channel, first + ph * grid_h,
                 first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
@@ -169,13 +170,15 @@ def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, 
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
                               pooled_w, layout, corners, weights)
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             roi_align_bin_backward_from_tables(
-                grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel, first + ph * grid_h,
-                first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
+                grad_output[k, c, ph, pw], grad_planes, int(rois[k, 0]) * grad_input.shape[1] + channel,
+                first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners,
+                weights)
 
 
 KERNELS = {

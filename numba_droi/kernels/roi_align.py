@@ -15,7 +15,7 @@ import numpy as np
 
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import (b1_axis_weights, b1_interpolate_axes, b1_scatter, b1_scatter_axes, b1_value,
+from .bilinear import (b1_axis_weights, b1_interpolate_rows, b1_scatter, b1_scatter_rows, b1_value,
                        b1_weights)
 
 
@@ -139,15 +139,16 @@ def roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_
 def roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                           pooled_w, layout, corners, weights):
     """Box ``k``'s row and column samples as ``b1_axis_weights`` gives them: ``corners[s] = (low,
-    high)``, ``weights[s] = (w_low, w_high)``."""
+    high)``, rows as offsets ``y*W`` into a flat plane, and ``weights[s] = (w_low, w_high)``."""
     box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
     first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
     for ph in range(pooled_h):
         for iy in range(grid_h):
             y, _ = roi_align_sample(box, ph, 0, iy, 0)
             s = first + ph * grid_h + iy
-            corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1], _ = b1_axis_weights(
-                features, y, features.shape[2])
+            low, high, weights[s, 0], weights[s, 1], _ = b1_axis_weights(features, y,
+                                                                         features.shape[2])
+            corners[s, 0], corners[s, 1] = low * features.shape[3], high * features.shape[3]
     first += pooled_h * grid_h
     for pw in range(pooled_w):
         for ix in range(grid_w):
@@ -158,27 +159,27 @@ def roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, alig
 
 
 @jitable_inlined_on_cpu
-def roi_align_bin_from_tables(features, n, c, rows, columns, grid_h, grid_w, corners, weights):
-    """``roi_align_bin`` from the tables: the bin's ``grid_h`` row samples start at ``rows``, its
-    ``grid_w`` column samples at ``columns``."""
-    f = features.dtype.type
+def roi_align_bin_from_tables(planes, p, rows, columns, grid_h, grid_w, corners, weights):
+    """``roi_align_bin`` of flat feature plane ``p`` from the tables: the bin's ``grid_h`` row samples
+    start at ``rows``, its ``grid_w`` column samples at ``columns``."""
+    f = planes.dtype.type
     total = f(0)
     for r in range(rows, rows + grid_h):
         for s in range(columns, columns + grid_w):
-            total += b1_interpolate_axes(features, n, c, corners[r, 0], corners[r, 1], weights[r, 0],
+            total += b1_interpolate_rows(planes, p, corners[r, 0], corners[r, 1], weights[r, 0],
                                          weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                                          weights[s, 1])
     return total / f(max(grid_h * grid_w, 1))
 
 
 @jitable_inlined_on_cpu
-def roi_align_bin_backward_from_tables(grad, grad_input, n, c, rows, columns, grid_h, grid_w, corners,
+def roi_align_bin_backward_from_tables(grad, grad_planes, p, rows, columns, grid_h, grid_w, corners,
                                        weights):
     """``roi_align_bin_backward`` from the tables, as ``roi_align_bin_from_tables`` reads them."""
-    grad = grad / grad_input.dtype.type(max(grid_h * grid_w, 1))
+    grad = grad / grad_planes.dtype.type(max(grid_h * grid_w, 1))
     for r in range(rows, rows + grid_h):
         for s in range(columns, columns + grid_w):
-            b1_scatter_axes(grad_input, n, c, corners[r, 0], corners[r, 1], weights[r, 0],
+            b1_scatter_rows(grad_planes, p, corners[r, 0], corners[r, 1], weights[r, 0],
                             weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                             weights[s, 1], grad)
 
@@ -193,14 +194,15 @@ def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for c in numba.prange(channels):
         for k in range(boxes):
-            n = int(rois[k, 0])
+            p = int(rois[k, 0]) * channels + c
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     output[k, c, ph, pw] = roi_align_bin_from_tables(
-                        features, n, c, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
+                        planes, p, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
                         grid_h, grid_w, corners, weights)
 
 
@@ -214,14 +216,15 @@ def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, ali
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for c in numba.prange(channels):
         for k in range(boxes):
-            n = int(rois[k, 0])
+            p = int(rois[k, 0]) * channels + c
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     roi_align_bin_backward_from_tables(
-                        grad_output[k, c, ph, pw], grad_input, n, c, first + ph * grid_h,
+                        grad_output[k, c, ph, pw], grad_planes, p, first + ph * grid_h,
                         first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
