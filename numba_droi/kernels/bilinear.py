@@ -78,8 +78,8 @@ def b1_axis_weights(features, coordinate, size):
 
 # Cpu drivers that tabulate a separable grid's rows as offsets ``y*W`` into flat feature planes
 # ``planes[p] = features[n, c].ravel()``, ``p = n*C + c``, read the four corners without 4-d index
-# arithmetic. Same corner weights and the same sums as b1_interpolate, b1_scatter and
-# b1_corner_gradient, so the same values bit for bit (the coordinate gradient up to rounding).
+# arithmetic. Same corner weights and the same sums as b1_interpolate and b1_scatter, so the same
+# values bit for bit.
 
 @jitable_inlined_on_cpu
 def b1_interpolate_rows(planes, p, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
@@ -104,26 +104,6 @@ def b1_scatter_rows(grad_planes, p, row_low, row_high, hy, ly, x_low, x_high, hx
         grad_planes[p, row_high + x_high] += grad * w_hh
 
 
-@jitable_inlined_on_cpu
-def b1_coordinate_gradient_rows(planes, p, row_low, row_high, hy, ly, y_free, x_low, x_high, hx, lx,
-                                x_free):
-    """``b1_coordinate_gradient`` from a row's (as plane offsets) and a column's ``b1_axis_weights``
-    (0 for a sample outside the map, whose row or column weights are both 0)."""
-    zero = planes.dtype.type(0)
-    dy = zero
-    dx = zero
-    if (y_free or x_free) and hy + ly != zero and hx + lx != zero:
-        v_ll = planes[p, row_low + x_low]
-        v_lh = planes[p, row_low + x_high]
-        v_hl = planes[p, row_high + x_low]
-        v_hh = planes[p, row_high + x_high]
-        if y_free:
-            dy = hx * (v_hl - v_ll) + lx * (v_hh - v_lh)
-        if x_free:
-            dx = hy * (v_lh - v_ll) + ly * (v_hh - v_hl)
-    return dy, dx
-
-
 @jitable
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""
@@ -140,10 +120,17 @@ def b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh,
     zero = features.dtype.type(0)
     if not (y_free or x_free):
         return zero, zero
-    v_ll = features[n, c, y_low, x_low]
-    v_lh = features[n, c, y_low, x_high]
-    v_hl = features[n, c, y_high, x_low]
-    v_hh = features[n, c, y_high, x_high]
+    return b1_gradient_of_corners(features[n, c, y_low, x_low], features[n, c, y_low, x_high],
+                                  features[n, c, y_high, x_low], features[n, c, y_high, x_high],
+                                  w_ll, w_lh, w_hl, w_hh, y_free, x_free)
+
+
+@jitable_inlined_on_cpu
+def b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl, w_hh, y_free, x_free):
+    """``(d value/dy, d value/dx)`` of rule B1 for corner values ``v`` and the weights and flags of
+    ``b1_weights``. Linear in the corner values: for sums over channels of ``g_c * v_c`` it gives the
+    sum of ``g_c`` times each channel's derivative."""
+    zero = type(w_ll)(0)
     # w_ll + w_lh = 1 - ly etc.: recover the one-dimensional weights from the corner weights.
     hy = w_ll + w_lh
     ly = w_hl + w_hh

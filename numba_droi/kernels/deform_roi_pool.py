@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import (b1_coordinate_gradient, b1_corner_gradient, b1_interpolate, b1_scatter,
+from .bilinear import (b1_coordinate_gradient, b1_gradient_of_corners, b1_interpolate, b1_scatter,
                        b1_value, b1_weights)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box, roi_align_sample,
                         unravel_output_index)
@@ -185,9 +185,11 @@ def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale,
 @cpu_driver
 def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
                                          sampling_ratio, gamma, grad_offset, grad_mask):
-    # Per box: the samples' corners, weights and clamp flags once, then channel by channel over the
-    # box's bins (the memory order of the forward driver); the same sums as
-    # deform_roi_pool_bin_gradient, in another order.
+    # Per box: the samples' corners, weights and clamp flags once. A sample's value and coordinate
+    # derivatives are linear in its four corner values, so the sums over channels of grad_output
+    # times them are those of the channel sums of grad_output times each corner: one pass over the
+    # channels accumulates those four sums per sample, and rule B1 is applied to them once. The same
+    # sums as deform_roi_pool_bin_gradient, in another order.
     f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     for k in numba.prange(boxes):
@@ -195,31 +197,41 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         if samples == 0:
             continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
-        sums = np.zeros((3, pooled_h, pooled_w), features.dtype)  # d/dx, d/dy, mask
+        corner_sums = np.zeros((pooled_h, pooled_w, samples, 4), features.dtype)
         for c in range(channels):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     g = grad_output[k, c, ph, pw]
                     for s in range(samples):
-                        y_low, x_low, y_high, x_high = (corners[ph, pw, s, 0], corners[ph, pw, s, 1],
-                                                        corners[ph, pw, s, 2], corners[ph, pw, s, 3])
-                        w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                                                  weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-                        dy, dx = b1_corner_gradient(features, n, c, y_low, x_low, y_high, x_high, w_ll,
-                                                    w_lh, w_hl, w_hh, free[ph, pw, s, 0],
-                                                    free[ph, pw, s, 1])
-                        sums[0, ph, pw] += g * dx
-                        sums[1, ph, pw] += g * dy
-                        sums[2, ph, pw] += g * b1_interpolate(features, n, c, y_low, x_low, y_high,
-                                                              x_high, w_ll, w_lh, w_hl, w_hh)
+                        if (weights[ph, pw, s, 0] + weights[ph, pw, s, 1] + weights[ph, pw, s, 2]
+                                + weights[ph, pw, s, 3] != f(0)):  # else outside: nothing to read
+                            y_low, x_low = corners[ph, pw, s, 0], corners[ph, pw, s, 1]
+                            y_high, x_high = corners[ph, pw, s, 2], corners[ph, pw, s, 3]
+                            corner_sums[ph, pw, s, 0] += g * features[n, c, y_low, x_low]
+                            corner_sums[ph, pw, s, 1] += g * features[n, c, y_low, x_high]
+                            corner_sums[ph, pw, s, 2] += g * features[n, c, y_high, x_low]
+                            corner_sums[ph, pw, s, 3] += g * features[n, c, y_high, x_high]
         count = f(samples)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
+                grad_x = f(0)
+                grad_y = f(0)
+                weighted = f(0)
+                for s in range(samples):
+                    v_ll, v_lh, v_hl, v_hh = (corner_sums[ph, pw, s, 0], corner_sums[ph, pw, s, 1],
+                                              corner_sums[ph, pw, s, 2], corner_sums[ph, pw, s, 3])
+                    w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
+                                              weights[ph, pw, s, 2], weights[ph, pw, s, 3])
+                    dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl, w_hh,
+                                                    free[ph, pw, s, 0], free[ph, pw, s, 1])
+                    grad_x += dx
+                    grad_y += dy
+                    weighted += w_ll * v_ll + w_lh * v_lh + w_hl * v_hl + w_hh * v_hh
                 _, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
                                                               sampling_ratio, gamma)
-                grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * sums[0, ph, pw] / count)
-                grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * (scale_y * sums[1, ph, pw] / count)
-                grad_mask[k, 0, ph, pw] = sums[2, ph, pw] / count
+                grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * grad_x / count)
+                grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * (scale_y * grad_y / count)
+                grad_mask[k, 0, ph, pw] = weighted / count
 
 
 KERNELS = {
