@@ -215,11 +215,13 @@ class Function:
 
     @classmethod
     def apply(cls, *args):
-        needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        # Under no_grad nothing is recorded, so forward may skip what only a backward would need.
+        needs_input_grad = tuple(_grad_enabled and isinstance(a, Tensor) and a.requires_grad
+                                 for a in args)
         ctx = Context(needs_input_grad)
         output = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args))
         result = Tensor(output)
-        if _grad_enabled and any(needs_input_grad):
+        if any(needs_input_grad):
             result.requires_grad = True
             result._node = _Node(cls, ctx, args)
         return result

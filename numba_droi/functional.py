@@ -38,6 +38,8 @@ def _tensor(value):
 class RoIPool(Function):
     @staticmethod
     def forward(ctx, input, rois, output_size, spatial_scale):
+        if not ctx.needs_input_grad[0]:
+            return ops.roi_pool(input, rois, output_size, spatial_scale)
         output, argmax = ops.roi_pool_with_argmax(input, rois, output_size, spatial_scale)
         ctx.save_for_backward(rois, argmax)
         ctx.input_shape = tuple(input.shape)

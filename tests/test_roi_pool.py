@@ -39,9 +39,16 @@ def check_against_reference(on, features, rois, options):
         grad_output = np.random.default_rng(1).standard_normal(output.shape)
         grad_input = on.numpy(numba_droi.roi_pool_backward(on.array(grad_output), on.array(rois),
                                                            on.array(argmax), features.shape))
+    with on:  # the forward alone skips the argmax
+        output_alone = on.numpy(numba_droi.roi_pool(on.array(features), on.array(rois), **options))
+        with numba_droi.no_grad():
+            output_no_grad = functional.roi_pool(Tensor(on.array(features), requires_grad=True),
+                                                 on.array(rois), **options)
     expected, expected_argmax = reference_forward(features, rois, **options)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_allclose(output, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(output_alone, output)
+    np.testing.assert_array_equal(on.numpy(output_no_grad.data), output)
     np.testing.assert_allclose(grad_input, reference_backward(grad_output, rois, expected_argmax,
                                                               features.shape), rtol=1e-12, atol=1e-12)
 

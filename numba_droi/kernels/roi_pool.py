@@ -8,7 +8,7 @@ backward adds each output's gradient at its argmax (atomically on the GPU).
 Kernel arguments: ``(features, rois, spatial_scale, output, argmax)`` and
 ``(grad_output, rois, argmax, grad_input)``, with ``spatial_scale`` of the features' dtype, ``argmax``
 int32 of the output's shape (the flat index ``h*W + w`` in the box's feature plane, -1 for an empty
-bin) and ``grad_input`` zero-filled.
+bin; or empty, when only the output is wanted) and ``grad_input`` zero-filled.
 """
 import math
 
@@ -119,8 +119,10 @@ def roi_pool_forward_cuda(features, rois, spatial_scale, output, argmax):
         k, c, ph, pw = unravel_output_index(index, output.shape)
         box = pool_box(rois, k, spatial_scale, 1, output.shape[2], output.shape[3])
         h_low, h_high, w_low, w_high = pool_window(box, ph, pw, features.shape[2], features.shape[3])
-        output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
-            features, box[0], c, h_low, h_high, w_low, w_high)
+        output[k, c, ph, pw], index = roi_pool_window(features, box[0], c, h_low, h_high, w_low,
+                                                      w_high)
+        if argmax.size:
+            argmax[k, c, ph, pw] = index
 
 
 @cuda_kernel("F4 F2 J4 F4")
@@ -138,6 +140,7 @@ def roi_pool_backward_cuda(grad_output, rois, argmax, grad_input):
 @cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
     boxes, channels, pooled_h, pooled_w = output.shape
+    store_argmax = argmax.size > 0
     bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
     for k in numba.prange(boxes):
         pool_fill_bounds(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
@@ -147,9 +150,11 @@ def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
             n = int(rois[k, 0])
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    output[k, c, ph, pw], argmax[k, c, ph, pw] = roi_pool_window(
+                    output[k, c, ph, pw], index = roi_pool_window(
                         features, n, c, bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
                         bounds[k, 3, pw])
+                    if store_argmax:
+                        argmax[k, c, ph, pw] = index
 
 
 @cpu_driver

@@ -36,7 +36,7 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0):
         ``(K, C, PH, PW)`` array of the input's kind and dtype. ``roi_pool_with_argmax`` also
         returns the argmax that ``roi_pool_backward`` needs.
     """
-    return roi_pool_with_argmax(input, rois, output_size, spatial_scale)[0]
+    return _roi_pool(input, rois, output_size, spatial_scale, False)[0]
 
 
 def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
@@ -44,6 +44,11 @@ def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
     shape holding the flat index ``h*W + w`` of each maximum in its feature plane (-1 for an empty
     bin), for ``roi_pool_backward``. (torchvision's argmax is int64; int32 halves the memory the
     forward writes and the backward reads, and holds any plane of fewer than 2**31 elements.)"""
+    return _roi_pool(input, rois, output_size, spatial_scale, True)
+
+
+def _roi_pool(input, rois, output_size, spatial_scale, with_argmax):
+    # Without the argmax the kernels get an empty one and skip writing it.
     features = _checks.features(input)
     pooled_h, pooled_w = _checks.pair(output_size, "output_size")
     rois = _checks.rois(rois, features)
@@ -58,7 +63,7 @@ def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
         return xp.zeros(shape, dtype=features.dtype), xp.full(shape, -1, dtype=np.int32)
     # The kernels write every element: no need to fill.
     output = xp.empty(shape, dtype=features.dtype)
-    argmax = xp.empty(shape, dtype=np.int32)
+    argmax = xp.empty(shape if with_argmax else (0, 0, 0, 0), dtype=np.int32)
     _backend.run(target, KERNELS["forward"][target], output.size,
                  features, rois, spatial_scale, output, argmax)
     return output, argmax
