@@ -17,6 +17,12 @@ from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu
                         thread_stride)
 from .bilinear import b1_interpolate, b1_scatter, b1_value, b1_weights
 
+# The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
+# sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
+# 1e30, say) costs bounded time and memory instead of an astronomical grid. Bins of real feature maps
+# are far smaller; torchvision has no such bound (and never finishes on such a box).
+MAX_SAMPLING_RATIO = 256
+
 
 @jitable
 def unravel_output_index(index, shape):
@@ -32,7 +38,8 @@ def unravel_output_index(index, shape):
 def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
     """Geometry of box ``k``: ``(batch, y_start, x_start, bin_h, bin_w, grid_h, grid_w)``.
 
-    A box with a non-finite coordinate gets an empty sampling grid, so its output is 0.
+    A box with a non-finite coordinate gets an empty sampling grid, so its output is 0. The grid has
+    at most ``MAX_SAMPLING_RATIO`` samples per side.
     """
     f = rois.dtype.type
     offset = f(0.5) if aligned else f(0)
@@ -49,8 +56,12 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
     grid_w = 0
     if math.isfinite(x1) and math.isfinite(y1) and math.isfinite(roi_w) and math.isfinite(roi_h):
         # reversed boxes of aligned mode have negative bins: an empty grid
-        grid_h = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(bin_h)), 0)
-        grid_w = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(bin_w)), 0)
+        # (capped as a float: the int of a huge float is undefined)
+        limit = f(MAX_SAMPLING_RATIO)
+        grid_h = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_h, f(0)), limit))))
+        grid_w = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_w, f(0)), limit))))
     return int(rois[k, 0]), y1, x1, bin_h, bin_w, grid_h, grid_w
 
 

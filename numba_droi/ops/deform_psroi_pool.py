@@ -20,7 +20,8 @@ def _arguments(features, rois, trans, spatial_scale, output_dim, group_size, poo
     group_size = _positive(group_size, "group_size")
     pooled_size = _positive(pooled_size, "pooled_size")
     part_size = pooled_size if part_size is None else _positive(part_size, "part_size")
-    sample_per_part = _positive(sample_per_part, "sample_per_part")
+    sample_per_part = _checks.sampling_ratio(_positive(sample_per_part, "sample_per_part"),
+                                             "sample_per_part")
     if not isinstance(no_trans, (bool, numbers.Integral)):
         raise TypeError(f"no_trans must be a bool, got {no_trans!r}")
     if features.shape[1] != output_dim * group_size ** 2:
@@ -82,7 +83,7 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
         group_size: position-sensitive groups per side.
         pooled_size: ``P``, bins per side.
         part_size: part cells per side of ``trans``; defaults to ``pooled_size``.
-        sample_per_part: ``S``, samples per bin side.
+        sample_per_part: ``S``, samples per bin side, at most 256 (``MAX_SAMPLING_RATIO``).
         trans_std: scale of the offsets.
         no_trans: pool without offsets.
 
