@@ -88,8 +88,9 @@ def roi_align_bin(features, c, ph, pw, box):
 
 
 @jitable
-def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
-    """Scatter ``grad``, the gradient of ``roi_align_bin(..., c, ph, pw, box)``, into ``grad_input``."""
+def roi_align_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
+    """Scatter ``grad``, the gradient of ``roi_align_bin(..., c, ph, pw, box)``, into ``grad_input``
+    (atomically on the GPU unless ``atomic`` is False)."""
     f = grad_input.dtype.type
     n, _, _, _, _, grid_h, grid_w = box
     grad = grad / f(max(grid_h * grid_w, 1))
@@ -97,7 +98,8 @@ def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
         for ix in range(grid_w):
             y, x = roi_align_sample(box, ph, pw, iy, ix)
             y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(grad_input, y, x)
-            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad)
+            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad,
+                       atomic)
 
 
 # The cuda kernels give each thread one output element; the cpu drivers give each parallel iteration
@@ -120,6 +122,27 @@ def roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio, al
         box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, grad_output.shape[2],
                             grad_output.shape[3])
         roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
+
+
+# The deterministic backwards (cuda, with ``use_deterministic_algorithms(True)``) give each thread one
+# plane ``grad_input[n, c]``: it walks the boxes of image ``n`` in order and adds without atomics, so
+# every sum has the same order in every run (the order of the cpu drivers).
+
+@cuda_kernel("F4 F2 f i b F4")
+def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, sampling_ratio, aligned,
+                                          grad_input):
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        c = plane - n * channels
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, grad_output.shape[2],
+                                grad_output.shape[3])
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box, False)
 
 
 @jitable
@@ -181,5 +204,6 @@ def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, ali
 
 KERNELS = {
     "forward": {"cpu": roi_align_forward_cpu, "cuda": roi_align_forward_cuda},
-    "backward": {"cpu": roi_align_backward_cpu, "cuda": roi_align_backward_cuda},
+    "backward": {"cpu": roi_align_backward_cpu, "cuda": roi_align_backward_cuda,
+                 "cuda_deterministic": roi_align_backward_deterministic_cuda},
 }

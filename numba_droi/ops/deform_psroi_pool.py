@@ -130,9 +130,10 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, g
     grad_input = xp.zeros(features.shape, dtype=features.dtype)
     grad_trans = None if no_trans else xp.zeros(trans.shape, dtype=features.dtype)
     if features.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size, grad_output, rois, trans,
-                     spatial_scale, trans_std, group_size, part_size, sample_per_part, no_trans,
-                     grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               features.shape[0] * output_dim)
+        _backend.run(target, kernel, size, grad_output, rois, trans, spatial_scale, trans_std,
+                     group_size, part_size, sample_per_part, no_trans, grad_input)
         if not no_trans:
             _backend.run(target, KERNELS["trans_grad"][target], grad_trans.size // 2, features,
                          grad_output, rois, trans, spatial_scale, trans_std, group_size, part_size,

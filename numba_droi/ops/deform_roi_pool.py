@@ -97,8 +97,10 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0
     grad_offset = xp.zeros(offset.shape, dtype=features.dtype)
     grad_mask = xp.zeros(mask.shape, dtype=features.dtype)
     if features.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size, grad_output, rois, offset,
-                     mask, spatial_scale, sampling_ratio, gamma, grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               features.shape[0] * features.shape[1])
+        _backend.run(target, kernel, size, grad_output, rois, offset, mask, spatial_scale,
+                     sampling_ratio, gamma, grad_input)
         if given_offset or given_mask:
             _backend.run(target, KERNELS["offset_mask_grad"][target], grad_mask.size, features,
                          grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,

@@ -32,8 +32,9 @@ def _backward(name, grad_output, rois, input_shape, spatial_scale, *options):
     _checks.same_shape(grad_output, (rois.shape[0], channels, pooled_h, pooled_w), "grad_output")
     target = _backend.target_of(grad_output)
     if grad_input.size:
-        _backend.run(target, KERNELS[name]["backward"][target], grad_output.size,
-                     grad_output, rois, spatial_scale, *options, grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS[name]["backward"], target, grad_output.size,
+                                               input_shape[0] * input_shape[1])
+        _backend.run(target, kernel, size, grad_output, rois, spatial_scale, *options, grad_input)
     return grad_input
 
 

@@ -75,6 +75,8 @@ def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampli
                        "grad_output")
     target = _backend.target_of(grad_output)
     if grad_input.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size,
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               input_shape[0] * input_shape[1])
+        _backend.run(target, kernel, size,
                      grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input)
     return grad_input
