@@ -36,13 +36,16 @@ def round_half_away(value):
 @jitable_inlined_on_cpu
 def deform_psroi_box(rois, k, spatial_scale):
     """``(batch, y_start, x_start, roi_h, roi_w)`` of box ``k``: rounded image coordinates, the end
-    pixel included, scaled and shifted by -0.5; sizes at least 0.1."""
+    pixel included, scaled and shifted by -0.5; sizes at least 0.1. A box with a non-finite
+    coordinate starts at infinity: none of its samples lies in the map."""
     f = rois.dtype.type
     half = f(0.5)
     x_start = round_half_away(rois[k, 1]) * spatial_scale - half
     y_start = round_half_away(rois[k, 2]) * spatial_scale - half
     x_end = (round_half_away(rois[k, 3]) + f(1)) * spatial_scale - half
     y_end = (round_half_away(rois[k, 4]) + f(1)) * spatial_scale - half
+    if not (math.isfinite(x_end) and math.isfinite(y_end)):  # the minimum size would hide an end at -inf
+        x_start = y_start = f(math.inf)
     return (int(rois[k, 0]), y_start, x_start, max(y_end - y_start, f(0.1)),
             max(x_end - x_start, f(0.1)))
 

@@ -47,6 +47,8 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
     y1 = rois[k, 2] * spatial_scale - offset
     roi_w = rois[k, 3] * spatial_scale - offset - x1
     roi_h = rois[k, 4] * spatial_scale - offset - y1
+    # (before the clamp below, which would turn an end at -inf into a box of size 1)
+    finite = math.isfinite(x1) and math.isfinite(y1) and math.isfinite(roi_w) and math.isfinite(roi_h)
     if not aligned:
         roi_w = max(roi_w, f(1))
         roi_h = max(roi_h, f(1))
@@ -54,7 +56,7 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
     bin_w = roi_w / f(pooled_w)
     grid_h = 0
     grid_w = 0
-    if math.isfinite(x1) and math.isfinite(y1) and math.isfinite(roi_w) and math.isfinite(roi_h):
+    if finite:
         # reversed boxes of aligned mode have negative bins: an empty grid
         # (capped as a float: the int of a huge float is undefined)
         limit = f(MAX_SAMPLING_RATIO)

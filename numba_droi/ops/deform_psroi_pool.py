@@ -36,6 +36,7 @@ def _arguments(features, rois, trans, spatial_scale, output_dim, group_size, poo
     else:
         if trans is None:
             raise ValueError("trans must be given unless no_trans is True")
+        _backend.target_of(features, trans, names=("input", "trans"))
         shape = tuple(_backend.as_array(trans).shape)
         classes = shape[1] // 2 if len(shape) == 4 else 0
         if len(shape) != 4 or shape[1] % 2 or classes == 0 or output_dim % classes:
