@@ -11,6 +11,7 @@ own operations and ``gradcheck`` to test them. Training: ``numba_droi.nn`` (modu
 """
 from . import functional, nn, optim
 from ._backend import available_targets, target
+from ._backend import are_deterministic_algorithms_enabled, deterministic, use_deterministic_algorithms
 from .autograd import Function, Tensor, no_grad
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (deform_conv2d, deform_conv2d_backward, deform_psroi_pool, deform_psroi_pool_backward,
@@ -25,4 +26,5 @@ __all__ = ["Function", "GradcheckError", "Tensor", "available_targets", "functio
            "roi_pool", "roi_pool_backward", "roi_pool_with_argmax",
            "ps_roi_pool", "ps_roi_pool_backward", "ps_roi_align", "ps_roi_align_backward",
            "deform_roi_pool", "deform_roi_pool_backward", "deform_psroi_pool", "deform_psroi_pool_backward",
-           "deform_conv2d", "deform_conv2d_backward"]
+           "deform_conv2d", "deform_conv2d_backward",
+           "use_deterministic_algorithms", "are_deterministic_algorithms_enabled", "deterministic"]

@@ -191,13 +191,17 @@ def thread_stride():
 
 
 @jitable
-def add_4d(array, i, j, k, l, value):
-    """``array[i, j, k, l] += value``: atomically on the GPU."""
-    kernel_api.atomic.add(array, (i, j, k, l), value)
+def add_4d(array, i, j, k, l, value, atomic=True):
+    """``array[i, j, k, l] += value``: atomically on the GPU, unless ``atomic`` is False, for kernels
+    in which one thread owns every element it adds to (the deterministic backwards)."""
+    if atomic:
+        kernel_api.atomic.add(array, (i, j, k, l), value)
+    else:
+        array[i, j, k, l] += value
 
 
 @for_cpu(add_4d)
-def _add_4d_cpu(array, i, j, k, l, value):
+def _add_4d_cpu(array, i, j, k, l, value, atomic=True):
     # A plain add: cpu drivers partition their work so that no two parallel iterations write the
     # same element.
     array[i, j, k, l] += value
@@ -248,3 +252,44 @@ def kernel_ptx(name, dtype, cc):
     finally:
         numba.cuda.dispatcher.get_current_device = get_current_device
     return ptx
+
+# -- deterministic algorithms ----------------------------------------------------------------------
+#
+# The cuda backwards scatter with float atomics, whose order, and so whose rounding, varies from run
+# to run. With deterministic algorithms on, each scattering backward runs its ``cuda_deterministic``
+# kernel instead: one thread per disjoint part of the gradient (a feature plane), adding in a fixed
+# order without atomics. Slower (less parallel), bitwise reproducible. The cpu drivers are
+# deterministic by construction (each parallel iteration owns what it writes).
+
+_deterministic = False
+
+
+def use_deterministic_algorithms(mode):
+    """Make every backward bitwise reproducible on the GPU (``mode=True``), or let the cuda backwards
+    scatter with atomics (``False``, the default: faster, reproducible only to rounding)."""
+    global _deterministic
+    _deterministic = bool(mode)
+
+
+def are_deterministic_algorithms_enabled():
+    return _deterministic
+
+
+@contextlib.contextmanager
+def deterministic(mode=True):
+    """``use_deterministic_algorithms(mode)`` inside the block, the previous setting after it."""
+    previous = _deterministic
+    use_deterministic_algorithms(mode)
+    try:
+        yield
+    finally:
+        use_deterministic_algorithms(previous)
+
+
+def scatter_kernel(kernels, target_name, size, owners):
+    """``(kernel, size)`` to ``run`` a scattering backward: ``kernels[target_name]`` over ``size``
+    elements, or on the cuda target with deterministic algorithms on, ``kernels["cuda_deterministic"]``
+    over its ``owners`` threads (the number of parts of the gradient it gives one thread each)."""
+    if target_name == "cuda" and _deterministic:
+        return kernels["cuda_deterministic"], owners
+    return kernels[target_name], size

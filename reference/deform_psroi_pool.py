@@ -22,6 +22,7 @@ def _bins(features_shape, roi, trans_k, spatial_scale, output_dim, group_size, p
     x_end = (_round(float(roi[3])) + 1) * spatial_scale - 0.5
     y_end = (_round(float(roi[4])) + 1) * spatial_scale - 0.5
     roi_w, roi_h = max(x_end - x_start, 0.1), max(y_end - y_start, 0.1)
+    finite = all(math.isfinite(float(v)) for v in roi[1:])  # else no sample (SPEC: NaN/inf give 0)
     bin_h, bin_w = roi_h / pooled_size, roi_w / pooled_size
     num_classes = 1 if no_trans else trans_k.shape[0] // 2
     bins = {}
@@ -44,7 +45,7 @@ def _bins(features_shape, roi, trans_k, spatial_scale, output_dim, group_size, p
                           for ih in range(sample_per_part) for iw in range(sample_per_part)]
                 height, width = features_shape[2:]
                 points = [(h, w) for h, w in points
-                          if -0.5 <= h <= height - 0.5 and -0.5 <= w <= width - 0.5]
+                          if -0.5 <= h <= height - 0.5 and -0.5 <= w <= width - 0.5 and finite]
                 bins[c, ph, pw] = channel, points, cells, (trans_std * roi_w, trans_std * roi_h)
     return bins
 

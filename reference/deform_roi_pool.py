@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from .bilinear import b1, b1_gradient, b1_scatter
+from .roi_align import MAX_GRID
 
 
 def _bins(roi, offset_k, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma):
@@ -14,8 +15,11 @@ def _bins(roi, offset_k, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamm
     roi_w, roi_h = x2 - x1, y2 - y1
     bin_h, bin_w = roi_h / pooled_h, roi_w / pooled_w
     finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))
-    grid_h = sampling_ratio if sampling_ratio > 0 else (max(math.ceil(bin_h), 0) if finite else 0)
-    grid_w = sampling_ratio if sampling_ratio > 0 else (max(math.ceil(bin_w), 0) if finite else 0)
+    # the adaptive grid is capped at MAX_GRID samples per side, as in reference/roi_align.py
+    grid_h = sampling_ratio if sampling_ratio > 0 else (min(max(math.ceil(bin_h), 0), MAX_GRID)
+                                                        if finite else 0)
+    grid_w = sampling_ratio if sampling_ratio > 0 else (min(max(math.ceil(bin_w), 0), MAX_GRID)
+                                                        if finite else 0)
     bins = {}
     for ph in range(pooled_h):
         for pw in range(pooled_w):

@@ -5,6 +5,8 @@ import numpy as np
 
 from .bilinear import b1, b1_scatter
 
+MAX_GRID = 256
+
 
 def _samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     """Batch index and, per bin ``(ph, pw)``, the list of sample points and the divisor."""
@@ -16,8 +18,11 @@ def _samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
         roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
     bin_h, bin_w = roi_h / pooled_h, roi_w / pooled_w
     finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))
-    grid_h = sampling_ratio if sampling_ratio > 0 else (math.ceil(roi_h / pooled_h) if finite else 0)
-    grid_w = sampling_ratio if sampling_ratio > 0 else (math.ceil(roi_w / pooled_w) if finite else 0)
+    # the adaptive grid is capped at MAX_GRID samples per side (numba_droi's documented bound)
+    grid_h = sampling_ratio if sampling_ratio > 0 else (min(math.ceil(roi_h / pooled_h), MAX_GRID)
+                                                        if finite else 0)
+    grid_w = sampling_ratio if sampling_ratio > 0 else (min(math.ceil(roi_w / pooled_w), MAX_GRID)
+                                                        if finite else 0)
     bins = {}
     for ph in range(pooled_h):
         for pw in range(pooled_w):

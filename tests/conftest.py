@@ -57,3 +57,17 @@ def cuda():
     if "cuda" not in _backend.available_targets():
         pytest.skip("no GPU and no CUDA simulator")
     return On("cuda")
+
+
+# Property tests (hypothesis): few examples by default, so that the suite stays fast and every run
+# draws the same ones; HYPOTHESIS_PROFILE=slow (or --hypothesis-profile=slow) draws many more, fresh.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests skip themselves
+    pass
+else:
+    _unhurried = dict(deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("fast", max_examples=6, derandomize=True, **_unhurried)
+    settings.register_profile("slow", max_examples=300, **_unhurried)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

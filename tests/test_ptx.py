@@ -63,10 +63,21 @@ def test_float64_kernels_do_use_float64(ptx_files):
             assert re.search(r"\b(add|mul|fma\.rn|sub)\.f64\b", text), name
 
 
+FLOAT_ATOMIC = re.compile(r"\b(atom|red)\.[\w.]*add\.f(32|64)\b")
+
+
 def test_backward_kernels_scatter_with_atomics(ptx_files):
     for name, text in ptx_files.items():
-        if "backward" in name:
-            assert "atom.global.add.f" in text or "red.global.add.f" in text, name
+        if "backward" in name and "deterministic" not in name:
+            assert FLOAT_ATOMIC.search(text), name
+
+
+def test_deterministic_kernels_use_no_float_atomics(ptx_files):
+    """The backwards for use_deterministic_algorithms(True): each thread owns what it adds to."""
+    names = [name for name in ptx_files if "deterministic" in name]
+    assert len(names) == 7 * 2 * len(CAPABILITIES), names
+    for name in names:
+        assert not FLOAT_ATOMIC.search(ptx_files[name]), name
 
 
 def test_every_file_of_the_assembled_capabilities_is_assembled(resources):

@@ -142,14 +142,16 @@ def b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl, w_hh, y_fre
 
 
 @jitable_inlined_on_cpu
-def b1_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad):
+def b1_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad,
+               atomic=True):
     """The adjoint of ``b1_interpolate``: add ``grad`` times the corner weights of ``b1_weights`` into
-    ``grad_features[n, c]`` (atomically on the GPU); nothing for a sample outside the map."""
+    ``grad_features[n, c]`` (atomically on the GPU unless ``atomic`` is False, see ``add_4d``);
+    nothing for a sample outside the map."""
     if w_ll + w_lh + w_hl + w_hh != grad_features.dtype.type(0):
-        add_4d(grad_features, n, c, y_low, x_low, grad * w_ll)
-        add_4d(grad_features, n, c, y_low, x_high, grad * w_lh)
-        add_4d(grad_features, n, c, y_high, x_low, grad * w_hl)
-        add_4d(grad_features, n, c, y_high, x_high, grad * w_hh)
+        add_4d(grad_features, n, c, y_low, x_low, grad * w_ll, atomic)
+        add_4d(grad_features, n, c, y_low, x_high, grad * w_lh, atomic)
+        add_4d(grad_features, n, c, y_high, x_low, grad * w_hl, atomic)
+        add_4d(grad_features, n, c, y_high, x_high, grad * w_hh, atomic)
 
 
 # -- B2: the deformable-convolution rule (deform_conv2d) -------------------------------------------
@@ -212,14 +214,15 @@ def b2_coordinate_gradient(features, n, c, y, x):
 
 
 @jitable_inlined_on_cpu
-def b2_scatter_corner(grad_features, n, c, y, x, value):
-    """``grad_features[n, c, y, x] += value`` (atomically on the GPU), nothing outside the map."""
+def b2_scatter_corner(grad_features, n, c, y, x, value, atomic=True):
+    """``grad_features[n, c, y, x] += value`` (atomically on the GPU unless ``atomic`` is False),
+    nothing outside the map."""
     if y >= 0 and y < grad_features.shape[2] and x >= 0 and x < grad_features.shape[3]:
-        add_4d(grad_features, n, c, y, x, value)
+        add_4d(grad_features, n, c, y, x, value, atomic)
 
 
 @jitable_inlined_on_cpu
-def b2_scatter(grad_features, n, c, y, x, grad):
+def b2_scatter(grad_features, n, c, y, x, grad, atomic=True):
     """The adjoint of ``b2_value``: add ``grad`` times the B2 corner weights of ``(y, x)`` into
     ``grad_features[n, c]``."""
     f = grad_features.dtype.type
@@ -227,10 +230,10 @@ def b2_scatter(grad_features, n, c, y, x, grad):
     if inside:
         hy = f(1) - ly
         hx = f(1) - lx
-        b2_scatter_corner(grad_features, n, c, y_low, x_low, hy * hx * grad)
-        b2_scatter_corner(grad_features, n, c, y_low, x_low + 1, hy * lx * grad)
-        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low, ly * hx * grad)
-        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low + 1, ly * lx * grad)
+        b2_scatter_corner(grad_features, n, c, y_low, x_low, hy * hx * grad, atomic)
+        b2_scatter_corner(grad_features, n, c, y_low, x_low + 1, hy * lx * grad, atomic)
+        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low, ly * hx * grad, atomic)
+        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low + 1, ly * lx * grad, atomic)
 
 
 # -- B3: the MXNet deformable position-sensitive rule (deform_psroi_pool) --------------------------
@@ -282,16 +285,16 @@ def b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
 
 
 @jitable_inlined_on_cpu
-def b3_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, ly, lx, grad):
+def b3_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, ly, lx, grad, atomic=True):
     """The adjoint of ``b3_interpolate``: add ``grad`` times its corner weights into
-    ``grad_features[n, c]`` (atomically on the GPU)."""
+    ``grad_features[n, c]`` (atomically on the GPU unless ``atomic`` is False)."""
     f = grad_features.dtype.type
     hy = f(1) - ly
     hx = f(1) - lx
-    add_4d(grad_features, n, c, y_low, x_low, grad * (hy * hx))
-    add_4d(grad_features, n, c, y_low, x_high, grad * (hy * lx))
-    add_4d(grad_features, n, c, y_high, x_low, grad * (ly * hx))
-    add_4d(grad_features, n, c, y_high, x_high, grad * (ly * lx))
+    add_4d(grad_features, n, c, y_low, x_low, grad * (hy * hx), atomic)
+    add_4d(grad_features, n, c, y_low, x_high, grad * (hy * lx), atomic)
+    add_4d(grad_features, n, c, y_high, x_low, grad * (ly * hx), atomic)
+    add_4d(grad_features, n, c, y_high, x_high, grad * (ly * lx), atomic)
 
 
 @jitable_inlined_on_cpu

@@ -71,15 +71,16 @@ def deform_im2col_element(input, offset, mask, b, row, oy, ox, geometry, use_off
 
 @jitable
 def deform_im2col_element_backward(grad, grad_input, offset, mask, b, row, oy, ox, geometry,
-                                   use_offset, use_mask):
-    """Scatter ``grad``, the gradient of ``columns[b, row, oy, ox]``, into ``grad_input``."""
+                                   use_offset, use_mask, atomic=True):
+    """Scatter ``grad``, the gradient of ``columns[b, row, oy, ox]``, into ``grad_input`` (atomically
+    on the GPU unless ``atomic`` is False)."""
     taps = geometry[0] * geometry[1]
     c = row // taps
     tap = row - c * taps
     g = c // (grad_input.shape[1] // offset_groups(offset, mask, taps, use_offset, use_mask))
     y, x, modulation = deform_sample(grad_input, offset, mask, b, g, tap, oy, ox, geometry,
                                      use_offset, use_mask)
-    b2_scatter(grad_input, b, c, y, x, modulation * grad)
+    b2_scatter(grad_input, b, c, y, x, modulation * grad, atomic)
 
 
 @jitable
@@ -129,6 +130,26 @@ def deform_im2col_backward_cuda(grad_columns, offset, mask, kernel_h, kernel_w, 
         b, row, oy, ox = unravel_output_index(index, grad_columns.shape)
         deform_im2col_element_backward(grad_columns[b, row, oy, ox], grad_input, offset, mask, b, row,
                                        oy, ox, geometry, use_offset, use_mask)
+
+
+@cuda_kernel("F4 F4 F4 i i i i i i i i b b F4")
+def deform_im2col_backward_deterministic_cuda(grad_columns, offset, mask, kernel_h, kernel_w, stride_h,
+                                              stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                                              use_offset, use_mask, grad_input):
+    # One thread per plane grad_input[b, c]: only the rows of channel c scatter into it, in a fixed
+    # order and without atomics (deterministic algorithms), as deform_im2col_backward_cpu.
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        b = plane // channels
+        c = plane - b * channels
+        for tap in range(taps):
+            for oy in range(grad_columns.shape[2]):
+                for ox in range(grad_columns.shape[3]):
+                    deform_im2col_element_backward(grad_columns[b, c * taps + tap, oy, ox], grad_input,
+                                                   offset, mask, b, c * taps + tap, oy, ox, geometry,
+                                                   use_offset, use_mask, False)
 
 
 @jitable
@@ -260,7 +281,8 @@ def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, ker
 
 KERNELS = {
     "im2col": {"cpu": deform_im2col_cpu, "cuda": deform_im2col_cuda},
-    "col2im": {"cpu": deform_im2col_backward_cpu, "cuda": deform_im2col_backward_cuda},
+    "col2im": {"cpu": deform_im2col_backward_cpu, "cuda": deform_im2col_backward_cuda,
+               "cuda_deterministic": deform_im2col_backward_deterministic_cuda},
     "coordinate_gradient": {"cpu": deform_im2col_coordinate_gradient_cpu,
                             "cuda": deform_im2col_coordinate_gradient_cuda},
 }

@@ -36,13 +36,16 @@ def round_half_away(value):
 @jitable_inlined_on_cpu
 def deform_psroi_box(rois, k, spatial_scale):
     """``(batch, y_start, x_start, roi_h, roi_w)`` of box ``k``: rounded image coordinates, the end
-    pixel included, scaled and shifted by -0.5; sizes at least 0.1."""
+    pixel included, scaled and shifted by -0.5; sizes at least 0.1. A box with a non-finite
+    coordinate starts at infinity: none of its samples lies in the map."""
     f = rois.dtype.type
     half = f(0.5)
     x_start = round_half_away(rois[k, 1]) * spatial_scale - half
     y_start = round_half_away(rois[k, 2]) * spatial_scale - half
     x_end = (round_half_away(rois[k, 3]) + f(1)) * spatial_scale - half
     y_end = (round_half_away(rois[k, 4]) + f(1)) * spatial_scale - half
+    if not (math.isfinite(x_end) and math.isfinite(y_end)):  # the minimum size would hide an end at -inf
+        x_start = y_start = f(math.inf)
     return (int(rois[k, 0]), y_start, x_start, max(y_end - y_start, f(0.1)),
             max(x_end - x_start, f(0.1)))
 
@@ -123,8 +126,9 @@ def deform_psroi_bin_value(features, bin_):
 
 
 @jitable_inlined_on_cpu
-def deform_psroi_bin_backward(grad, grad_input, bin_):
-    """Scatter ``grad``, the gradient of ``deform_psroi_bin_value(..., bin_)``, into ``grad_input``."""
+def deform_psroi_bin_backward(grad, grad_input, bin_, atomic=True):
+    """Scatter ``grad``, the gradient of ``deform_psroi_bin_value(..., bin_)``, into ``grad_input``
+    (atomically on the GPU unless ``atomic`` is False)."""
     f = grad_input.dtype.type
     n, channel, _, _, _, _, samples = bin_
     count = deform_psroi_bin_count(grad_input, bin_)
@@ -136,7 +140,7 @@ def deform_psroi_bin_backward(grad, grad_input, bin_):
             h, w = deform_psroi_sample(bin_, ih, iw)
             if b3_inside(grad_input, h, w):
                 y_low, x_low, y_high, x_high, ly, lx = b3_cell(grad_input, h, w)
-                b3_scatter(grad_input, n, channel, y_low, x_low, y_high, x_high, ly, lx, grad)
+                b3_scatter(grad_input, n, channel, y_low, x_low, y_high, x_high, ly, lx, grad, atomic)
 
 
 @jitable
@@ -208,6 +212,27 @@ def deform_psroi_pool_backward_cuda(grad_output, rois, trans, spatial_scale, tra
                                 part_size, sample_per_part, no_trans, grad_output.shape[1],
                                 grad_output.shape[2])
         deform_psroi_bin_backward(grad_output[k, c, ph, pw], grad_input, bin_)
+
+
+@cuda_kernel("F4 F2 F4 f f i i i b F4")
+def deform_psroi_pool_backward_deterministic_cuda(grad_output, rois, trans, spatial_scale, trans_std,
+                                                  group_size, part_size, sample_per_part, no_trans,
+                                                  grad_input):
+    # One thread per (image, output channel): output channels read disjoint input channels, so the
+    # thread owns what it adds to; boxes in order, no atomics (see kernels/roi_align.py).
+    output_dim, pooled_size = grad_output.shape[1], grad_output.shape[2]
+    for owner in range(thread_start(), grad_input.shape[0] * output_dim, thread_stride()):
+        n = owner // output_dim
+        c = owner - n * output_dim
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            for ph in range(pooled_size):
+                for pw in range(pooled_size):
+                    bin_ = deform_psroi_bin(rois, trans, k, c, ph, pw, spatial_scale, trans_std,
+                                            group_size, part_size, sample_per_part, no_trans,
+                                            output_dim, pooled_size)
+                    deform_psroi_bin_backward(grad_output[k, c, ph, pw], grad_input, bin_, False)
 
 
 @cuda_kernel("F4 F4 F2 F4 f f i i i F4")
@@ -368,6 +393,7 @@ def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial
 
 KERNELS = {
     "forward": {"cpu": deform_psroi_pool_forward_cpu, "cuda": deform_psroi_pool_forward_cuda},
-    "backward": {"cpu": deform_psroi_pool_backward_cpu, "cuda": deform_psroi_pool_backward_cuda},
+    "backward": {"cpu": deform_psroi_pool_backward_cpu, "cuda": deform_psroi_pool_backward_cuda,
+                 "cuda_deterministic": deform_psroi_pool_backward_deterministic_cuda},
     "trans_grad": {"cpu": deform_psroi_pool_trans_grad_cpu, "cuda": deform_psroi_pool_trans_grad_cuda},
 }

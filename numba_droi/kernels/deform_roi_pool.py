@@ -107,6 +107,25 @@ def deform_roi_pool_offset_mask_grad_cuda(features, grad_output, rois, offset, m
         grad_mask[k, 0, ph, pw] = grad_m
 
 
+@cuda_kernel("F4 F2 F4 F4 f i f F4")
+def deform_roi_pool_backward_deterministic_cuda(grad_output, rois, offset, mask, spatial_scale,
+                                                sampling_ratio, gamma, grad_input):
+    # One thread per plane grad_input[n, c], boxes in order, no atomics (see kernels/roi_align.py).
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        c = plane - n * channels
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
+                                                        sampling_ratio, gamma)
+                    roi_align_bin_backward(mask[k, 0, ph, pw] * grad_output[k, c, ph, pw], grad_input,
+                                           c, ph, pw, box, False)
+
+
 @jitable
 def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma):
     """Rule B1 at every sample of every bin of box ``k``, for cpu drivers that reuse them across
@@ -236,7 +255,8 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
 
 KERNELS = {
     "forward": {"cpu": deform_roi_pool_forward_cpu, "cuda": deform_roi_pool_forward_cuda},
-    "backward": {"cpu": deform_roi_pool_backward_cpu, "cuda": deform_roi_pool_backward_cuda},
+    "backward": {"cpu": deform_roi_pool_backward_cpu, "cuda": deform_roi_pool_backward_cuda,
+                 "cuda_deterministic": deform_roi_pool_backward_deterministic_cuda},
     "offset_mask_grad": {"cpu": deform_roi_pool_offset_mask_grad_cpu,
                          "cuda": deform_roi_pool_offset_mask_grad_cuda},
 }

@@ -53,14 +53,15 @@ def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
 
 
 @jitable_inlined_on_cpu
-def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_high):
-    """Scatter ``grad``, the gradient of ``ps_roi_pool_window``, into ``grad_input``."""
+def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_high, atomic=True):
+    """Scatter ``grad``, the gradient of ``ps_roi_pool_window``, into ``grad_input`` (atomically on
+    the GPU unless ``atomic`` is False)."""
     if h_high <= h_low or w_high <= w_low:
         return
     grad = grad / grad_input.dtype.type((h_high - h_low) * (w_high - w_low))
     for h in range(h_low, h_high):
         for w in range(w_low, w_high):
-            add_4d(grad_input, n, c, h, w, grad)
+            add_4d(grad_input, n, c, h, w, grad, atomic)
 
 
 @cuda_kernel("F4 F2 f F4")
@@ -86,6 +87,26 @@ def ps_roi_pool_backward_cuda(grad_output, rois, spatial_scale, grad_input):
         ps_roi_pool_window_backward(
             grad_output[k, c, ph, pw], grad_input, box[0],
             ps_input_channel(c, ph, pw, pooled_h, pooled_w), h_low, h_high, w_low, w_high)
+
+
+@cuda_kernel("F4 F2 f F4")
+def ps_roi_pool_backward_deterministic_cuda(grad_output, rois, spatial_scale, grad_input):
+    # One thread per input plane grad_input[n, channel], which exactly one output channel and bin
+    # read: boxes in order, no atomics (see kernels/roi_align.py).
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        channel = plane - n * channels
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            box = pool_box(rois, k, spatial_scale, 0, pooled_h, pooled_w)
+            h_low, h_high, w_low, w_high = pool_window(box, ph, pw, grad_input.shape[2],
+                                                       grad_input.shape[3])
+            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, n, channel, h_low,
+                                        h_high, w_low, w_high, False)
 
 
 @cpu_driver
@@ -140,6 +161,23 @@ def ps_roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio,
                                ps_input_channel(c, ph, pw, pooled_h, pooled_w), ph, pw, box)
 
 
+@cuda_kernel("F4 F2 f i F4")
+def ps_roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, sampling_ratio,
+                                             grad_input):
+    # One thread per input plane, as ps_roi_pool_backward_deterministic_cuda.
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        channel = plane - n * channels
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+            roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, channel, ph, pw, box, False)
+
+
 @cpu_driver
 def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, output):
     boxes, _, pooled_h, pooled_w = output.shape
@@ -184,10 +222,12 @@ def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, 
 KERNELS = {
     "ps_roi_pool": {
         "forward": {"cpu": ps_roi_pool_forward_cpu, "cuda": ps_roi_pool_forward_cuda},
-        "backward": {"cpu": ps_roi_pool_backward_cpu, "cuda": ps_roi_pool_backward_cuda},
+        "backward": {"cpu": ps_roi_pool_backward_cpu, "cuda": ps_roi_pool_backward_cuda,
+                     "cuda_deterministic": ps_roi_pool_backward_deterministic_cuda},
     },
     "ps_roi_align": {
         "forward": {"cpu": ps_roi_align_forward_cpu, "cuda": ps_roi_align_forward_cuda},
-        "backward": {"cpu": ps_roi_align_backward_cpu, "cuda": ps_roi_align_backward_cuda},
+        "backward": {"cpu": ps_roi_align_backward_cpu, "cuda": ps_roi_align_backward_cuda,
+                     "cuda_deterministic": ps_roi_align_backward_deterministic_cuda},
     },
 }

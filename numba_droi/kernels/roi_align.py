@@ -18,6 +18,12 @@ from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu
 from .bilinear import (b1_axis_weights, b1_interpolate_rows, b1_scatter, b1_scatter_rows, b1_value,
                        b1_weights)
 
+# The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
+# sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
+# 1e30, say) costs bounded time and memory instead of an astronomical grid. Bins of real feature maps
+# are far smaller; torchvision has no such bound (and never finishes on such a box).
+MAX_SAMPLING_RATIO = 256
+
 
 @jitable
 def unravel_output_index(index, shape):
@@ -33,7 +39,8 @@ def unravel_output_index(index, shape):
 def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
     """Geometry of box ``k``: ``(batch, y_start, x_start, bin_h, bin_w, grid_h, grid_w)``.
 
-    A box with a non-finite coordinate gets an empty sampling grid, so its output is 0.
+    A box with a non-finite coordinate gets an empty sampling grid, so its output is 0. The grid has
+    at most ``MAX_SAMPLING_RATIO`` samples per side.
     """
     f = rois.dtype.type
     offset = f(0.5) if aligned else f(0)
@@ -41,6 +48,8 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
     y1 = rois[k, 2] * spatial_scale - offset
     roi_w = rois[k, 3] * spatial_scale - offset - x1
     roi_h = rois[k, 4] * spatial_scale - offset - y1
+    # (before the clamp below, which would turn an end at -inf into a box of size 1)
+    finite = math.isfinite(x1) and math.isfinite(y1) and math.isfinite(roi_w) and math.isfinite(roi_h)
     if not aligned:
         roi_w = max(roi_w, f(1))
         roi_h = max(roi_h, f(1))
@@ -48,10 +57,14 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
     bin_w = roi_w / f(pooled_w)
     grid_h = 0
     grid_w = 0
-    if math.isfinite(x1) and math.isfinite(y1) and math.isfinite(roi_w) and math.isfinite(roi_h):
+    if finite:
         # reversed boxes of aligned mode have negative bins: an empty grid
-        grid_h = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(bin_h)), 0)
-        grid_w = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(bin_w)), 0)
+        # (capped as a float: the int of a huge float is undefined)
+        limit = f(MAX_SAMPLING_RATIO)
+        grid_h = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_h, f(0)), limit))))
+        grid_w = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_w, f(0)), limit))))
     return int(rois[k, 0]), y1, x1, bin_h, bin_w, grid_h, grid_w
 
 
@@ -78,8 +91,9 @@ def roi_align_bin(features, c, ph, pw, box):
 
 
 @jitable
-def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
-    """Scatter ``grad``, the gradient of ``roi_align_bin(..., c, ph, pw, box)``, into ``grad_input``."""
+def roi_align_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
+    """Scatter ``grad``, the gradient of ``roi_align_bin(..., c, ph, pw, box)``, into ``grad_input``
+    (atomically on the GPU unless ``atomic`` is False)."""
     f = grad_input.dtype.type
     n, _, _, _, _, grid_h, grid_w = box
     grad = grad / f(max(grid_h * grid_w, 1))
@@ -87,7 +101,8 @@ def roi_align_bin_backward(grad, grad_input, c, ph, pw, box):
         for ix in range(grid_w):
             y, x = roi_align_sample(box, ph, pw, iy, ix)
             y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(grad_input, y, x)
-            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad)
+            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad,
+                       atomic)
 
 
 # The cuda kernels give each thread one output element.
@@ -108,6 +123,27 @@ def roi_align_backward_cuda(grad_output, rois, spatial_scale, sampling_ratio, al
         box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, grad_output.shape[2],
                             grad_output.shape[3])
         roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
+
+
+# The deterministic backwards (cuda, with ``use_deterministic_algorithms(True)``) give each thread one
+# plane ``grad_input[n, c]``: it walks the boxes of image ``n`` in order and adds without atomics, so
+# every sum has the same order in every run (the order of the cpu drivers).
+
+@cuda_kernel("F4 F2 f i b F4")
+def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, sampling_ratio, aligned,
+                                          grad_input):
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        c = plane - n * channels
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, grad_output.shape[2],
+                                grad_output.shape[3])
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box, False)
 
 
 # The cpu drivers give each parallel iteration one channel (one input channel for the backward), so
@@ -230,5 +266,6 @@ def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, ali
 
 KERNELS = {
     "forward": {"cpu": roi_align_forward_cpu, "cuda": roi_align_forward_cuda},
-    "backward": {"cpu": roi_align_backward_cpu, "cuda": roi_align_backward_cuda},
+    "backward": {"cpu": roi_align_backward_cpu, "cuda": roi_align_backward_cuda,
+                 "cuda_deterministic": roi_align_backward_deterministic_cuda},
 }

@@ -105,12 +105,13 @@ def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
 
 
 @jitable_inlined_on_cpu
-def roi_pool_scatter(grad, grad_input, n, c, index):
-    """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]``; nothing for -1."""
+def roi_pool_scatter(grad, grad_input, n, c, index, atomic=True):
+    """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]`` (atomically on the GPU unless
+    ``atomic`` is False); nothing for -1."""
     if index >= 0:
         width = grad_input.shape[3]
         h = index // width
-        add_4d(grad_input, n, c, h, index - h * width, grad)
+        add_4d(grad_input, n, c, h, index - h * width, grad, atomic)
 
 
 @cuda_kernel("F4 F2 f F4 J4")
@@ -131,6 +132,22 @@ def roi_pool_backward_cuda(grad_output, rois, argmax, grad_input):
         k, c, ph, pw = unravel_output_index(index, grad_output.shape)
         roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), c,
                          argmax[k, c, ph, pw])
+
+
+@cuda_kernel("F4 F2 J4 F4")
+def roi_pool_backward_deterministic_cuda(grad_output, rois, argmax, grad_input):
+    # One thread per plane grad_input[n, c], boxes in order, no atomics (see kernels/roi_align.py).
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        c = plane - n * channels
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, n, c, argmax[k, c, ph, pw],
+                                     False)
 
 
 # The cpu drivers give each parallel iteration one channel, so that its feature plane stays in cache
@@ -170,5 +187,6 @@ def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
 
 KERNELS = {
     "forward": {"cpu": roi_pool_forward_cpu, "cuda": roi_pool_forward_cuda},
-    "backward": {"cpu": roi_pool_backward_cpu, "cuda": roi_pool_backward_cuda},
+    "backward": {"cpu": roi_pool_backward_cpu, "cuda": roi_pool_backward_cuda,
+                 "cuda_deterministic": roi_pool_backward_deterministic_cuda},
 }

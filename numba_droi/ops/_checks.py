@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 
 from .. import _backend
+from ..kernels.roi_align import MAX_SAMPLING_RATIO
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -66,6 +67,14 @@ def integer(value, name):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
+
+
+def sampling_ratio(value, name="sampling_ratio"):
+    """``value`` as an int of at most ``MAX_SAMPLING_RATIO`` samples per bin side."""
+    value = integer(value, name)
+    if value > MAX_SAMPLING_RATIO:
+        raise ValueError(f"{name} must be at most {MAX_SAMPLING_RATIO} samples per bin side, got {value}")
+    return value
 
 
 def same_shape(array, shape, name):

@@ -104,9 +104,11 @@ def _im2col_into(target, input, offset, mask, geometry, columns):
 
 
 def _col2im_into(target, grad_columns, offset, mask, geometry, grad_input):
-    _backend.run(target, KERNELS["col2im"][target], grad_columns.size, grad_columns,
-                 _placeholder(offset, grad_input), _placeholder(mask, grad_input), *geometry.arguments(),
-                 offset is not None, mask is not None, grad_input)
+    kernel, size = _backend.scatter_kernel(KERNELS["col2im"], target, grad_columns.size,
+                                           grad_input.shape[0] * grad_input.shape[1])
+    _backend.run(target, kernel, size, grad_columns, _placeholder(offset, grad_input),
+                 _placeholder(mask, grad_input), *geometry.arguments(), offset is not None,
+                 mask is not None, grad_input)
 
 
 def _grouped(array, groups, axis):

@@ -20,7 +20,8 @@ def _arguments(features, rois, trans, spatial_scale, output_dim, group_size, poo
     group_size = _positive(group_size, "group_size")
     pooled_size = _positive(pooled_size, "pooled_size")
     part_size = pooled_size if part_size is None else _positive(part_size, "part_size")
-    sample_per_part = _positive(sample_per_part, "sample_per_part")
+    sample_per_part = _checks.sampling_ratio(_positive(sample_per_part, "sample_per_part"),
+                                             "sample_per_part")
     if not isinstance(no_trans, (bool, numbers.Integral)):
         raise TypeError(f"no_trans must be a bool, got {no_trans!r}")
     if features.shape[1] != output_dim * group_size ** 2:
@@ -35,6 +36,7 @@ def _arguments(features, rois, trans, spatial_scale, output_dim, group_size, poo
     else:
         if trans is None:
             raise ValueError("trans must be given unless no_trans is True")
+        _backend.target_of(features, trans, names=("input", "trans"))
         shape = tuple(_backend.as_array(trans).shape)
         classes = shape[1] // 2 if len(shape) == 4 else 0
         if len(shape) != 4 or shape[1] % 2 or classes == 0 or output_dim % classes:
@@ -82,7 +84,7 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
         group_size: position-sensitive groups per side.
         pooled_size: ``P``, bins per side.
         part_size: part cells per side of ``trans``; defaults to ``pooled_size``.
-        sample_per_part: ``S``, samples per bin side.
+        sample_per_part: ``S``, samples per bin side, at most 256 (``MAX_SAMPLING_RATIO``).
         trans_std: scale of the offsets.
         no_trans: pool without offsets.
 
@@ -129,9 +131,10 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, g
     grad_input = xp.zeros(features.shape, dtype=features.dtype)
     grad_trans = None if no_trans else xp.zeros(trans.shape, dtype=features.dtype)
     if features.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size, grad_output, rois, trans,
-                     spatial_scale, trans_std, group_size, part_size, sample_per_part, no_trans,
-                     grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               features.shape[0] * output_dim)
+        _backend.run(target, kernel, size, grad_output, rois, trans, spatial_scale, trans_std,
+                     group_size, part_size, sample_per_part, no_trans, grad_input)
         if not no_trans:
             _backend.run(target, KERNELS["trans_grad"][target], grad_trans.size // 2, features,
                          grad_output, rois, trans, spatial_scale, trans_std, group_size, part_size,

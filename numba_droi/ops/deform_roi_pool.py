@@ -17,7 +17,7 @@ def _arguments(features, rois, offset, mask, pooled_h, pooled_w, spatial_scale, 
             else _checks.per_bin(mask, features, shape, "mask"))
     dtype = features.dtype.type
     return (rois, offset, mask, dtype(_checks.finite_real(spatial_scale, "spatial_scale")),
-            _checks.integer(sampling_ratio, "sampling_ratio"), dtype(_checks.finite_real(gamma, "gamma")))
+            _checks.sampling_ratio(sampling_ratio), dtype(_checks.finite_real(gamma, "gamma")))
 
 
 def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
@@ -41,7 +41,8 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
     its gradient from it; the offset gradient is the derivative of this forward also where a sample
     lies in a border band of B1 (``[-1, 0)`` or ``[H-1, H]``), where mmcv's is not. Batch indices are
     checked. Non-finite offsets or boxes move the samples out of the map: their bins give 0; huge
-    offsets do the same, by B1's range.
+    offsets do the same, by B1's range. The sampling grid is capped at 256 samples per side as in
+    ``roi_align`` (mmcv has no bound).
 
     Args:
         input: ``(N, C, H, W)`` float32 or float64 features, NumPy or CuPy.
@@ -49,7 +50,7 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
         offset: ``(K, 2, PH, PW)`` normalised offsets, channel 0 for x and 1 for y, or None.
         output_size: ``PH`` or ``(PH, PW)``.
         spatial_scale: factor from image to feature-map coordinates.
-        sampling_ratio: samples per bin side; ``<= 0`` for adaptive.
+        sampling_ratio: samples per bin side, at most 256; ``<= 0`` for adaptive.
         gamma: scale of the offsets (the paper's 0.1).
         mask: ``(K, 1, PH, PW)`` modulation, or None.
 
@@ -96,8 +97,10 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0
     grad_offset = xp.zeros(offset.shape, dtype=features.dtype)
     grad_mask = xp.zeros(mask.shape, dtype=features.dtype)
     if features.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size, grad_output, rois, offset,
-                     mask, spatial_scale, sampling_ratio, gamma, grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               features.shape[0] * features.shape[1])
+        _backend.run(target, kernel, size, grad_output, rois, offset, mask, spatial_scale,
+                     sampling_ratio, gamma, grad_input)
         if given_offset or given_mask:
             _backend.run(target, KERNELS["offset_mask_grad"][target], grad_mask.size, features,
                          grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,

@@ -32,8 +32,9 @@ def _backward(name, grad_output, rois, input_shape, spatial_scale, *options):
     _checks.same_shape(grad_output, (rois.shape[0], channels, pooled_h, pooled_w), "grad_output")
     target = _backend.target_of(grad_output)
     if grad_input.size:
-        _backend.run(target, KERNELS[name]["backward"][target], grad_output.size,
-                     grad_output, rois, spatial_scale, *options, grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS[name]["backward"], target, grad_output.size,
+                                               input_shape[0] * input_shape[1])
+        _backend.run(target, kernel, size, grad_output, rois, spatial_scale, *options, grad_input)
     return grad_input
 
 
@@ -96,8 +97,9 @@ def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1)
                               y1 + (ph + (iy + 0.5) / gh) * bin_h, x1 + (pw + (ix + 0.5) / gw) * bin_w)
 
     Differs from torchvision on purpose: an empty sampling grid (a box of zero height or width in
-    adaptive mode) gives 0, where torchvision divides by ``gh*gw = 0`` and returns NaN. Boxes with NaN
-    or inf coordinates give 0.
+    adaptive mode) gives 0, where torchvision divides by ``gh*gw = 0`` and returns NaN; the grid is
+    capped at 256 samples per side as in ``roi_align`` (bins wider than 256 feature pixels). Boxes with
+    NaN or inf coordinates give 0.
 
     Args:
         input: ``(N, C, H, W)`` float32 or float64 features, NumPy or CuPy; ``C`` a multiple of
@@ -105,12 +107,12 @@ def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1)
         rois: ``(K, 5)`` boxes ``[batch_index, x1, y1, x2, y2]`` in input-image coordinates.
         output_size: ``PH`` or ``(PH, PW)``.
         spatial_scale: factor from image to feature-map coordinates.
-        sampling_ratio: samples per bin side; ``<= 0`` for adaptive.
+        sampling_ratio: samples per bin side, at most 256; ``<= 0`` for adaptive.
 
     Returns:
         ``(K, C // (PH*PW), PH, PW)`` array of the input's kind and dtype.
     """
-    sampling_ratio = _checks.integer(sampling_ratio, "sampling_ratio")
+    sampling_ratio = _checks.sampling_ratio(sampling_ratio)
     return _forward("ps_roi_align", input, rois, output_size, spatial_scale, sampling_ratio)
 
 
@@ -125,5 +127,5 @@ def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sam
     Returns:
         ``grad_input`` of shape ``input_shape``.
     """
-    sampling_ratio = _checks.integer(sampling_ratio, "sampling_ratio")
+    sampling_ratio = _checks.sampling_ratio(sampling_ratio)
     return _backward("ps_roi_align", grad_output, rois, input_shape, spatial_scale, sampling_ratio)

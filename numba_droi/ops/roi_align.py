@@ -7,7 +7,7 @@ from . import _checks
 def _arguments(features, rois, spatial_scale, sampling_ratio, aligned):
     rois = _checks.rois(rois, features)
     spatial_scale = features.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
-    sampling_ratio = _checks.integer(sampling_ratio, "sampling_ratio")
+    sampling_ratio = _checks.sampling_ratio(sampling_ratio)
     return rois, spatial_scale, sampling_ratio, bool(aligned)
 
 
@@ -24,13 +24,17 @@ def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, al
     with ``bin = roi_size / pooled_size`` (the RoI size clamped to at least 1 unless ``aligned``) and
     ``gh = sampling_ratio`` if positive, else ``ceil(bin_h)`` (same for w).
 
+    The adaptive grid is capped at ``MAX_SAMPLING_RATIO = 256`` samples per side, and an explicit
+    ``sampling_ratio`` above 256 is a ValueError: an absurd finite box (1e30) then costs bounded time
+    and memory. This differs from torchvision only for bins wider than 256 feature pixels.
+
     Args:
         input: ``(N, C, H, W)`` float32 or float64 features, NumPy or CuPy.
         rois: ``(K, 5)`` boxes ``[batch_index, x1, y1, x2, y2]`` in input-image coordinates; cast to
             the features' dtype. Boxes with NaN or inf coordinates give 0.
         output_size: ``PH`` or ``(PH, PW)``.
         spatial_scale: factor from image to feature-map coordinates.
-        sampling_ratio: samples per bin side; ``<= 0`` for adaptive.
+        sampling_ratio: samples per bin side, at most 256; ``<= 0`` for adaptive.
         aligned: shift the box by half a pixel (the corrected RoI Align of Detectron2).
 
     Returns:
@@ -71,6 +75,8 @@ def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampli
                        "grad_output")
     target = _backend.target_of(grad_output)
     if grad_input.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size,
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               input_shape[0] * input_shape[1])
+        _backend.run(target, kernel, size,
                      grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input)
     return grad_input

@@ -101,6 +101,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
     target = _backend.target_of(grad_output)
     if grad_input.size:
-        _backend.run(target, KERNELS["backward"][target], grad_output.size,
-                     grad_output, rois, argmax, grad_input)
+        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                               input_shape[0] * input_shape[1])
+        _backend.run(target, kernel, size, grad_output, rois, argmax, grad_input)
     return grad_input
