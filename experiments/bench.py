@@ -15,7 +15,7 @@ import os
 import numba
 import numpy as np
 
-from numba_droi.benchmark import CASES, measure, table, torch
+from numba_droi.benchmark import CASES, Setting, measure, table, torchvision_installed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -54,10 +54,9 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    rows = measure(args.only or list(CASES), args.repeats)
-    text = table(rows, args.threads)
+    setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
+    rows = measure(args.only or list(CASES), args.repeats, setting)
+    text = table(rows, args.threads, setting)
     print(text)
     if not (args.no_save or args.only):
         os.makedirs(RESULTS, exist_ok=True)
