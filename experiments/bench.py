@@ -5,9 +5,10 @@ target) against a peer: torchvision's operator when torchvision is importable, o
 without a CPU peer our own nearest operator at the same size. Both sides run on the same number of
 threads, repeats interleaved so that both see the same machine state; the table reports medians and
 their ratio (ours / peer: below 1 is faster). Prints the table and, when every operator ran, saves it
-with a plot under experiments/results/.
+with a plot under experiments/results/. ``--latency`` instead measures each operator's first call in
+fresh processes, with a cold and a warm kernel cache (saved as latency_cpu.md).
 
-    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...]
+    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...] [--latency]
 """
 import argparse
 import os
@@ -15,7 +16,8 @@ import os
 import numba
 import numpy as np
 
-from numba_droi.benchmark import CASES, Setting, measure, table, torchvision_installed
+from numba_droi.benchmark import (CASES, Setting, latency, latency_table, measure, table,
+                                  torchvision_installed)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -52,8 +54,19 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="these operators only")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--latency", action="store_true",
+                        help="first calls in fresh processes, cold and warm kernel cache")
     args = parser.parse_args(argv)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if args.latency:
+        os.environ["NUMBA_NUM_THREADS"] = str(numba.get_num_threads())  # for the fresh processes
+        text = latency_table(latency(args.only or list(CASES), "cpu"), "cpu")
+        print(text)
+        if not (args.no_save or args.only):
+            os.makedirs(RESULTS, exist_ok=True)
+            with open(os.path.join(RESULTS, "latency_cpu.md"), "w") as f:
+                f.write("# First-call latency, cpu\n\n" + text)
+        return text
     setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
     rows = measure(args.only or list(CASES), args.repeats, setting)
     text = table(rows, args.threads, setting)
