@@ -161,7 +161,7 @@ def test_bench_latency_runs_each_first_call_in_fresh_processes(capsys):
     (row,) = table_rows(out)
     name, imported, cold, warm, setup, compiled_cold, compiled_warm = row
     assert name == "roi_align" and all(float(seconds) > 0 for seconds in (imported, cold, warm, setup))
-    assert float(setup) < float(warm)  # the set-up is a part of the warm first call
+    assert float(setup) <= float(warm)  # the set-up is a part of the warm first call
     assert int(compiled_cold) >= 2  # an empty cache: the forward and the backward drivers compile
     assert compiled_warm == "none"  # the cache they filled: every kernel loads from it
     assert "Target: cpu." in out
