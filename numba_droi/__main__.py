@@ -1,6 +1,8 @@
-"""Command line: ``python -m numba_droi demo [--target cpu|cuda]``."""
+"""Command line: ``python -m numba_droi demo|check|bench|info [--target cpu|cuda]``."""
 import argparse
 import sys
+
+import numba
 
 from . import _backend, demo
 
@@ -13,10 +15,62 @@ def main(argv=None):
     demo_parser.add_argument("--target", choices=_backend.TARGETS, default=None,
                              help="default: cuda when a GPU is present, else cpu")
     demo_parser.add_argument("--repeats", type=int, default=5)
+    check_parser = commands.add_parser(
+        "check", help="check every operator's gradients by finite differences (float64); "
+                      "exit status 1 if any fails")
+    check_parser.add_argument("--target", choices=_backend.TARGETS, default=None,
+                              help="default: cuda when a GPU is present, else cpu")
+    check_parser.add_argument("--only", nargs="+", choices=list(demo.OPERATORS), metavar="OPERATOR",
+                              help="these operators only (default: all)")
+    bench_parser = commands.add_parser(
+        "bench", help="time every operator forward and forward+backward at a detection-sized case")
+    bench_parser.add_argument("--target", choices=_backend.TARGETS, default=None,
+                              help="default: cuda when a GPU is present, else cpu (cuda needs a GPU: "
+                                   "the simulator is no place for timings)")
+    bench_parser.add_argument("--only", nargs="+", choices=list(demo.OPERATORS), metavar="OPERATOR",
+                              help="these operators only (default: all)")
+    bench_parser.add_argument("--repeats", type=int, default=5, help="timed repeats (medians reported)")
+    bench_parser.add_argument("--torchvision", action="store_true",
+                              help="compare with torchvision's operators (when installed)")
+    bench_parser.add_argument("--latency", action="store_true",
+                              help="instead, each operator's first call in a fresh process, with a "
+                                   "cold and with a warm on-disk kernel cache")
+    commands.add_parser("info", help="versions, targets, GPU, threads")
     args = parser.parse_args(argv)
-    if args.target == "cuda" and "cuda" not in _backend.available_targets():
-        parser.error("the cuda target needs a GPU with CuPy, or NUMBA_ENABLE_CUDASIM=1")
-    return 0 if demo.run(args.target, args.repeats) else 1
+    subparser = commands.choices[args.command]
+    if getattr(args, "target", None) == "cuda" and "cuda" not in _backend.available_targets():
+        subparser.error("the cuda target needs a GPU with CuPy, or NUMBA_ENABLE_CUDASIM=1")
+    if args.command == "demo":
+        return 0 if demo.run(args.target, args.repeats) else 1
+    if args.command == "check":
+        from . import diagnostics
+        return 0 if diagnostics.check(args.target, args.only) else 1
+    if args.command == "info":
+        from . import diagnostics
+        diagnostics.info()
+        return 0
+    return _bench(args, subparser)
+
+
+def _bench(args, parser):
+    from . import benchmark
+    target = args.target or ("cuda" if _backend.gpu_available() else "cpu")
+    if target == "cuda" and not _backend.gpu_available():
+        parser.error("bench --target cuda needs a GPU with CuPy: the simulator is no place for timings")
+    names = args.only or list(benchmark.CASES)
+    if args.latency:
+        if args.torchvision:
+            parser.error("--latency times numba_droi alone; leave out --torchvision")
+        print(benchmark.latency_table(benchmark.latency(names, target), target))
+        return 0
+    if args.torchvision and not benchmark.torchvision_installed():
+        parser.error("--torchvision needs torchvision installed (pip install torchvision)")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    setting = benchmark.Setting(target, torchvision=args.torchvision)
+    rows = benchmark.measure(names, args.repeats, setting)
+    print(benchmark.table(rows, numba.get_num_threads(), setting))
+    return 0
 
 
 if __name__ == "__main__":

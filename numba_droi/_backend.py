@@ -44,6 +44,27 @@ def available_targets():
     return ("cpu", "cuda") if SIMULATED or gpu_available() else ("cpu",)
 
 
+def gpu_description():
+    """The current GPU as a dict (name, compute capability, memory, CUDA driver and runtime versions),
+    or None when there is none."""
+    if not gpu_available():
+        return None
+    runtime = cupy.cuda.runtime
+    device = cupy.cuda.Device()
+    properties = runtime.getDeviceProperties(device.id)
+    name = properties["name"]
+    return {"name": name.decode() if isinstance(name, bytes) else name,
+            "compute capability": f"{properties['major']}.{properties['minor']}",
+            "memory": f"{properties['totalGlobalMem'] / 2 ** 30:.1f} GiB",
+            "CUDA driver": _cuda_version(runtime.driverGetVersion()),
+            "CUDA runtime": _cuda_version(runtime.runtimeGetVersion())}
+
+
+def _cuda_version(number):
+    """CUDA's version number (1000 * major + 10 * minor) as 'major.minor'."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
 @contextlib.contextmanager
 def target(name):
     """Run NumPy arrays on target ``name`` inside the block.

@@ -17,55 +17,55 @@ def _boxes(rng, count, batch, height, width, scale):
     return np.concatenate([rng.integers(0, batch, (count, 1)), low / scale, (low + size) / scale], 1)
 
 
-def roi_align_case(rng, batch, channels, height, width, boxes, dtype):
+def roi_align_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
     scale = 0.25
     features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    rois = xp.asarray(_boxes(rng, boxes, batch, height, width, scale).astype(dtype))
 
     def call(x):
         return functional.roi_align(x, rois, (7, 7), scale, sampling_ratio=2, aligned=True)
     return [features], call
 
 
-def roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+def roi_pool_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
     scale = 0.25
     size = batch * channels * height * width
     # distinct values, far apart next to a finite-difference step: no ties for the maximum
     features = (rng.permutation(size) / size).reshape(batch, channels, height, width).astype(dtype)
-    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    rois = xp.asarray(_boxes(rng, boxes, batch, height, width, scale).astype(dtype))
 
     def call(x):
         return functional.roi_pool(x, rois, (7, 7), scale)
     return [features], call
 
 
-def _ps_case(rng, batch, channels, height, width, boxes, dtype):
+def _ps_case(rng, batch, channels, height, width, boxes, dtype, xp):
     """Features with a multiple of 7*7 channels (about ``channels``) for a 7x7 position-sensitive op."""
     channels = max(channels // 49, 1) * 49
     features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    return features, _boxes(rng, boxes, batch, height, width, 0.25).astype(dtype)
+    return features, xp.asarray(_boxes(rng, boxes, batch, height, width, 0.25).astype(dtype))
 
 
-def ps_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
-    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype)
+def ps_roi_pool_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
+    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype, xp)
 
     def call(x):
         return functional.ps_roi_pool(x, rois, (7, 7), 0.25)
     return [features], call
 
 
-def ps_roi_align_case(rng, batch, channels, height, width, boxes, dtype):
-    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype)
+def ps_roi_align_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
+    features, rois = _ps_case(rng, batch, channels, height, width, boxes, dtype, xp)
 
     def call(x):
         return functional.ps_roi_align(x, rois, (7, 7), 0.25, sampling_ratio=2)
     return [features], call
 
 
-def deform_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+def deform_roi_pool_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
     scale = 0.25
     features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    rois = xp.asarray(_boxes(rng, boxes, batch, height, width, scale).astype(dtype))
     offset = rng.standard_normal((boxes, 2, 3, 3)).astype(dtype)
     mask = rng.uniform(0, 1, (boxes, 1, 3, 3)).astype(dtype)
 
@@ -74,12 +74,12 @@ def deform_roi_pool_case(rng, batch, channels, height, width, boxes, dtype):
     return [features, offset, mask], call
 
 
-def deform_psroi_pool_case(rng, batch, channels, height, width, boxes, dtype):
+def deform_psroi_pool_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
     """R-FCN's layout with 2x2 bins, groups and parts; the channels are rounded to a multiple of 4."""
     scale = 0.25
     output_dim = max(channels // 4, 1)
     features = rng.standard_normal((batch, output_dim * 4, height, width)).astype(dtype)
-    rois = _boxes(rng, boxes, batch, height, width, scale).astype(dtype)
+    rois = xp.asarray(_boxes(rng, boxes, batch, height, width, scale).astype(dtype))
     trans = rng.standard_normal((boxes, 2, 2, 2)).astype(dtype)
 
     def call(x, t):
@@ -87,7 +87,7 @@ def deform_psroi_pool_case(rng, batch, channels, height, width, boxes, dtype):
     return [features, trans], call
 
 
-def deform_conv2d_case(rng, batch, channels, height, width, boxes, dtype):
+def deform_conv2d_case(rng, batch, channels, height, width, boxes, dtype, xp=np):
     channels = min(channels, 16)  # a 3x3 modulated deformable convolution, channels -> channels
     offset_shape = (batch, 18, height, width)
     # offsets off integers: every sample stays away from the kinks of bilinear sampling
@@ -101,8 +101,9 @@ def deform_conv2d_case(rng, batch, channels, height, width, boxes, dtype):
     return [a.astype(dtype) for a in arrays], call
 
 
-# operator -> a function (rng, batch, channels, height, width, boxes, dtype) -> (inputs, call): the
-# arrays that get gradients (features first) and ``call(*tensors)``, the operator on them as Tensors.
+# operator -> a function (rng, batch, channels, height, width, boxes, dtype, xp=np) -> (inputs, call):
+# the arrays that get gradients (features first, NumPy arrays) and ``call(*tensors)``, the operator on
+# them as Tensors, its other arrays made by ``xp`` (cupy for the GPU).
 # A case may adapt the sizes to its operator (channel counts, boxes unused).
 OPERATORS = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "ps_roi_pool": ps_roi_pool_case,
              "ps_roi_align": ps_roi_align_case, "deform_roi_pool": deform_roi_pool_case,
@@ -126,7 +127,7 @@ def run(target=None, repeats=5, out=print):
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
         for name, case in OPERATORS.items():
             rng = np.random.default_rng(0)
-            arrays, call = case(rng, *SIZES["timing"][device], np.float32)
+            arrays, call = case(rng, *SIZES["timing"][device], np.float32, _array_module(device))
             xs = [Tensor(to_target(a), requires_grad=True) for a in arrays]
             start = time.perf_counter()
             output = call(*xs)
@@ -136,7 +137,7 @@ def run(target=None, repeats=5, out=print):
             first = time.perf_counter() - start
             forward = _median_ms(lambda: call(*(x.detach() for x in xs)), repeats, device)
             both = _median_ms(lambda: call(*xs).backward(grad), repeats, device)
-            arrays64, call64 = case(rng, *SIZES["gradcheck"], np.float64)
+            arrays64, call64 = case(rng, *SIZES["gradcheck"], np.float64, _array_module(device))
             passed = gradcheck(call64, [Tensor(to_target(a), requires_grad=True) for a in arrays64],
                                raise_exception=False)
             rows.append((name, "x".join(map(str, arrays[0].shape)), "x".join(map(str, output.shape)),
@@ -160,3 +161,7 @@ def _median_ms(fn, repeats, device):
 def _synchronize(device):
     if device == "gpu":
         _backend.cupy.cuda.get_current_stream().synchronize()
+
+
+def _array_module(device):
+    return _backend.cupy if device == "gpu" else np

@@ -25,3 +25,23 @@ def test_demo_reports_a_failing_gradient(small, cpu, monkeypatch, capsys):
     monkeypatch.setattr(demo, "gradcheck", lambda *args, **kwargs: False)
     assert cli.main(["demo", "--target", "cpu", "--repeats", "1"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_every_case_makes_its_other_arrays_with_the_given_array_module():
+    """On the GPU the boxes must be CuPy arrays like the features: each case makes them with ``xp``."""
+    import numpy as np
+
+    class Recording:
+        made = []
+
+        @classmethod
+        def asarray(cls, array):
+            cls.made.append(array)
+            return array
+
+    for name, case in demo.OPERATORS.items():
+        Recording.made = []
+        arrays, _ = case(np.random.default_rng(0), *demo.SIZES["gradcheck"], np.float32, Recording)
+        boxes = [a for a in Recording.made if a.ndim == 2 and a.shape[1] == 5]
+        assert len(boxes) == (name != "deform_conv2d"), name
+        assert all(isinstance(a, np.ndarray) for a in arrays)

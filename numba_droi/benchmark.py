@@ -1,0 +1,335 @@
+"""The benchmark cases: every operator at a detection-sized case, side by side with a peer, and the
+measuring of forward and forward+backward times (``python -m numba_droi bench``,
+``experiments/bench.py``)."""
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+
+import numba_droi
+from numba_droi import _backend, demo
+from numba_droi import functional as F
+from numba_droi.autograd import Tensor
+
+
+def torchvision_installed():
+    return importlib.util.find_spec("torchvision") is not None
+
+
+class Setting:
+    """Where the cases run and against what. ``target`` 'cpu': NumPy arrays; 'cuda': CuPy arrays on
+    the GPU (NumPy arrays on the simulated target under NUMBA_ENABLE_CUDASIM=1, for tests), torch
+    tensors on the GPU. ``torchvision``: compare with torchvision's operators (it must be installed),
+    run on as many threads as numba; else operators without a peer of our own are timed alone."""
+
+    def __init__(self, target="cpu", torchvision=False):
+        self.target = target
+        self.gpu = target == "cuda" and not _backend.SIMULATED
+        self.torch = self.torchvision = None
+        if torchvision:
+            import torch
+            import torchvision as torchvision_module
+            self.torch, self.torchvision = torch, torchvision_module
+            torch.set_num_threads(numba.get_num_threads())
+
+    def array(self, array):
+        """A NumPy array as an array of this target."""
+        return _backend.cupy.asarray(array) if self.gpu else array
+
+    def peer_tensor(self, array):
+        """A NumPy array as a torch tensor on this target's device."""
+        return self.torch.from_numpy(array).to("cuda" if self.target == "cuda" else "cpu")
+
+    def context(self):
+        return _backend.target("cuda") if self.target == "cuda" and not self.gpu else contextlib.nullcontext()
+
+    def synchronize(self):
+        if self.gpu:
+            _backend.cupy.cuda.get_current_stream().synchronize()
+            if self.torch is not None:
+                self.torch.cuda.synchronize()
+
+
+def detection_case(rng, batch=2, channels=256, height=50, width=68, boxes=512, dtype=np.float32):
+    """Features of a stride-16 map of an 800x1088 image and boxes of 16 to 512 pixels on it."""
+    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    size = np.exp(rng.uniform(np.log(16), np.log(512), (boxes, 2)))
+    centre = rng.uniform(0, 1, (boxes, 2)) * (width * 16, height * 16)
+    rois = np.concatenate([rng.integers(0, batch, (boxes, 1)), centre - size / 2, centre + size / 2], 1)
+    return features, rois.astype(dtype)
+
+
+class Case:
+    """One benchmark row pair: ``ours(*tensors)`` on Tensors made of ``inputs`` (the arrays that get
+    gradients), and the ``peer`` named ``peer_name`` on ``peer_inputs`` (default: ``inputs``) as torch
+    tensors when the peer is torchvision, else as our Tensors."""
+
+    def __init__(self, inputs, ours, peer_name=None, peer=None, peer_inputs=None):
+        self.inputs, self.ours = inputs, ours
+        self.peer_name, self.peer = peer_name, peer
+        self.peer_inputs = inputs if peer_inputs is None else peer_inputs
+
+
+def roi_align_case(rng, setting):
+    return _torchvision_case(*detection_case(rng), F.roi_align, "roi_align", setting,
+                             dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True))
+
+
+def _torchvision_case(features, rois, ours, peer_name, setting, options):
+    """Case of ``ours(x, rois, **options)`` against ``torchvision.ops.<peer_name>`` when asked for."""
+    target_rois = setting.array(rois)
+
+    def call(x):
+        return ours(x, target_rois, **options)
+    if setting.torchvision is None:
+        return Case([features], call)
+    torch_rois = setting.peer_tensor(rois)
+    peer = getattr(setting.torchvision.ops, peer_name)
+    return Case([features], call, "torchvision", lambda x: peer(x, torch_rois, **options))
+
+
+def roi_pool_case(rng, setting):
+    return _torchvision_case(*detection_case(rng), F.roi_pool, "roi_pool", setting,
+                             dict(output_size=7, spatial_scale=1 / 16))
+
+
+def ps_roi_pool_case(rng, setting):
+    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7), F.ps_roi_pool, "ps_roi_pool",
+                             setting, dict(output_size=7, spatial_scale=1 / 16))
+
+
+def ps_roi_align_case(rng, setting):
+    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7), F.ps_roi_align, "ps_roi_align",
+                             setting, dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2))
+
+
+def deform_roi_pool_case(rng, setting):
+    features, rois = detection_case(rng)
+    offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
+    options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
+    rois = setting.array(rois)
+    return Case([features, offset], lambda x, o: F.deform_roi_pool(x, rois, o, **options),
+                "numba_droi roi_align", lambda x: F.roi_align(x, rois, aligned=True, **options),
+                [features])
+
+
+def deform_psroi_pool_case(rng, setting):
+    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels."""
+    features, rois = detection_case(rng, channels=10 * 49)
+    trans = rng.standard_normal((len(rois), 2, 7, 7)).astype(features.dtype)
+    rois = setting.array(rois)
+    return Case([features, trans],
+                lambda x, t: F.deform_psroi_pool(x, rois, t, 1 / 16, 10, 7, 7, 7, 4, 0.1),
+                "numba_droi ps_roi_align", lambda x: F.ps_roi_align(x, rois, 7, 1 / 16, sampling_ratio=4),
+                [features])
+
+
+def deform_conv2d_case(rng, setting):
+    """Batch 2, 64 -> 64 channels, 64x64, 3x3 kernel, padding 1, random offsets (DCNv1)."""
+    features = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
+    offset = rng.uniform(-2, 2, (2, 18, 64, 64)).astype(np.float32)
+    weight = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    inputs = [features, offset, weight, bias]
+
+    def ours(x, o, w, b):
+        return F.deform_conv2d(x, o, w, b, padding=1)
+    if setting.torchvision is None:
+        return Case(inputs, ours)
+    return Case(inputs, ours, "torchvision",
+                lambda x, o, w, b: setting.torchvision.ops.deform_conv2d(x, o, w, b, padding=1))
+
+
+# operator -> function(rng, setting) -> Case, at the detection-sized case of that operator
+CASES = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "ps_roi_pool": ps_roi_pool_case,
+         "ps_roi_align": ps_roi_align_case, "deform_roi_pool": deform_roi_pool_case,
+         "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
+
+
+def _timed(fn, setting):
+    setting.synchronize()
+    start = time.perf_counter()
+    fn()
+    setting.synchronize()
+    return time.perf_counter() - start
+
+
+def _peer_tensors(case, setting):
+    if case.peer_name == "torchvision":
+        return [setting.peer_tensor(a).requires_grad_(True) for a in case.peer_inputs]
+    return [Tensor(setting.array(a), requires_grad=True) for a in case.peer_inputs]
+
+
+def _detached(tensors):
+    return [t.detach() for t in tensors]
+
+
+def measure(names, repeats, setting=None):
+    """Rows ``(operator, pass, ours ms, peer name, peer ms)``: medians over ``repeats`` of each
+    operator's forward and forward+backward, and of its peer's, on ``setting`` (default: cpu, no
+    torchvision)."""
+    setting = setting or Setting()
+    with setting.context():
+        return [row for name in names for row in _measure(name, repeats, setting)]
+
+
+def _measure(name, repeats, setting):
+    rows = []
+    case = CASES[name](np.random.default_rng(0), setting)
+    xs = [Tensor(setting.array(a), requires_grad=True) for a in case.inputs]
+    out = case.ours(*xs)
+    grad = _backend.array_module(out.data).ones(out.shape, out.dtype)
+    calls = {
+        ("forward", "ours"): lambda: case.ours(*_detached(xs)),
+        ("forward+backward", "ours"): lambda: case.ours(*xs).backward(grad),
+    }
+    if case.peer is not None:
+        peer_xs = _peer_tensors(case, setting)
+        if case.peer_name == "torchvision":
+            peer_grad = setting.torch.ones_like(case.peer(*peer_xs))
+            calls[("forward", "peer")] = lambda: _no_grad(setting.torch, case.peer, _detached(peer_xs))
+        else:
+            peer_grad = _backend.array_module(out.data).ones(case.peer(*peer_xs).shape, out.dtype)
+            calls[("forward", "peer")] = lambda: case.peer(*_detached(peer_xs))
+        calls[("forward+backward", "peer")] = lambda: case.peer(*peer_xs).backward(peer_grad)
+    times = {key: [] for key in calls}
+    for fn in calls.values():
+        fn()  # compile and warm up
+    for _ in range(repeats):  # interleaved: both sides see the same machine state
+        for key, fn in calls.items():
+            times[key].append(_timed(fn, setting))
+    for direction in ("forward", "forward+backward"):
+        ours_ms = 1e3 * statistics.median(times[direction, "ours"])
+        peer_ms = (1e3 * statistics.median(times[direction, "peer"])
+                   if (direction, "peer") in times else None)
+        rows.append((name, direction, ours_ms, case.peer_name, peer_ms))
+    print(f"  {name}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _no_grad(torch, fn, xs):
+    with torch.no_grad():
+        return fn(*xs)
+
+
+def table(rows, threads, setting=None):
+    lines = ["| operator | pass | numba_droi (ms) | peer | peer (ms) | ratio |",
+             "|---|---|---:|---|---:|---:|"]
+    for name, direction, ours, peer_name, peer in rows:
+        peer_text = f"{peer:.1f}" if peer is not None else "n/a"
+        ratio = f"{ours / peer:.2f}" if peer is not None else "n/a"
+        lines.append(f"| {name} | {direction} | {ours:.1f} | {peer_name or 'n/a'} | {peer_text} | {ratio} |")
+    setting = setting or Setting()
+    torch, torchvision = setting.torch, setting.torchvision
+    versions = (f"numba_droi {numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}"
+                + (f", torch {torch.__version__}, torchvision {torchvision.__version__}" if torch else ""))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
+    if setting.gpu:
+        machine += f"; {_backend.gpu_description()['name']}, cupy {_backend.cupy.__version__}"
+    return "\n".join(lines) + f"\n\nMachine: {machine}. Versions: {versions}.\n"
+
+
+# -- first-call latency ----------------------------------------------------------------------------
+
+# What a fresh process runs for ``latency``: ``import numba_droi``, then one operator's first call,
+# each timed; prints one line of JSON.
+_FIRST_CALL_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+import numba_droi
+imported = time.perf_counter() - start
+from numba_droi import benchmark
+print(json.dumps(dict(benchmark.first_call(sys.argv[1], sys.argv[2]), import_s=imported)))
+"""
+
+
+def first_call(name, target="cpu"):
+    """Time the first forward+backward of operator ``name`` in this process, at the demo's small
+    float32 case (so that the time is that of compiling or loading its kernels, not of computing):
+    ``{"first_call_s": seconds, "setup_s": seconds, "compiled": names of the kernels compiled rather
+    than loaded}``. On the cpu target, ``setup_s`` is the part of the first call spent setting up
+    Numba's cpu target (once per process, whichever function is compiled or loaded first)."""
+    setting = Setting(target)
+    xp = _backend.cupy if setting.gpu else np
+    arrays, call = demo.OPERATORS[name](np.random.default_rng(0), *demo.SIZES["gradcheck"], np.float32, xp)
+    with setting.context():
+        xs = [Tensor(setting.array(a), requires_grad=True) for a in arrays]
+        setting.synchronize()
+        start = time.perf_counter()
+        if target == "cpu":  # what the call would do first: counted in its time, and reported apart
+            numba.core.registry.cpu_target.typing_context.refresh()
+            numba.core.registry.cpu_target.target_context.refresh()
+        setup = time.perf_counter() - start
+        output = call(*xs)
+        output.backward(xp.ones(output.shape, output.dtype))
+        setting.synchronize()
+        seconds = time.perf_counter() - start
+    return {"first_call_s": seconds, "setup_s": setup if target == "cpu" else None,
+            "compiled": _compiled_kernels()}
+
+
+def _compiled_kernels():
+    """Names of the cpu drivers and cuda kernels this process compiled (a miss of the on-disk cache)."""
+    kernels = {name: kernel for name, (kernel, _) in _backend.CUDA_KERNELS.items()}
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("numba_droi.kernels."):
+            kernels.update((name, value) for name, value in vars(module).items()
+                           if isinstance(value, numba.core.dispatcher.Dispatcher))
+    return sorted(name for name, kernel in kernels.items()
+                  if getattr(getattr(kernel, "stats", None), "cache_misses", None))
+
+
+def latency(names, target="cpu"):
+    """For each operator, its first call in a fresh process with an empty on-disk kernel cache (cold)
+    and again with the cache that call filled (warm): rows ``(operator, import s, cold s, warm s,
+    Numba's set-up s (part of warm s; None on cuda), kernels compiled cold, kernels compiled warm)``."""
+    rows = []
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="numba_droi_cache_") as cache:
+            cold = _first_call_in_child(name, target, cache)
+            warm = _first_call_in_child(name, target, cache)
+        rows.append((name, warm["import_s"], cold["first_call_s"], warm["first_call_s"], warm["setup_s"],
+                     cold["compiled"], warm["compiled"]))
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _first_call_in_child(name, target, cache):
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(numba_droi.__file__)))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    environment = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=path)
+    child = subprocess.run([sys.executable, "-c", _FIRST_CALL_SCRIPT, name, target], env=environment,
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the first call of {name} failed in a fresh process:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def latency_table(rows, target):
+    lines = ["| operator | import numba_droi (s) | first call, cold cache (s) | first call, warm cache (s) "
+             "| of which Numba's set-up (s) | kernels compiled, cold | kernels compiled, warm |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, imported, cold, warm, setup, compiled_cold, compiled_warm in rows:
+        setup_text = "n/a" if setup is None else f"{setup:.2f}"
+        lines.append(f"| {name} | {imported:.2f} | {cold:.2f} | {warm:.2f} | {setup_text} "
+                     f"| {len(compiled_cold)} | {', '.join(compiled_warm) or 'none'} |")
+    size = "x".join(map(str, demo.SIZES["gradcheck"]))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    if target == "cuda" and _backend.gpu_available():
+        machine += f", {_backend.gpu_description()['name']}"
+    return ("\n".join(lines) + f"\n\nTarget: {target}. Each first call (forward+backward, float32, the demo's "
+            f"(batch, channels, height, width, boxes) = {size} case) runs in a fresh process after "
+            "`import numba_droi`; cold: an empty NUMBA_CACHE_DIR, warm: the same directory again. "
+            "Numba's set-up: the part of the warm first call spent setting up Numba's cpu target, which "
+            "a process pays once, at its first compiled or cached function. "
+            f"Machine: {machine}, {numba.get_num_threads()} threads. Versions: numba_droi "
+            f"{numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}.\n")

@@ -1,0 +1,167 @@
+"""The command line, ``python -m numba_droi demo|check|bench|info`` (demo itself: test_demo.py)."""
+import importlib.util
+import re
+
+import numba
+import numpy as np
+import pytest
+import scipy
+
+import numba_droi
+from numba_droi import __main__ as cli
+from numba_droi import _backend, benchmark, demo, ops
+
+OPTIONS = {"demo": ["--target", "--repeats"], "check": ["--target", "--only"],
+           "bench": ["--target", "--only", "--repeats", "--torchvision", "--latency"], "info": []}
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_every_subcommand_has_help_naming_its_options(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main([command, "--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m numba_droi {command}")
+    assert all(option in text for option in OPTIONS[command])
+    assert ("--target" in text) == (command != "info")
+
+
+def test_bench_and_demo_know_the_same_operators():
+    assert list(benchmark.CASES) == list(demo.OPERATORS)
+
+
+@pytest.mark.parametrize("command", ["demo", "check", "bench"])
+def test_the_cuda_target_without_a_gpu_or_the_simulator_is_a_usage_error(command, monkeypatch, capsys):
+    monkeypatch.setattr(_backend, "available_targets", lambda: ("cpu",))
+    with pytest.raises(SystemExit) as exit:
+        cli.main([command, "--target", "cuda"])
+    assert exit.value.code == 2
+    assert "the cuda target needs a GPU" in capsys.readouterr().err
+
+
+def test_bench_refuses_the_simulator(capsys):
+    if _backend.gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "--target", "cuda", "--only", "roi_align"])
+    assert exit.value.code == 2
+    assert "needs a GPU with CuPy" in capsys.readouterr().err
+
+
+def check_rows(text):
+    """operator -> its row (operator, inputs, result, detail...) in the table ``check`` printed."""
+    return {cells[0]: cells for cells in (line.split() for line in text.splitlines()[3:])}
+
+
+def test_check_passes_every_operator_on_the_cpu_and_prints_a_row_each(cpu, capsys):
+    assert cli.main(["check", "--target", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("numba_droi check on the cpu target")
+    rows = check_rows(out)
+    assert list(rows) == list(demo.OPERATORS)
+    assert all(row[2:] == ["pass"] for row in rows.values())
+    assert rows["roi_align"][1] == "x".join(map(str, demo.SIZES["gradcheck"][:4]))
+    assert rows["deform_roi_pool"][1].count(",") == 2  # features, offset, mask
+
+
+def test_check_fails_an_operator_whose_backward_is_wrong(cpu, monkeypatch, capsys):
+    backward = ops.roi_align_backward
+    monkeypatch.setattr(ops, "roi_align_backward", lambda *args: 1.01 * backward(*args))
+    assert cli.main(["check", "--target", "cpu", "--only", "roi_align", "ps_roi_align"]) == 1
+    rows = check_rows(capsys.readouterr().out)
+    assert list(rows) == ["roi_align", "ps_roi_align"]
+    assert rows["roi_align"][2:4] == ["FAIL", "gradient"]
+    assert rows["ps_roi_align"][2:] == ["pass"]
+
+
+def test_check_fails_an_operator_that_raises(cpu, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("kernel exploded")
+    monkeypatch.setattr(ops, "ps_roi_pool", broken)
+    assert cli.main(["check", "--target", "cpu", "--only", "ps_roi_pool", "ps_roi_align"]) == 1
+    rows = check_rows(capsys.readouterr().out)
+    assert rows["ps_roi_pool"][2:] == ["FAIL", "RuntimeError:", "kernel", "exploded"]
+    assert rows["ps_roi_align"][2:] == ["pass"]
+
+
+def test_info_prints_the_versions_it_claims(capsys):
+    assert cli.main(["info"]) == 0
+    facts = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    import numba_cuda
+    expected = {"numba_droi": numba_droi.__version__, "numba": numba.__version__,
+                "numba-cuda": numba_cuda.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+                "targets": ", ".join(_backend.available_targets()),
+                "CUDA simulator": "on (NUMBA_ENABLE_CUDASIM=1)" if _backend.SIMULATED else "off"}
+    for name in ("torch", "torchvision", "jax", "cupy"):
+        if importlib.util.find_spec(name) is None:
+            expected[name] = "not installed"
+    assert {key: facts.get(key) for key in expected} == expected
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        assert facts["torch"] == torch.__version__.split("+")[0]
+    assert facts["numba threads"].startswith(f"{numba.get_num_threads()} ")
+    assert ("GPU" in facts) != _backend.gpu_available()  # "GPU  none", or "GPU name" and the rest
+
+
+def table_rows(text):
+    """The cells of a markdown table's body rows."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| operator")]
+
+
+def test_bench_prints_a_row_per_pass_of_the_chosen_operator(cpu, capsys):
+    assert cli.main(["bench", "--target", "cpu", "--only", "roi_align", "--repeats", "1"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[:2] for row in rows] == [["roi_align", "forward"], ["roi_align", "forward+backward"]]
+    assert all(float(row[2]) > 0 and row[3:] == ["n/a", "n/a", "n/a"] for row in rows)
+
+
+def test_bench_with_torchvision_compares_with_it(cpu, capsys):
+    pytest.importorskip("torchvision")
+    import torch
+    assert cli.main(["bench", "--target", "cpu", "--only", "roi_align", "--repeats", "1",
+                     "--torchvision"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert [row[:2] for row in rows] == [["roi_align", "forward"], ["roi_align", "forward+backward"]]
+    for _, _, ours, peer_name, peer, ratio in rows:
+        assert peer_name == "torchvision" and float(ratio) == pytest.approx(float(ours) / float(peer), rel=0.05)
+    assert f"torch {torch.__version__}" in out
+
+
+def test_bench_with_torchvision_not_installed_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "torchvision_installed", lambda: False)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "--target", "cpu", "--torchvision"])
+    assert exit.value.code == 2
+    assert "--torchvision needs torchvision installed" in capsys.readouterr().err
+
+
+def test_bench_measures_on_the_cuda_target(cuda, monkeypatch):
+    """The cuda path of ``measure`` (target, arrays, our own peer) on small cases: simulated without
+    a GPU, so that every launch goes through the cuda kernels."""
+    detection_case = benchmark.detection_case
+    monkeypatch.setattr(benchmark, "detection_case", lambda rng, **sizes: detection_case(
+        rng, batch=1, channels=2, height=6, width=7, boxes=2))
+    launches = []
+    launch = _backend.launch
+    monkeypatch.setattr(_backend, "launch", lambda *args: launches.append(args[0]) or launch(*args))
+    rows = benchmark.measure(["deform_roi_pool"], 1, benchmark.Setting("cuda"))
+    assert [row[:2] for row in rows] == [("deform_roi_pool", "forward"), ("deform_roi_pool", "forward+backward")]
+    assert all(row[2] > 0 and row[3] == "numba_droi roi_align" and row[4] > 0 for row in rows)
+    launched = {name for name, (kernel, _) in _backend.CUDA_KERNELS.items()
+                if any(kernel is k for k in launches)}
+    assert any(name.startswith("deform_roi_pool") for name in launched)
+    assert any(name.startswith("roi_align") for name in launched)
+
+
+def test_bench_latency_runs_each_first_call_in_fresh_processes(capsys):
+    assert cli.main(["bench", "--latency", "--target", "cpu", "--only", "roi_align"]) == 0
+    out = capsys.readouterr().out
+    (row,) = table_rows(out)
+    name, imported, cold, warm, setup, compiled_cold, compiled_warm = row
+    assert name == "roi_align" and all(float(seconds) > 0 for seconds in (imported, cold, warm, setup))
+    assert float(setup) <= float(warm)  # the set-up is a part of the warm first call
+    assert int(compiled_cold) >= 2  # an empty cache: the forward and the backward drivers compile
+    assert compiled_warm == "none"  # the cache they filled: every kernel loads from it
+    assert "Target: cpu." in out
