@@ -79,8 +79,10 @@ class Case:
         self.peer_inputs = inputs if peer_inputs is None else peer_inputs
 
 
-def roi_align_case(rng, setting):
-    return _torchvision_case(*detection_case(rng), F.roi_align, "roi_align", setting,
+# Every case function takes ``(rng, setting)`` and, but for deform_conv2d, ``boxes`` (512 by default).
+
+def roi_align_case(rng, setting, boxes=512):
+    return _torchvision_case(*detection_case(rng, boxes=boxes), F.roi_align, "roi_align", setting,
                              dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True))
 
 
@@ -97,40 +99,53 @@ def _torchvision_case(features, rois, ours, peer_name, setting, options):
     return Case([features], call, "torchvision", lambda x: peer(x, torch_rois, **options))
 
 
-def roi_pool_case(rng, setting):
-    return _torchvision_case(*detection_case(rng), F.roi_pool, "roi_pool", setting,
+def roi_pool_case(rng, setting, boxes=512):
+    return _torchvision_case(*detection_case(rng, boxes=boxes), F.roi_pool, "roi_pool", setting,
                              dict(output_size=7, spatial_scale=1 / 16))
 
 
-def ps_roi_pool_case(rng, setting):
-    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7), F.ps_roi_pool, "ps_roi_pool",
+def ps_roi_pool_case(rng, setting, boxes=512):
+    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7, boxes=boxes), F.ps_roi_pool, "ps_roi_pool",
                              setting, dict(output_size=7, spatial_scale=1 / 16))
 
 
-def ps_roi_align_case(rng, setting):
-    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7), F.ps_roi_align, "ps_roi_align",
+def ps_roi_align_case(rng, setting, boxes=512):
+    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7, boxes=boxes), F.ps_roi_align, "ps_roi_align",
                              setting, dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2))
 
 
-def deform_roi_pool_case(rng, setting):
-    features, rois = detection_case(rng)
+def deform_roi_pool_case(rng, setting, boxes=512):
+    """Against RoI Align (aligned, at the same size): deformable pooling with zero offsets, which
+    torchvision has; our own roi_align without torchvision."""
+    features, rois = detection_case(rng, boxes=boxes)
     offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
     options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
-    rois = setting.array(rois)
-    return Case([features, offset], lambda x, o: F.deform_roi_pool(x, rois, o, **options),
-                "numba_droi roi_align", lambda x: F.roi_align(x, rois, aligned=True, **options),
-                [features])
+    return _offset_free_peer(Case([features, offset], lambda x, o: F.deform_roi_pool(
+        x, setting.array(rois), o, **options)), features, rois, "roi_align", setting,
+        dict(options, aligned=True))
 
 
-def deform_psroi_pool_case(rng, setting):
-    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels."""
-    features, rois = detection_case(rng, channels=10 * 49)
+def _offset_free_peer(case, features, rois, peer_name, setting, options):
+    """``case`` with the peer ``peer_name(x, rois, **options)`` on ``features``: torchvision's when
+    asked for, else ours."""
+    peer = _torchvision_case(features, rois, getattr(F, peer_name), peer_name, setting, options)
+    if peer.peer is None:
+        target_rois = setting.array(rois)
+        peer.peer_name = f"numba_droi {peer_name}"
+        peer.peer = lambda x: getattr(F, peer_name)(x, target_rois, **options)
+    case.peer_name, case.peer, case.peer_inputs = peer.peer_name, peer.peer, [features]
+    return case
+
+
+def deform_psroi_pool_case(rng, setting, boxes=512):
+    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels; against PS RoI
+    Align with 4x4 samples per bin (torchvision's when asked for, else ours)."""
+    features, rois = detection_case(rng, channels=10 * 49, boxes=boxes)
     trans = rng.standard_normal((len(rois), 2, 7, 7)).astype(features.dtype)
-    rois = setting.array(rois)
-    return Case([features, trans],
-                lambda x, t: F.deform_psroi_pool(x, rois, t, 1 / 16, 10, 7, 7, 7, 4, 0.1),
-                "numba_droi ps_roi_align", lambda x: F.ps_roi_align(x, rois, 7, 1 / 16, sampling_ratio=4),
-                [features])
+    target_rois = setting.array(rois)
+    return _offset_free_peer(Case([features, trans], lambda x, t: F.deform_psroi_pool(
+        x, target_rois, t, 1 / 16, 10, 7, 7, 7, 4, 0.1)), features, rois, "ps_roi_align", setting,
+        dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=4))
 
 
 def deform_conv2d_case(rng, setting):
@@ -228,6 +243,11 @@ def table(rows, threads, setting=None):
         peer_text = f"{peer:.1f}" if peer is not None else "n/a"
         ratio = f"{ours / peer:.2f}" if peer is not None else "n/a"
         lines.append(f"| {name} | {direction} | {ours:.1f} | {peer_name or 'n/a'} | {peer_text} | {ratio} |")
+    return "\n".join(lines) + "\n\n" + machine_and_versions(threads, setting) + "\n"
+
+
+def machine_and_versions(threads, setting=None):
+    """The line under a benchmark table: the machine, the threads and the versions measured."""
     setting = setting or Setting()
     torch, torchvision = setting.torch, setting.torchvision
     versions = (f"numba_droi {numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}"
@@ -235,7 +255,7 @@ def table(rows, threads, setting=None):
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
     if setting.gpu:
         machine += f"; {_backend.gpu_description()['name']}, cupy {_backend.cupy.__version__}"
-    return "\n".join(lines) + f"\n\nMachine: {machine}. Versions: {versions}.\n"
+    return f"Machine: {machine}. Versions: {versions}."
 
 
 # -- first-call latency ----------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""How cost grows with the number of boxes: forward+backward time of every RoI operator at 64 to 4096
+boxes (the detection-sized case of numba_droi.benchmark otherwise), side by side with its peer
+(torchvision's operator when installed, on as many threads).
+
+Saves a table (experiments/results/bench_boxes_cpu.md) and a plot of time against boxes, log-log
+(bench_boxes_cpu.png). deform_conv2d has no boxes and is left out.
+
+    python experiments/bench_boxes.py [--threads 2] [--repeats 5] [--boxes 64 256 1024 4096]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numba
+import numpy as np
+
+from numba_droi.autograd import Tensor
+from numba_droi.benchmark import CASES, Setting, machine_and_versions, torchvision_installed
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+OPERATORS = [name for name in CASES if name != "deform_conv2d"]
+
+
+def forward_backward(case, setting):
+    """``(ours, peer)``: callables running one forward+backward each (peer None without one)."""
+    xs = [Tensor(setting.array(a), requires_grad=True) for a in case.inputs]
+    grad = np.ones(case.ours(*xs).shape, case.inputs[0].dtype)
+    ours = lambda: case.ours(*xs).backward(grad)  # noqa: E731
+    if case.peer is None:
+        return ours, None
+    if case.peer_name == "torchvision":
+        peer_xs = [setting.peer_tensor(a).requires_grad_(True) for a in case.peer_inputs]
+        peer_grad = setting.torch.ones_like(case.peer(*peer_xs))
+    else:
+        peer_xs = [Tensor(setting.array(a), requires_grad=True) for a in case.peer_inputs]
+        peer_grad = np.ones(case.peer(*peer_xs).shape, case.inputs[0].dtype)
+    return ours, lambda: case.peer(*peer_xs).backward(peer_grad)
+
+
+def measure(boxes_list, repeats, setting):
+    """Rows ``(operator, boxes, ours ms, peer name, peer ms)``, medians of interleaved repeats."""
+    rows = []
+    total, done = len(OPERATORS) * len(boxes_list), 0
+    for name in OPERATORS:
+        for boxes in boxes_list:
+            case = CASES[name](np.random.default_rng(0), setting, boxes=boxes)
+            ours, peer = forward_backward(case, setting)
+            calls = {"ours": ours} if peer is None else {"ours": ours, "peer": peer}
+            times = {key: [] for key in calls}
+            for fn in calls.values():
+                fn()  # warm up
+            for _ in range(repeats):
+                for key, fn in calls.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - start)
+            rows.append((name, boxes, 1e3 * statistics.median(times["ours"]), case.peer_name,
+                         1e3 * statistics.median(times["peer"]) if peer else None))
+            done += 1
+            print(f"  [{done}/{total}] {name}, {boxes} boxes", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows, threads, setting):
+    lines = ["| operator | boxes | numba_droi fwd+bwd (ms) | peer | peer (ms) | ratio |",
+             "|---|---:|---:|---|---:|---:|"]
+    for name, boxes, ours, peer_name, peer in rows:
+        lines.append(f"| {name} | {boxes} | {ours:.1f} | {peer_name or 'n/a'} | "
+                     + (f"{peer:.1f} | {ours / peer:.2f} |" if peer else "n/a | n/a |"))
+    return "\n".join(lines) + "\n\n" + machine_and_versions(threads, setting) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7), sharex=True)
+    for ax, name in zip(axes.flat, OPERATORS):
+        mine = [row for row in rows if row[0] == name]
+        boxes = [row[1] for row in mine]
+        ax.plot(boxes, [row[2] for row in mine], "o-", label="numba_droi")
+        if mine[0][4] is not None:
+            ax.plot(boxes, [row[4] for row in mine], "s--", label=mine[0][3])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("boxes")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("forward+backward (ms)")
+    fig.suptitle("CPU time against the number of boxes (log-log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--boxes", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--no-save", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    setting = Setting("cpu", torchvision=torchvision_installed())
+    rows = measure(args.boxes, args.repeats, setting)
+    text = table(rows, args.threads, setting)
+    print(text)
+    if not args.no_save:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "bench_boxes_cpu.md"), "w") as f:
+            f.write("# CPU time against the number of boxes\n\nForward+backward, medians of "
+                    f"{args.repeats} interleaved repeats.\n\n" + text)
+        plot(rows, os.path.join(RESULTS, "bench_boxes_cpu.png"))
+
+
+if __name__ == "__main__":
+    main()
