@@ -226,3 +226,27 @@ def run(target_name, kernel, size, *args):
             kernel(*args)
     else:
         launch(kernel, size, *args)
+
+
+# -- other libraries' arrays -----------------------------------------------------------------------
+
+def from_dlpack(array, gpu):
+    """A NumPy (``gpu=False``) or CuPy (``gpu=True``) array sharing the memory of another library's
+    ``array`` (a torch tensor, a JAX array: anything with ``__dlpack__``), zero-copy, via DLPack."""
+    if not gpu:
+        return np.from_dlpack(array)
+    if cupy is None:
+        raise TypeError(f"{type(array).__name__} is a GPU array, which needs CuPy installed")
+    return cupy.from_dlpack(array)
+
+
+@contextlib.contextmanager
+def external_stream(pointer, device_id):
+    """Inside the block, the CUDA stream ``pointer`` (a ``cudaStream_t`` another library owns, such as
+    ``torch.cuda.current_stream().cuda_stream``) of device ``device_id`` is CuPy's current stream: our
+    kernels launch on it (``launch`` uses CuPy's current stream) and CuPy allocates and computes on it,
+    ordered with the other library's work without synchronising."""
+    if cupy is None:
+        raise TypeError("GPU arrays need CuPy installed")
+    with cupy.cuda.Device(device_id), cupy.cuda.ExternalStream(pointer, device_id):
+        yield
