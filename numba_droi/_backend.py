@@ -245,8 +245,9 @@ def external_stream(pointer, device_id):
     """Inside the block, the CUDA stream ``pointer`` (a ``cudaStream_t`` another library owns, such as
     ``torch.cuda.current_stream().cuda_stream``) of device ``device_id`` is CuPy's current stream: our
     kernels launch on it (``launch`` uses CuPy's current stream) and CuPy allocates and computes on it,
-    ordered with the other library's work without synchronising."""
+    ordered with the other library's work without synchronising. Numba's current device is set to
+    ``device_id`` too, so that kernels launch where the arrays are."""
     if cupy is None:
         raise TypeError("GPU arrays need CuPy installed")
-    with cupy.cuda.Device(device_id), cupy.cuda.ExternalStream(pointer, device_id):
+    with cupy.cuda.Device(device_id), cuda.gpus[device_id], cupy.cuda.ExternalStream(pointer, device_id):
         yield
