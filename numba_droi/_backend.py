@@ -274,6 +274,7 @@ def kernel_ptx(name, dtype, cc):
         numba.cuda.dispatcher.get_current_device = get_current_device
     return ptx
 
+
 # -- deterministic algorithms ----------------------------------------------------------------------
 #
 # The cuda backwards scatter with float atomics, whose order, and so whose rounding, varies from run
@@ -314,3 +315,28 @@ def scatter_kernel(kernels, target_name, size, owners):
     if target_name == "cuda" and _deterministic:
         return kernels["cuda_deterministic"], owners
     return kernels[target_name], size
+
+
+# -- other libraries' arrays -----------------------------------------------------------------------
+
+def from_dlpack(array, gpu):
+    """A NumPy (``gpu=False``) or CuPy (``gpu=True``) array sharing the memory of another library's
+    ``array`` (a torch tensor, a JAX array: anything with ``__dlpack__``), zero-copy, via DLPack."""
+    if not gpu:
+        return np.from_dlpack(array)
+    if cupy is None:
+        raise TypeError(f"{type(array).__name__} is a GPU array, which needs CuPy installed")
+    return cupy.from_dlpack(array)
+
+
+@contextlib.contextmanager
+def external_stream(pointer, device_id):
+    """Inside the block, the CUDA stream ``pointer`` (a ``cudaStream_t`` another library owns, such as
+    ``torch.cuda.current_stream().cuda_stream``) of device ``device_id`` is CuPy's current stream: our
+    kernels launch on it (``launch`` uses CuPy's current stream) and CuPy allocates and computes on it,
+    ordered with the other library's work without synchronising. Numba's current device is set to
+    ``device_id`` too, so that kernels launch where the arrays are."""
+    if cupy is None:
+        raise TypeError("GPU arrays need CuPy installed")
+    with cupy.cuda.Device(device_id), cuda.gpus[device_id], cupy.cuda.ExternalStream(pointer, device_id):
+        yield
