@@ -305,3 +305,15 @@ def test_matches_torchvision_when_installed(cpu, seed):
     np.testing.assert_array_equal(argmax, expected_argmax.numpy())
     np.testing.assert_allclose(numba_droi.roi_pool_backward(grad_output, rois, argmax, features.shape),
                                x.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_feature_planes_beyond_32_bit_offsets_are_refused(no_launch):
+    huge = np.broadcast_to(np.zeros(1, np.float32), (1, 1, 46341, 46341))  # no memory behind it
+    rois = np.zeros((1, 5), np.float32)
+    for operator in (numba_droi.roi_pool, numba_droi.roi_align):
+        with pytest.raises(ValueError, match=r"input's feature planes must have at most 2\*\*31 - 1 "
+                                             r"elements, got H\*W = 46341 \* 46341"):
+            operator(huge, rois, 2)
+    with pytest.raises(ValueError, match="input_shape's feature planes"):
+        numba_droi.roi_pool_backward(np.zeros((1, 1, 2, 2), np.float32), rois,
+                                     np.zeros((1, 1, 2, 2), np.int32), (1, 1, 46341, 46341))

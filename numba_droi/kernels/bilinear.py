@@ -76,32 +76,32 @@ def b1_axis_weights(features, coordinate, size):
     return low, high, f(1) - fraction, fraction, free
 
 
-# Cpu drivers that tabulate a separable grid's rows as offsets ``y*W`` into flat feature planes
-# ``planes[p] = features[n, c].ravel()``, ``p = n*C + c``, read the four corners without 4-d index
-# arithmetic. Same corner weights and the same sums as b1_interpolate and b1_scatter, so the same
+# Cpu drivers that tabulate a separable grid's rows as offsets ``y*W`` into a flat feature plane
+# ``features[n, c].ravel()`` (unsigned, so that no negative-index wraparound is computed) read the four
+# corners without 4-d index arithmetic. Same corner weights and the same sums as b1_interpolate and b1_scatter, so the same
 # values bit for bit.
 
 @jitable_inlined_on_cpu
-def b1_interpolate_rows(planes, p, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
+def b1_interpolate_rows(plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
     """``b1_interpolate`` from a row's (as plane offsets) and a column's ``b1_axis_weights``."""
     w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    value = planes.dtype.type(0)
+    value = plane.dtype.type(0)
     if w_ll + w_lh + w_hl + w_hh != value:
-        value = (w_ll * planes[p, row_low + x_low] + w_lh * planes[p, row_low + x_high]
-                 + w_hl * planes[p, row_high + x_low] + w_hh * planes[p, row_high + x_high])
+        value = (w_ll * plane[row_low + x_low] + w_lh * plane[row_low + x_high]
+                 + w_hl * plane[row_high + x_low] + w_hh * plane[row_high + x_high])
     return value
 
 
 @jitable_inlined_on_cpu
-def b1_scatter_rows(grad_planes, p, row_low, row_high, hy, ly, x_low, x_high, hx, lx, grad):
+def b1_scatter_rows(grad_plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx, grad):
     """``b1_scatter`` from a row's (as plane offsets) and a column's ``b1_axis_weights``; cpu only (a
     plain add)."""
     w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    if w_ll + w_lh + w_hl + w_hh != grad_planes.dtype.type(0):
-        grad_planes[p, row_low + x_low] += grad * w_ll
-        grad_planes[p, row_low + x_high] += grad * w_lh
-        grad_planes[p, row_high + x_low] += grad * w_hl
-        grad_planes[p, row_high + x_high] += grad * w_hh
+    if w_ll + w_lh + w_hl + w_hh != grad_plane.dtype.type(0):
+        grad_plane[row_low + x_low] += grad * w_ll
+        grad_plane[row_low + x_high] += grad * w_lh
+        grad_plane[row_high + x_low] += grad * w_hl
+        grad_plane[row_high + x_high] += grad * w_hh
 
 
 @jitable

@@ -15,9 +15,9 @@ import numba
 import numpy as np
 
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import (b1_coordinate_gradient, b1_gradient_of_corners, b1_interpolate, b1_scatter,
-                       b1_value, b1_weights)
-from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_box, roi_align_sample,
+from .bilinear import b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners, b1_value
+from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
+                        roi_align_bin_from_tables, roi_align_box, roi_align_sample,
                         unravel_output_index)
 
 
@@ -128,27 +128,36 @@ def deform_roi_pool_backward_deterministic_cuda(grad_output, rois, offset, mask,
 
 @jitable
 def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma):
-    """Rule B1 at every sample of every bin of box ``k``, for cpu drivers that reuse them across
-    channels: ``(batch, samples, corners, weights, free)``, the last three ``(PH, PW, samples, 4 or
-    2)`` in the order of ``b1_weights``."""
+    """Rule B1 along each axis at the row and column samples of every (moved) bin of box ``k``, for
+    cpu drivers that reuse them across channels: ``(batch, grid_h, grid_w, corners, weights, free)``.
+    Bin ``(ph, pw)`` has its ``grid_h`` row samples at ``rows = (ph*PW + pw) * (grid_h + grid_w)``
+    and its ``grid_w`` column samples after them; ``corners[s] = (low, high)`` (unsigned; rows as
+    offsets ``y*W`` into a flat plane), ``weights[s] = (w_low, w_high)`` and ``free[s]`` as
+    ``b1_axis_weights`` gives them."""
     pooled_h, pooled_w = offset.shape[2], offset.shape[3]
+    height, width = features.shape[2], features.shape[3]
     first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio, gamma)
     n, _, _, _, _, grid_h, grid_w = first
-    samples = grid_h * grid_w
-    corners = np.empty((pooled_h, pooled_w, samples, 4), np.int64)
-    weights = np.empty((pooled_h, pooled_w, samples, 4), features.dtype)
-    free = np.empty((pooled_h, pooled_w, samples, 2), np.bool_)
+    size = pooled_h * pooled_w * (grid_h + grid_w)
+    corners = np.empty((size, 2), np.uint32)
+    weights = np.empty((size, 2), features.dtype)
+    free = np.empty(size, np.bool_)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
                                                 sampling_ratio, gamma)
-            for s in range(samples):
-                y, x = roi_align_sample(box, ph, pw, s // grid_w, s % grid_w)
-                (corners[ph, pw, s, 0], corners[ph, pw, s, 1], corners[ph, pw, s, 2],
-                 corners[ph, pw, s, 3], weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                 weights[ph, pw, s, 2], weights[ph, pw, s, 3], free[ph, pw, s, 0],
-                 free[ph, pw, s, 1]) = b1_weights(features, y, x)
-    return n, samples, corners, weights, free
+            rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+            for iy in range(grid_h):
+                y, _ = roi_align_sample(box, ph, pw, iy, 0)
+                low, high, weights[rows + iy, 0], weights[rows + iy, 1], free[rows + iy] = (
+                    b1_axis_weights(features, y, height))
+                corners[rows + iy, 0], corners[rows + iy, 1] = low * width, high * width
+            for ix in range(grid_w):
+                _, x = roi_align_sample(box, ph, pw, 0, ix)
+                s = rows + grid_h + ix
+                corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1], free[s] = b1_axis_weights(
+                    features, x, width)
+    return n, grid_h, grid_w, corners, weights, free
 
 
 # The input gradient on the cpu: a parallel iteration per block of channels, which computes each box's
@@ -159,93 +168,98 @@ CHANNEL_BLOCK = 16
 @cpu_driver
 def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
                                 output):
-    # Per box, the corners and weights of every sample are computed once and reused for all channels,
-    # as in roi_align_forward_cpu.
-    f = features.dtype.type
+    # Per box, the samples are tabulated once and reused for all channels, as in roi_align's drivers.
     boxes, channels, pooled_h, pooled_w = output.shape
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for k in numba.prange(boxes):
-        n, samples, corners, weights, _ = deform_roi_pool_box_samples(
+        n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
-        count = f(max(samples, 1))
         for c in range(channels):
+            plane = planes[n * channels + c]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    total = f(0)
-                    for s in range(samples):
-                        total += b1_interpolate(
-                            features, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
-                            corners[ph, pw, s, 2], corners[ph, pw, s, 3], weights[ph, pw, s, 0],
-                            weights[ph, pw, s, 1], weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-                    output[k, c, ph, pw] = mask[k, 0, ph, pw] * (total / count)
+                    rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+                    output[k, c, ph, pw] = mask[k, 0, ph, pw] * roi_align_bin_from_tables(
+                        plane, rows, rows + grid_h, grid_h, grid_w, corners, weights)
 
 
 @cpu_driver
 def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
                                  gamma, grad_input):
-    # The scatter of roi_align_bin_backward, in the same order for each channel.
-    f = grad_input.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for block in numba.prange((channels + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK):
         for k in range(boxes):
-            n, samples, corners, weights, _ = deform_roi_pool_box_samples(
+            n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
                 grad_input, rois, offset, k, spatial_scale, sampling_ratio, gamma)
-            count = f(max(samples, 1))
             for c in range(block * CHANNEL_BLOCK, min((block + 1) * CHANNEL_BLOCK, channels)):
+                grad_plane = grad_planes[n * channels + c]
                 for ph in range(pooled_h):
                     for pw in range(pooled_w):
-                        grad = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw] / count
-                        for s in range(samples):
-                            b1_scatter(grad_input, n, c, corners[ph, pw, s, 0], corners[ph, pw, s, 1],
-                                       corners[ph, pw, s, 2], corners[ph, pw, s, 3],
-                                       weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                                       weights[ph, pw, s, 2], weights[ph, pw, s, 3], grad)
+                        rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+                        roi_align_bin_backward_from_tables(
+                            mask[k, 0, ph, pw] * grad_output[k, c, ph, pw], grad_plane, rows,
+                            rows + grid_h, grid_h, grid_w, corners, weights)
 
 
 @cpu_driver
 def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
                                          sampling_ratio, gamma, grad_offset, grad_mask):
-    # Per box: the samples' corners, weights and clamp flags once. A sample's value and coordinate
-    # derivatives are linear in its four corner values, so the sums over channels of grad_output
-    # times them are those of the channel sums of grad_output times each corner: one pass over the
-    # channels accumulates those four sums per sample, and rule B1 is applied to them once. The same
-    # sums as deform_roi_pool_bin_gradient, in another order.
+    # Per box: the samples tabulated once. A sample's value and coordinate derivatives are linear in
+    # its four corner values, so the sums over channels of grad_output times them are those of the
+    # channel sums of grad_output times each corner: one pass over the channels accumulates those four
+    # sums per sample, and rule B1 is applied to them once. The same sums as
+    # deform_roi_pool_bin_gradient, in another order.
     f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for k in numba.prange(boxes):
-        n, samples, corners, weights, free = deform_roi_pool_box_samples(
+        n, grid_h, grid_w, corners, weights, free = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
-        if samples == 0:
+        if grid_h * grid_w == 0:
             continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
-        corner_sums = np.zeros((pooled_h, pooled_w, samples, 4), features.dtype)
+        corner_sums = np.zeros((pooled_h, pooled_w, grid_h * grid_w, 4), features.dtype)
         for c in range(channels):
+            plane = planes[n * channels + c]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     g = grad_output[k, c, ph, pw]
-                    for s in range(samples):
-                        if (weights[ph, pw, s, 0] + weights[ph, pw, s, 1] + weights[ph, pw, s, 2]
-                                + weights[ph, pw, s, 3] != f(0)):  # else outside: nothing to read
-                            y_low, x_low = corners[ph, pw, s, 0], corners[ph, pw, s, 1]
-                            y_high, x_high = corners[ph, pw, s, 2], corners[ph, pw, s, 3]
-                            corner_sums[ph, pw, s, 0] += g * features[n, c, y_low, x_low]
-                            corner_sums[ph, pw, s, 1] += g * features[n, c, y_low, x_high]
-                            corner_sums[ph, pw, s, 2] += g * features[n, c, y_high, x_low]
-                            corner_sums[ph, pw, s, 3] += g * features[n, c, y_high, x_high]
-        count = f(samples)
+                    rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+                    for iy in range(grid_h):
+                        r = rows + iy
+                        if weights[r, 0] + weights[r, 1] == f(0):
+                            continue  # outside the map: nothing to read
+                        for ix in range(grid_w):
+                            s = rows + grid_h + ix
+                            if weights[s, 0] + weights[s, 1] == f(0):
+                                continue
+                            i = iy * grid_w + ix
+                            corner_sums[ph, pw, i, 0] += g * plane[corners[r, 0] + corners[s, 0]]
+                            corner_sums[ph, pw, i, 1] += g * plane[corners[r, 0] + corners[s, 1]]
+                            corner_sums[ph, pw, i, 2] += g * plane[corners[r, 1] + corners[s, 0]]
+                            corner_sums[ph, pw, i, 3] += g * plane[corners[r, 1] + corners[s, 1]]
+        count = f(grid_h * grid_w)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
+                rows = (ph * pooled_w + pw) * (grid_h + grid_w)
                 grad_x = f(0)
                 grad_y = f(0)
                 weighted = f(0)
-                for s in range(samples):
-                    v_ll, v_lh, v_hl, v_hh = (corner_sums[ph, pw, s, 0], corner_sums[ph, pw, s, 1],
-                                              corner_sums[ph, pw, s, 2], corner_sums[ph, pw, s, 3])
-                    w_ll, w_lh, w_hl, w_hh = (weights[ph, pw, s, 0], weights[ph, pw, s, 1],
-                                              weights[ph, pw, s, 2], weights[ph, pw, s, 3])
-                    dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl, w_hh,
-                                                    free[ph, pw, s, 0], free[ph, pw, s, 1])
-                    grad_x += dx
-                    grad_y += dy
-                    weighted += w_ll * v_ll + w_lh * v_lh + w_hl * v_hl + w_hh * v_hh
+                for iy in range(grid_h):
+                    r = rows + iy
+                    for ix in range(grid_w):
+                        s = rows + grid_h + ix
+                        i = iy * grid_w + ix
+                        v_ll, v_lh = corner_sums[ph, pw, i, 0], corner_sums[ph, pw, i, 1]
+                        v_hl, v_hh = corner_sums[ph, pw, i, 2], corner_sums[ph, pw, i, 3]
+                        w_ll, w_lh = weights[r, 0] * weights[s, 0], weights[r, 0] * weights[s, 1]
+                        w_hl, w_hh = weights[r, 1] * weights[s, 0], weights[r, 1] * weights[s, 1]
+                        inside = w_ll + w_lh + w_hl + w_hh != f(0)
+                        dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl,
+                                                        w_hh, inside and free[r], inside and free[s])
+                        grad_x += dx
+                        grad_y += dy
+                        weighted += w_ll * v_ll + w_lh * v_lh + w_hl * v_hl + w_hh * v_hh
                 _, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
                                                               sampling_ratio, gamma)
                 grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * grad_x / count)

@@ -183,7 +183,7 @@ def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, outp
     boxes, _, pooled_h, pooled_w = output.shape
     layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
                                           pooled_w, False)
-    corners = np.empty((size, 2), np.int64)
+    corners = np.empty((size, 2), np.uint32)
     weights = np.empty((size, 2), features.dtype)
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
@@ -194,7 +194,7 @@ def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, outp
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             output[k, c, ph, pw] = roi_align_bin_from_tables(
-                planes, int(rois[k, 0]) * features.shape[1] + channel, first + ph * grid_h,
+                planes[int(rois[k, 0]) * features.shape[1] + channel], first + ph * grid_h,
                 first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
@@ -203,7 +203,7 @@ def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, 
     boxes, _, pooled_h, pooled_w = grad_output.shape
     layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
                                           pooled_w, False)
-    corners = np.empty((size, 2), np.int64)
+    corners = np.empty((size, 2), np.uint32)
     weights = np.empty((size, 2), grad_input.dtype)
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
@@ -214,7 +214,7 @@ def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, 
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             roi_align_bin_backward_from_tables(
-                grad_output[k, c, ph, pw], grad_planes, int(rois[k, 0]) * grad_input.shape[1] + channel,
+                grad_output[k, c, ph, pw], grad_planes[int(rois[k, 0]) * grad_input.shape[1] + channel],
                 first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners,
                 weights)
 

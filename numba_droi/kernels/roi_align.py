@@ -175,7 +175,8 @@ def roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_
 def roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                           pooled_w, layout, corners, weights):
     """Box ``k``'s row and column samples as ``b1_axis_weights`` gives them: ``corners[s] = (low,
-    high)``, rows as offsets ``y*W`` into a flat plane, and ``weights[s] = (w_low, w_high)``."""
+    high)`` (unsigned), rows as offsets ``y*W`` into a flat plane, and ``weights[s] = (w_low,
+    w_high)``."""
     box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
     first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
     for ph in range(pooled_h):
@@ -195,27 +196,27 @@ def roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, alig
 
 
 @jitable_inlined_on_cpu
-def roi_align_bin_from_tables(planes, p, rows, columns, grid_h, grid_w, corners, weights):
-    """``roi_align_bin`` of flat feature plane ``p`` from the tables: the bin's ``grid_h`` row samples
+def roi_align_bin_from_tables(plane, rows, columns, grid_h, grid_w, corners, weights):
+    """``roi_align_bin`` of a flat feature plane from the tables: the bin's ``grid_h`` row samples
     start at ``rows``, its ``grid_w`` column samples at ``columns``."""
-    f = planes.dtype.type
+    f = plane.dtype.type
     total = f(0)
     for r in range(rows, rows + grid_h):
         for s in range(columns, columns + grid_w):
-            total += b1_interpolate_rows(planes, p, corners[r, 0], corners[r, 1], weights[r, 0],
+            total += b1_interpolate_rows(plane, corners[r, 0], corners[r, 1], weights[r, 0],
                                          weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                                          weights[s, 1])
     return total / f(max(grid_h * grid_w, 1))
 
 
 @jitable_inlined_on_cpu
-def roi_align_bin_backward_from_tables(grad, grad_planes, p, rows, columns, grid_h, grid_w, corners,
+def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, grid_w, corners,
                                        weights):
     """``roi_align_bin_backward`` from the tables, as ``roi_align_bin_from_tables`` reads them."""
-    grad = grad / grad_planes.dtype.type(max(grid_h * grid_w, 1))
+    grad = grad / grad_plane.dtype.type(max(grid_h * grid_w, 1))
     for r in range(rows, rows + grid_h):
         for s in range(columns, columns + grid_w):
-            b1_scatter_rows(grad_planes, p, corners[r, 0], corners[r, 1], weights[r, 0],
+            b1_scatter_rows(grad_plane, corners[r, 0], corners[r, 1], weights[r, 0],
                             weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                             weights[s, 1], grad)
 
@@ -225,7 +226,7 @@ def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned
     boxes, channels, pooled_h, pooled_w = output.shape
     layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
                                           pooled_w, False)
-    corners = np.empty((size, 2), np.int64)
+    corners = np.empty((size, 2), np.uint32)
     weights = np.empty((size, 2), features.dtype)
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
@@ -233,12 +234,12 @@ def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned
     planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for c in numba.prange(channels):
         for k in range(boxes):
-            p = int(rois[k, 0]) * channels + c
+            plane = planes[int(rois[k, 0]) * channels + c]
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     output[k, c, ph, pw] = roi_align_bin_from_tables(
-                        planes, p, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
+                        plane, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
                         grid_h, grid_w, corners, weights)
 
 
@@ -247,7 +248,7 @@ def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, ali
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
                                           pooled_w, False)
-    corners = np.empty((size, 2), np.int64)
+    corners = np.empty((size, 2), np.uint32)
     weights = np.empty((size, 2), grad_input.dtype)
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
@@ -255,12 +256,12 @@ def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, ali
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for c in numba.prange(channels):
         for k in range(boxes):
-            p = int(rois[k, 0]) * channels + c
+            grad_plane = grad_planes[int(rois[k, 0]) * channels + c]
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     roi_align_bin_backward_from_tables(
-                        grad_output[k, c, ph, pw], grad_planes, p, first + ph * grid_h,
+                        grad_output[k, c, ph, pw], grad_plane, first + ph * grid_h,
                         first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 

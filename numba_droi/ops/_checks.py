@@ -17,7 +17,20 @@ def features(array, name="input", ndim=4):
         raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(array.shape)}")
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
+    if ndim == 4:
+        plane(array.shape, name)
     return _backend.array_module(array).ascontiguousarray(array)
+
+
+# Kernels index a feature plane with 32-bit offsets (roi_pool's argmax, the cpu drivers' tables).
+MAX_PLANE = 2 ** 31 - 1
+
+
+def plane(shape, name):
+    """Refuse feature planes of more than ``MAX_PLANE`` elements (a map of 46341 x 46341)."""
+    if shape[2] * shape[3] > MAX_PLANE:
+        raise ValueError(f"{name}'s feature planes must have at most 2**31 - 1 elements, got H*W = "
+                         f"{shape[2]} * {shape[3]} = {shape[2] * shape[3]}")
 
 
 def rois(boxes, features_array, name="rois"):
@@ -106,4 +119,5 @@ def input_shape(shape):
     shape = tuple(int(v) for v in shape)
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
+    plane(shape, "input_shape")
     return shape

@@ -53,9 +53,6 @@ def _roi_pool(input, rois, output_size, spatial_scale, with_argmax):
     pooled_h, pooled_w = _checks.pair(output_size, "output_size")
     rois = _checks.rois(rois, features)
     spatial_scale = features.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
-    if features.shape[2] * features.shape[3] > np.iinfo(np.int32).max:
-        raise ValueError(f"input's feature planes (H*W = {features.shape[2] * features.shape[3]}) "
-                         f"must have fewer than 2**31 elements, for the int32 argmax")
     target = _backend.target_of(features)
     xp = _backend.array_module(features)
     shape = (rois.shape[0], features.shape[1], pooled_h, pooled_w)
