@@ -18,7 +18,7 @@ from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inline
                        thread_start, thread_stride)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
                         roi_align_bin_from_tables, roi_align_box, roi_align_fill_tables,
-                        roi_align_table_layout, unravel_output_index)
+                        roi_align_tables, unravel_output_index)
 from .roi_pool import pool_box, pool_fill_bounds, pool_window
 
 
@@ -181,10 +181,8 @@ def ps_roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, s
 @cpu_driver
 def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, output):
     boxes, _, pooled_h, pooled_w = output.shape
-    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
-                                          pooled_w, False)
-    corners = np.empty((size, 2), np.uint32)
-    weights = np.empty((size, 2), features.dtype)
+    layout, corners, weights = roi_align_tables(features, rois, spatial_scale, sampling_ratio, True,
+                                                pooled_h, pooled_w)
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
                               pooled_w, layout, corners, weights)
@@ -201,10 +199,8 @@ def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, outp
 @cpu_driver
 def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
     boxes, _, pooled_h, pooled_w = grad_output.shape
-    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, True, pooled_h,
-                                          pooled_w, False)
-    corners = np.empty((size, 2), np.uint32)
-    weights = np.empty((size, 2), grad_input.dtype)
+    layout, corners, weights = roi_align_tables(grad_input, rois, spatial_scale, sampling_ratio, True,
+                                                pooled_h, pooled_w)
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
                               pooled_w, layout, corners, weights)

@@ -152,23 +152,19 @@ def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, samp
 # B1 row and column weights are tabulated once, before the channels, and reused by all of them.
 
 @jitable
-def roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w, per_bin):
-    """Where each box's samples go in the tables of rule B1's row and column weights: ``(layout,
-    size)``, ``layout[k] = (first, grid_h, grid_w)``. Box ``k``'s ``PH*grid_h`` row samples start at
-    ``first`` and its ``PW*grid_w`` column samples follow them; or, ``per_bin`` (bins that move on
-    their own, as in deformable pooling), each bin ``(ph, pw)`` has its ``grid_h`` rows and then its
-    ``grid_w`` columns at ``first + (ph*PW + pw) * (grid_h + grid_w)``."""
+def roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
+    """Every box's tables of rule B1's row and column weights, allocated: ``(layout, corners,
+    weights)``, ``layout[k] = (first, grid_h, grid_w)``: box ``k``'s ``PH*grid_h`` row samples start
+    at ``first``, its ``PW*grid_w`` column samples follow them. The caller fills them with
+    ``roi_align_fill_tables``, a parallel iteration per box."""
     layout = np.empty((rois.shape[0], 3), np.int64)
     size = 0
     for k in range(rois.shape[0]):
         box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
         grid_h, grid_w = box[5], box[6]
         layout[k, 0], layout[k, 1], layout[k, 2] = size, grid_h, grid_w
-        if per_bin:
-            size += pooled_h * pooled_w * (grid_h + grid_w)
-        else:
-            size += pooled_h * grid_h + pooled_w * grid_w
-    return layout, size
+        size += pooled_h * grid_h + pooled_w * grid_w
+    return layout, np.empty((size, 2), np.uint32), np.empty((size, 2), features.dtype)
 
 
 @jitable
@@ -224,10 +220,8 @@ def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, 
 @cpu_driver
 def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
     boxes, channels, pooled_h, pooled_w = output.shape
-    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
-                                          pooled_w, False)
-    corners = np.empty((size, 2), np.uint32)
-    weights = np.empty((size, 2), features.dtype)
+    layout, corners, weights = roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned,
+                                                pooled_h, pooled_w)
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
@@ -246,10 +240,8 @@ def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned
 @cpu_driver
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    layout, size = roi_align_table_layout(rois, spatial_scale, sampling_ratio, aligned, pooled_h,
-                                          pooled_w, False)
-    corners = np.empty((size, 2), np.uint32)
-    weights = np.empty((size, 2), grad_input.dtype)
+    layout, corners, weights = roi_align_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned,
+                                                pooled_h, pooled_w)
     for k in numba.prange(boxes):
         roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
