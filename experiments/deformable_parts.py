@@ -43,7 +43,7 @@ SIZE = 32                      # side of the (square) part-channel map, in pixel
 PART_TYPES = 3
 SLOTS = np.array([[0.25, 0.25], [0.75, 0.25], [0.5, 0.75]])  # canonical (x, y) of the parts in the frame
 CLASSES = np.array(list(itertools.permutations(range(PART_TYPES))))  # class -> part type at each slot
-DISPLACEMENT = 0.2             # each part moves by up to this fraction of the frame, in x and in y
+DISPLACEMENT = 0.25            # each part moves by up to this fraction of the frame, in x and in y
 PART_SIGMA = 1.2               # blob radius of a part, pixels
 CLUTTER = 4                    # stray parts per image, anywhere (inside boxes too), weaker than parts
 NOISE = 0.1                    # standard deviation of the additive Gaussian noise
@@ -293,6 +293,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of the kernels (default 1: at these sizes a parallel launch "
                              "costs more than it saves)")
+    parser.add_argument("--name", default="deformable_parts",
+                        help="file name stem of the results under experiments/results/")
     parser.add_argument("--no-save", action="store_true", help="print the table, write nothing")
     args = parser.parse_args(argv)
     if args.full:
@@ -330,12 +332,12 @@ def main(argv=None):
     if args.no_save:
         return results
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "deformable_parts.md"), "w") as file:
+    with open(os.path.join(RESULTS, args.name + ".md"), "w") as file:
         file.write(markdown)
-    plot_curves(os.path.join(RESULTS, "deformable_parts_curves.png"),
+    plot_curves(os.path.join(RESULTS, args.name + "_curves.png"),
                 {name: runs["histories"] for name, runs in results.items()})
     if "DeformRoIPoolPack" in results:
-        plot_sampling(os.path.join(RESULTS, "deformable_parts.png"), results["DeformRoIPoolPack"]["heads"][0],
+        plot_sampling(os.path.join(RESULTS, args.name + ".png"), results["DeformRoIPoolPack"]["heads"][0],
                       test_images, test_rois, test_labels, test_parts)
     return results
 
