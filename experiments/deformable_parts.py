@@ -92,11 +92,12 @@ HEADS = ("RoI Pool", "RoI Align", "PS RoI Align", "DeformRoIPoolPack", "Modulate
 POSITION_SENSITIVE = ("PS RoI Align", "DeformPSRoIPoolPack")
 
 
-def make_pool(name, width, sampling, rng):
+def make_pool(name, width, sampling, rng, gamma=0.1):
     """The RoI operator of head ``name``: ``width`` channels in (``width * BINS**2`` for the position
     sensitive ones), ``(K, width, BINS, BINS)`` out; ``sampling`` samples per bin side (0: adaptive,
     ``ceil(bin size)``; the deformable PS pooling, which has no adaptive mode, then takes 4 as R-FCN's
-    deformable head does); the packs' offset predictors initialised from ``rng``."""
+    deformable head does); the packs' offset predictors initialised from ``rng``; ``gamma`` scales
+    their offsets (``trans_std`` of the deformable PS pooling)."""
     if name == "RoI Pool":
         return nn.RoIPool(BINS, 1.0)
     if name == "RoI Align":
@@ -104,13 +105,12 @@ def make_pool(name, width, sampling, rng):
     if name == "PS RoI Align":
         return nn.PSRoIAlign(BINS, 1.0, sampling)
     if name == "DeformRoIPoolPack":
-        return nn.DeformRoIPoolPack(BINS, width, 64, 1.0, sampling, gamma=0.1, rng=rng)
+        return nn.DeformRoIPoolPack(BINS, width, 64, 1.0, sampling, gamma, rng=rng)
     if name == "ModulatedDeformRoIPoolPack":
-        return nn.ModulatedDeformRoIPoolPack(BINS, width, 64, 1.0, sampling, gamma=0.1, rng=rng)
+        return nn.ModulatedDeformRoIPoolPack(BINS, width, 64, 1.0, sampling, gamma, rng=rng)
     if name == "DeformPSRoIPoolPack":
         return nn.DeformPSRoIPoolPack(width, 1.0, width, BINS, BINS, BINS, sampling or 4,
-                                      trans_std=0.1,
-                                      rng=rng)
+                                      trans_std=gamma, rng=rng)
     raise ValueError(f"head must be one of {HEADS}, got {name!r}")
 
 
@@ -120,12 +120,12 @@ class Head(nn.Module):
     The part channels are the features (a fixed "backbone" of perfect part detectors); every operator
     gives ``(K, PART_TYPES, BINS, BINS)``, so the classifier is the same for all heads."""
 
-    def __init__(self, name, hidden=64, sampling=2, seed=0):
+    def __init__(self, name, hidden=64, sampling=2, seed=0, gamma=0.1):
         rng = np.random.default_rng(seed)
         self.name = name
         if name in POSITION_SENSITIVE:
             self.score = nn.Conv2d(PART_TYPES, PART_TYPES * BINS * BINS, 1, rng=rng)
-        self.pool = make_pool(name, PART_TYPES, sampling, rng)
+        self.pool = make_pool(name, PART_TYPES, sampling, rng, gamma)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(PART_TYPES * BINS * BINS, hidden, rng=rng),
                                         nn.ReLU(), nn.Linear(hidden, len(CLASSES), rng=rng))
 
@@ -145,12 +145,12 @@ TEST_SEED = 10 ** 6  # test objects come from seeds >= this, training batches fr
 
 
 def train(name, seed, steps, batch=32, lr=3e-3, test=None, eval_every=50, xp=np, progress=None,
-          displacement=DISPLACEMENT, sampling=2):
+          displacement=DISPLACEMENT, sampling=2, gamma=0.1):
     """Train head ``name`` from ``seed`` with Adam for ``steps`` batches of fresh objects.
 
     Returns the trained head and ``{"loss": per-step losses, "eval_steps", "accuracy": test accuracy
     at those steps}``; ``test`` is ``(images, rois, labels)`` or None (no evaluation)."""
-    head = Head(name, sampling=sampling, seed=seed).to(xp)
+    head = Head(name, sampling=sampling, seed=seed, gamma=gamma).to(xp)
     optimizer = optim.Adam(head.parameters(), lr=lr)
     history = {"loss": [], "eval_steps": [], "accuracy": []}
     for step in range(steps):
@@ -285,6 +285,8 @@ def main(argv=None):
                         help="largest part displacement, as a fraction of the object's frame")
     parser.add_argument("--sampling", type=int, default=2,
                         help="samples per bin side of the bilinear operators (0: adaptive)")
+    parser.add_argument("--gamma", type=float, default=0.1,
+                        help="offset scale of the deformable operators (gamma, trans_std)")
     parser.add_argument("--test", type=int, default=1000, help="number of test objects")
     parser.add_argument("--full", action="store_true", help="2000 steps, 5 seeds, 3000 test objects")
     parser.add_argument("--only", nargs="+", choices=HEADS, default=HEADS, metavar="HEAD")
@@ -315,7 +317,7 @@ def main(argv=None):
                 begin = time.perf_counter()
                 head, history = train(name, seed, args.steps, args.batch, args.lr, test, xp=xp,
                                       progress=progress, displacement=args.displacement,
-                                      sampling=args.sampling)
+                                      sampling=args.sampling, gamma=args.gamma)
                 results[name]["seconds"].append(time.perf_counter() - begin)
                 results[name]["histories"].append(history)
                 results[name]["heads"].append(head)
@@ -323,10 +325,11 @@ def main(argv=None):
     command = "python experiments/deformable_parts.py" + (" " + " ".join(argv if argv is not None
                                                                            else sys.argv[1:])).rstrip()
     settings = (f"{len(CLASSES)} classes, {PART_TYPES} part types, displacement ±{args.displacement} of "
-                f"the frame, {BINS}x{BINS} bins, {args.sampling or 'adaptive'} samples per bin side; Adam lr {args.lr}, {args.steps} steps "
-                f"of {args.batch} fresh objects, seeds 0-{args.seeds - 1}; test: {args.test} objects from "
-                f"seed {TEST_SEED}. Target {args.target}, numba_droi {numba_droi.__version__}, "
-                f"{platform.machine()}.")
+                f"the frame, {BINS}x{BINS} bins, {args.sampling or 'adaptive'} samples per bin side, "
+                f"offset scale (gamma, trans_std) {args.gamma}; Adam lr {args.lr}, {args.steps} steps of "
+                f"{args.batch} fresh objects, seeds 0-{args.seeds - 1}; test: {args.test} objects from "
+                f"seed {TEST_SEED}. Target {args.target} ({args.threads} thread), numba_droi "
+                f"{numba_droi.__version__}, {platform.machine()}.")
     markdown = table(results, command, settings)
     print(markdown)
     if args.no_save:
