@@ -120,7 +120,7 @@ class Head(nn.Module):
     The part channels are the features (a fixed "backbone" of perfect part detectors); every operator
     gives ``(K, PART_TYPES, BINS, BINS)``, so the classifier is the same for all heads."""
 
-    def __init__(self, name, hidden=64, sampling=2, seed=0, gamma=0.1):
+    def __init__(self, name, hidden=64, sampling=0, seed=0, gamma=0.1):
         rng = np.random.default_rng(seed)
         self.name = name
         if name in POSITION_SENSITIVE:
@@ -145,7 +145,7 @@ TEST_SEED = 10 ** 6  # test objects come from seeds >= this, training batches fr
 
 
 def train(name, seed, steps, batch=32, lr=3e-3, test=None, eval_every=50, xp=np, progress=None,
-          displacement=DISPLACEMENT, sampling=2, gamma=0.1):
+          displacement=DISPLACEMENT, sampling=0, gamma=0.1):
     """Train head ``name`` from ``seed`` with Adam for ``steps`` batches of fresh objects.
 
     Returns the trained head and ``{"loss": per-step losses, "eval_steps", "accuracy": test accuracy
@@ -170,6 +170,7 @@ def train(name, seed, steps, batch=32, lr=3e-3, test=None, eval_every=50, xp=np,
 
 
 def accuracy(head, images, rois, labels, xp=np, chunk=256):
+    """The fraction of ``labels`` that ``head`` predicts, ``chunk`` objects at a time."""
     correct = 0
     with numba_droi.no_grad():
         for start in range(0, len(labels), chunk):
@@ -283,8 +284,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--displacement", type=float, default=DISPLACEMENT,
                         help="largest part displacement, as a fraction of the object's frame")
-    parser.add_argument("--sampling", type=int, default=2,
-                        help="samples per bin side of the bilinear operators (0: adaptive)")
+    parser.add_argument("--sampling", type=int, default=0,
+                        help="samples per bin side of the bilinear operators (0: adaptive, their default)")
     parser.add_argument("--gamma", type=float, default=0.1,
                         help="offset scale of the deformable operators (gamma, trans_std)")
     parser.add_argument("--test", type=int, default=1000, help="number of test objects")
@@ -301,6 +302,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.full:
         args.steps, args.seeds, args.test = 2000, 5, 3000
+    if args.seeds * args.steps > TEST_SEED:
+        parser.error(f"seeds * steps must stay below {TEST_SEED}: training batches would reuse test seeds")
     numba.set_num_threads(args.threads)
     xp = np
     if args.target == "cuda":
@@ -324,8 +327,10 @@ def main(argv=None):
 
     command = "python experiments/deformable_parts.py" + (" " + " ".join(argv if argv is not None
                                                                            else sys.argv[1:])).rstrip()
+    sampling = (f"{args.sampling}x{args.sampling} samples per bin" if args.sampling else
+                "adaptive sampling (ceil(bin size) per side; the deformable PS pooling: 4)")
     settings = (f"{len(CLASSES)} classes, {PART_TYPES} part types, displacement ±{args.displacement} of "
-                f"the frame, {BINS}x{BINS} bins, {args.sampling or 'adaptive'} samples per bin side, "
+                f"the frame, {BINS}x{BINS} bins, {sampling}, "
                 f"offset scale (gamma, trans_std) {args.gamma}; Adam lr {args.lr}, {args.steps} steps of "
                 f"{args.batch} fresh objects, seeds 0-{args.seeds - 1}; test: {args.test} objects from "
                 f"seed {TEST_SEED}. Target {args.target} ({args.threads} thread), numba_droi "

@@ -99,13 +99,16 @@ def test_the_figure_plots_the_positions_deform_roi_pool_samples(tmp_path):
     assert np.abs(deformed - regular).max() > 0.5  # the offsets are not trivially zero
 
     # The operator itself: on a map whose channels are the x and the y index, bilinear sampling is
-    # exact, so each bin's output is the mean of its sample positions, i.e. the deformed bin centre.
-    ramp = np.stack(np.meshgrid(np.arange(parts.SIZE), np.arange(parts.SIZE))[::1], 0)[None]
+    # exact, so each bin's output is the mean of its sample positions, i.e. the deformed bin centre,
+    # wherever all the bin's samples lie inside [0, SIZE - 1] (outside, rule B1 clamps).
+    ramp = np.stack(np.meshgrid(np.arange(parts.SIZE), np.arange(parts.SIZE)), 0)[None]
     ramp = np.repeat(ramp.astype(np.float64), 4, axis=0)
-    assert np.all((deformed > 0) & (deformed < parts.SIZE - 1))  # samples stay where B1 is linear
     mean_sample = numba_droi.deform_roi_pool(ramp, rois.astype(np.float64), offset, pack.output_size,
                                              pack.spatial_scale, pack.sampling_ratio, pack.gamma)
-    np.testing.assert_allclose(np.moveaxis(mean_sample, 1, -1), deformed, atol=1e-5)
+    half_bin = ((rois[:, 3:5] - rois[:, 1:3]) / 6)[:, None, None]
+    inside = np.all((deformed - half_bin >= 0) & (deformed + half_bin <= parts.SIZE - 1), axis=-1)
+    assert inside.sum() >= 30, inside.sum()
+    np.testing.assert_allclose(np.moveaxis(mean_sample, 1, -1)[inside], deformed[inside], atol=1e-5)
 
 
 def test_the_curves_figure_is_written(tmp_path):
@@ -114,3 +117,12 @@ def test_the_curves_figure_is_written(tmp_path):
     parts.plot_curves(path, {"RoI Align": [history, history]}, window=5, dpi=40)
     import matplotlib.image
     assert matplotlib.image.imread(path).shape[:2] == (4 * 40, 11 * 40)
+
+
+def test_the_readme_shows_the_committed_table():
+    results = os.path.join(os.path.dirname(PATH), "results", "deformable_parts.md")
+    with open(results) as file:
+        rows = [line for line in file.read().splitlines() if line.startswith("|")]
+    with open(os.path.join(os.path.dirname(PATH), os.pardir, "README.md")) as file:
+        readme = file.read()
+    assert rows and all(row in readme for row in rows)
