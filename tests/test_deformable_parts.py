@@ -126,3 +126,16 @@ def test_the_readme_shows_the_committed_table():
     with open(os.path.join(os.path.dirname(PATH), os.pardir, "README.md")) as file:
         readme = file.read()
     assert rows and all(row in readme for row in rows)
+
+
+def test_nearest_bin_distance_measures_parts_against_bin_centres():
+    images, rois, labels, centres = parts.make_batch(8, 6)
+    untrained = parts.Head("DeformRoIPoolPack", seed=0)  # zero offsets: both grids are the regular one
+    regular, learned = parts.nearest_bin_distance(untrained, images, rois, centres)
+    assert regular == learned
+    x1, y1, x2, y2 = rois[0, 1:].astype(np.float64)
+    grid = [(x1 - 0.5 + (j + 0.5) * (x2 - x1) / 3, y1 - 0.5 + (i + 0.5) * (y2 - y1) / 3)
+            for i in range(3) for j in range(3)]
+    one, _ = parts.nearest_bin_distance(untrained, images[:1], rois[:1], centres[:1])
+    expected = np.mean([min(np.hypot(*(np.array(g) - (c - 0.5))) for g in grid) for c in centres[0]])
+    assert one == pytest.approx(expected, rel=1e-6)
