@@ -78,30 +78,34 @@ def b1_axis_weights(features, coordinate, size):
 
 # Cpu drivers that tabulate a separable grid's rows as offsets ``y*W`` into a flat feature plane
 # ``features[n, c].ravel()`` (unsigned, so that no negative-index wraparound is computed) read the four
-# corners without 4-d index arithmetic. Same corner weights and the same sums as b1_interpolate and b1_scatter, so the same
-# values bit for bit.
+# corners without 4-d index arithmetic. A sample outside the map has a row or a column whose weights
+# are both 0, and contributes nothing: the drivers skip such rows and columns (``b1_axis_inside``) and
+# call these for the others. Same corner weights and the same sums as b1_interpolate and b1_scatter,
+# so the same values bit for bit.
+
+@jitable_inlined_on_cpu
+def b1_axis_inside(weights, s):
+    """Whether tabulated row or column ``s`` (``weights[s]`` from ``b1_axis_weights``) lies in the
+    map."""
+    return weights[s, 0] + weights[s, 1] != weights.dtype.type(0)
+
 
 @jitable_inlined_on_cpu
 def b1_interpolate_rows(plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
-    """``b1_interpolate`` from a row's (as plane offsets) and a column's ``b1_axis_weights``."""
-    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    value = plane.dtype.type(0)
-    if w_ll + w_lh + w_hl + w_hh != value:
-        value = (w_ll * plane[row_low + x_low] + w_lh * plane[row_low + x_high]
-                 + w_hl * plane[row_high + x_low] + w_hh * plane[row_high + x_high])
-    return value
+    """``b1_interpolate`` from a row's (as plane offsets) and a column's ``b1_axis_weights``, both in
+    the map."""
+    return (hy * hx * plane[row_low + x_low] + hy * lx * plane[row_low + x_high]
+            + ly * hx * plane[row_high + x_low] + ly * lx * plane[row_high + x_high])
 
 
 @jitable_inlined_on_cpu
 def b1_scatter_rows(grad_plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx, grad):
-    """``b1_scatter`` from a row's (as plane offsets) and a column's ``b1_axis_weights``; cpu only (a
-    plain add)."""
-    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    if w_ll + w_lh + w_hl + w_hh != grad_plane.dtype.type(0):
-        grad_plane[row_low + x_low] += grad * w_ll
-        grad_plane[row_low + x_high] += grad * w_lh
-        grad_plane[row_high + x_low] += grad * w_hl
-        grad_plane[row_high + x_high] += grad * w_hh
+    """``b1_scatter`` from a row's (as plane offsets) and a column's ``b1_axis_weights``, both in the
+    map; cpu only (a plain add)."""
+    grad_plane[row_low + x_low] += grad * (hy * hx)
+    grad_plane[row_low + x_high] += grad * (hy * lx)
+    grad_plane[row_high + x_low] += grad * (ly * hx)
+    grad_plane[row_high + x_high] += grad * (ly * lx)
 
 
 @jitable

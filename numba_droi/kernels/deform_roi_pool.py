@@ -15,7 +15,8 @@ import numba
 import numpy as np
 
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
-from .bilinear import b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners, b1_value
+from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
+                       b1_value)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
                         roi_align_bin_from_tables, roi_align_box, roi_align_sample,
                         unravel_output_index)
@@ -227,11 +228,11 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
                     rows = (ph * pooled_w + pw) * (grid_h + grid_w)
                     for iy in range(grid_h):
                         r = rows + iy
-                        if weights[r, 0] + weights[r, 1] == f(0):
+                        if not b1_axis_inside(weights, r):
                             continue  # outside the map: nothing to read
                         for ix in range(grid_w):
                             s = rows + grid_h + ix
-                            if weights[s, 0] + weights[s, 1] == f(0):
+                            if not b1_axis_inside(weights, s):
                                 continue
                             i = iy * grid_w + ix
                             corner_sums[ph, pw, i, 0] += g * plane[corners[r, 0] + corners[s, 0]]
@@ -254,7 +255,7 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
                         v_hl, v_hh = corner_sums[ph, pw, i, 2], corner_sums[ph, pw, i, 3]
                         w_ll, w_lh = weights[r, 0] * weights[s, 0], weights[r, 0] * weights[s, 1]
                         w_hl, w_hh = weights[r, 1] * weights[s, 0], weights[r, 1] * weights[s, 1]
-                        inside = w_ll + w_lh + w_hl + w_hh != f(0)
+                        inside = b1_axis_inside(weights, r) and b1_axis_inside(weights, s)
                         dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl,
                                                         w_hh, inside and free[r], inside and free[s])
                         grad_x += dx

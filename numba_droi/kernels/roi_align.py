@@ -15,8 +15,8 @@ import numpy as np
 
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import (b1_axis_weights, b1_interpolate_rows, b1_scatter, b1_scatter_rows, b1_value,
-                       b1_weights)
+from .bilinear import (b1_axis_inside, b1_axis_weights, b1_interpolate_rows, b1_scatter,
+                       b1_scatter_rows, b1_value, b1_weights)
 
 # The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
 # sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
@@ -198,10 +198,13 @@ def roi_align_bin_from_tables(plane, rows, columns, grid_h, grid_w, corners, wei
     f = plane.dtype.type
     total = f(0)
     for r in range(rows, rows + grid_h):
+        if not b1_axis_inside(weights, r):
+            continue
         for s in range(columns, columns + grid_w):
-            total += b1_interpolate_rows(plane, corners[r, 0], corners[r, 1], weights[r, 0],
-                                         weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
-                                         weights[s, 1])
+            if b1_axis_inside(weights, s):
+                total += b1_interpolate_rows(plane, corners[r, 0], corners[r, 1], weights[r, 0],
+                                             weights[r, 1], corners[s, 0], corners[s, 1],
+                                             weights[s, 0], weights[s, 1])
     return total / f(max(grid_h * grid_w, 1))
 
 
@@ -211,10 +214,13 @@ def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, 
     """``roi_align_bin_backward`` from the tables, as ``roi_align_bin_from_tables`` reads them."""
     grad = grad / grad_plane.dtype.type(max(grid_h * grid_w, 1))
     for r in range(rows, rows + grid_h):
+        if not b1_axis_inside(weights, r):
+            continue
         for s in range(columns, columns + grid_w):
-            b1_scatter_rows(grad_plane, corners[r, 0], corners[r, 1], weights[r, 0],
-                            weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
-                            weights[s, 1], grad)
+            if b1_axis_inside(weights, s):
+                b1_scatter_rows(grad_plane, corners[r, 0], corners[r, 1], weights[r, 0],
+                                weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
+                                weights[s, 1], grad)
 
 
 @cpu_driver
