@@ -69,8 +69,8 @@ def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y,
 # cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
 # one thread per (box, bin) for the offset and mask gradients, looping over channels: every thread of
 # a bin would otherwise add into the same two offset elements, a worst case for atomics.
-# cpu: a parallel iteration per box for the forward and for the offset and mask gradients, per
-# channel for the input gradient, so that no two iterations write the same element.
+# cpu: a parallel iteration per box for the forward and for the offset and mask gradients, per block
+# of channels for the input gradient, so that no two iterations write the same element.
 
 @cuda_kernel("F4 F2 F4 F4 f i f F4")
 def deform_roi_pool_forward_cuda(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
