@@ -80,6 +80,22 @@ def test_matches_reference_on_cuda(cuda, seed):
                                                no_trans=seed == 0))
 
 
+@pytest.mark.parametrize("no_trans", [False, True])
+def test_more_output_channels_than_a_cpu_block_match_reference(cpu, no_trans):
+    # The cpu input gradient splits the output channels into blocks; here blocks span classes, and
+    # the group grid differs from the bin grid.
+    rng = np.random.default_rng(3)
+    output_dim, group_size = 2 * kernels.CHANNEL_BLOCK + 8, 2
+    features = rng.standard_normal((2, output_dim * group_size ** 2, 7, 8))
+    low = rng.uniform(-0.4, 0.9, (5, 2)) * (8, 7)
+    size = rng.uniform(0.2, 1.0, (5, 2)) * (8, 7)
+    rois = np.concatenate([[[0], [1], [1], [0], [1]], 2 * low, 2 * (low + size)], 1)
+    trans = None if no_trans else rng.standard_normal((5, 2 * 4, 2, 2))  # 4 classes of 10 channels
+    options = dict(spatial_scale=0.5, output_dim=output_dim, group_size=group_size, pooled_size=3,
+                   part_size=2, sample_per_part=2, trans_std=0.2, no_trans=no_trans)
+    check_against_reference(cpu, features, rois, trans, options)
+
+
 def test_float32_matches_float64_reference(on):
     features, rois, trans, options = random_case(np.random.default_rng(3), no_trans=False)
     with on:

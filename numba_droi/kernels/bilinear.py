@@ -108,6 +108,22 @@ def b1_scatter_rows(grad_plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx
     grad_plane[row_high + x_high] += grad * (ly * lx)
 
 
+# Cpu drivers that pool a bin for every channel at once read a channels-last image ``pixels[h*W + w,
+# c]`` (see ``roi_align.channels_last``), so that their innermost loop runs over contiguous channels
+# and is vectorised. Per channel, the same products and sums in the same order as
+# b1_interpolate_rows, so the same values bit for bit.
+
+@jitable_inlined_on_cpu
+def b1_add_rows_channels(total, pixels, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
+    """``total[c] += b1_interpolate_rows(plane of channel c, ...)`` for every channel of a
+    channels-last image ``pixels``; cpu only."""
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    v_ll, v_lh = pixels[row_low + x_low], pixels[row_low + x_high]
+    v_hl, v_hh = pixels[row_high + x_low], pixels[row_high + x_high]
+    for c in range(total.shape[0]):
+        total[c] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
+
+
 @jitable
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""
@@ -278,11 +294,15 @@ def b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b3_interpolate`` in the cell of ``b3_cell``: 0
     along an axis where floor and ceil meet, which is where B3 clamps (to 0 or the last pixel) and
     at integer coordinates (one-sided)."""
-    f = features.dtype.type
-    v_ll = features[n, c, y_low, x_low]
-    v_lh = features[n, c, y_low, x_high]
-    v_hl = features[n, c, y_high, x_low]
-    v_hh = features[n, c, y_high, x_high]
+    return b3_gradient_of_corners(features[n, c, y_low, x_low], features[n, c, y_low, x_high],
+                                  features[n, c, y_high, x_low], features[n, c, y_high, x_high],
+                                  y_low, x_low, y_high, x_high, ly, lx)
+
+
+@jitable_inlined_on_cpu
+def b3_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, y_low, x_low, y_high, x_high, ly, lx):
+    """``b3_cell_gradient`` for the cell's corner values ``v``."""
+    f = type(ly)
     dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh) if y_high > y_low else f(0)
     dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl) if x_high > x_low else f(0)
     return dy, dx
@@ -299,6 +319,43 @@ def b3_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, ly, lx, grad, 
     add_4d(grad_features, n, c, y_low, x_high, grad * (hy * lx), atomic)
     add_4d(grad_features, n, c, y_high, x_low, grad * (ly * hx), atomic)
     add_4d(grad_features, n, c, y_high, x_high, grad * (ly * lx), atomic)
+
+
+# Cpu drivers over a channels-last image ``pixels[h*W + w, c]`` (as for B1 above): channels
+# ``first <= c < last`` at once, the same products and sums per channel as b3_interpolate and
+# b3_scatter.
+
+@jitable_inlined_on_cpu
+def b3_add_cell_channels(total, pixels, first, width, y_low, x_low, y_high, x_high, ly, lx):
+    """``total[j] += b3_interpolate(channel first + j, ...)`` for every ``j < len(total)``; cpu only."""
+    f = total.dtype.type
+    hy = f(1) - ly
+    hx = f(1) - lx
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    v_ll, v_lh = pixels[y_low * width + x_low], pixels[y_low * width + x_high]
+    v_hl, v_hh = pixels[y_high * width + x_low], pixels[y_high * width + x_high]
+    for j in range(total.shape[0]):
+        c = first + j
+        total[j] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
+
+
+@jitable_inlined_on_cpu
+def b3_scatter_cell_channels(grad_pixels, first, last, grads, width, y_low, x_low, y_high, x_high,
+                             ly, lx):
+    """``b3_scatter(grads[c - first])`` into channel ``c`` for every ``first <= c < last``; cpu only
+    (a plain add)."""
+    f = grad_pixels.dtype.type
+    hy = f(1) - ly
+    hx = f(1) - lx
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    g_ll, g_lh = grad_pixels[y_low * width + x_low], grad_pixels[y_low * width + x_high]
+    g_hl, g_hh = grad_pixels[y_high * width + x_low], grad_pixels[y_high * width + x_high]
+    for c in range(first, last):
+        grad = grads[c - first]
+        g_ll[c] += grad * w_ll
+        g_lh[c] += grad * w_lh
+        g_hl[c] += grad * w_hl
+        g_hh[c] += grad * w_hh
 
 
 @jitable_inlined_on_cpu

@@ -18,9 +18,9 @@ import numpy as np
 
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import (b3_cell, b3_cell_gradient, b3_coordinate_gradient, b3_inside, b3_interpolate,
-                       b3_scatter, b3_value)
-from .roi_align import unravel_output_index
+from .bilinear import (b3_add_cell_channels, b3_cell, b3_coordinate_gradient, b3_gradient_of_corners,
+                       b3_inside, b3_scatter, b3_scatter_cell_channels, b3_value)
+from .roi_align import channels_first, channels_last, unravel_output_index
 
 
 @jitable
@@ -189,9 +189,9 @@ def trans_cells_shape(grad_trans):
 
 # cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
 # one thread per (box, class, part cell) for the trans gradient, looping over the channels and bins
-# that share the cell, so it needs no atomics. cpu: a parallel iteration per box for the forward, per
-# output channel for the input gradient (output channels read disjoint input channels) and per
-# (box, class, part cell) for the trans gradient.
+# that share the cell, so it needs no atomics. cpu: a parallel iteration per box for the forward and
+# the trans gradient, per (group, block of output channels) for the input gradient (they write
+# disjoint input channels).
 
 @cuda_kernel("F4 F2 F4 f f i i i b F4")
 def deform_psroi_pool_forward_cuda(features, rois, trans, spatial_scale, trans_std, group_size,
@@ -286,12 +286,18 @@ def deform_psroi_samples_tables(features, classes, pooled_size, sample_per_part)
             np.empty((classes, pooled_size, pooled_size), np.int64))
 
 
+# The cpu drivers read (and the input gradient writes) a copy of the features with each group's
+# channels last (``channels_last(features, group_size**2)``): the channels that one bin of a box reads,
+# one per output channel, are then adjacent, so the bin is computed for all of them at once.
+
 @cpu_driver
 def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_std, group_size,
                                   part_size, sample_per_part, no_trans, output):
     f = features.dtype.type
     boxes, output_dim, pooled_size, _ = output.shape
     classes = 1 if no_trans else trans.shape[1] // 2
+    per_class = output_dim // classes
+    pixels = channels_last(features, group_size * group_size)
     for k in numba.prange(boxes):
         cells, fractions, counts = deform_psroi_samples_tables(features, classes, pooled_size,
                                                                sample_per_part)
@@ -299,20 +305,27 @@ def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_st
                                  part_size, sample_per_part, no_trans, output_dim, cells, fractions,
                                  counts)
         n = int(rois[k, 0])
-        for c in range(output_dim):
-            class_id = c // (output_dim // classes)
+        total = np.empty(per_class, features.dtype)
+        for class_id in range(classes):
+            first = class_id * per_class
             for ph in range(pooled_size):
                 for pw in range(pooled_size):
-                    channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
+                    image = pixels[n, deform_psroi_channel(0, ph, pw, group_size, pooled_size)]
                     count = counts[class_id, ph, pw]
-                    total = f(0)
+                    total[:] = f(0)
                     for s in range(count):
-                        total += b3_interpolate(
-                            features, n, channel, cells[class_id, ph, pw, s, 0],
+                        b3_add_cell_channels(
+                            total, image, first, features.shape[3], cells[class_id, ph, pw, s, 0],
                             cells[class_id, ph, pw, s, 1], cells[class_id, ph, pw, s, 2],
                             cells[class_id, ph, pw, s, 3], fractions[class_id, ph, pw, s, 0],
                             fractions[class_id, ph, pw, s, 1])
-                    output[k, c, ph, pw] = total / f(count) if count > 0 else f(0)
+                    for j in range(per_class):
+                        output[k, first + j, ph, pw] = total[j] / f(count) if count > 0 else f(0)
+
+
+# The input gradient on the cpu: a parallel iteration per (group, block of output channels), which
+# own disjoint input channels.
+CHANNEL_BLOCK = 16
 
 
 @cpu_driver
@@ -321,6 +334,8 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
     f = grad_input.dtype.type
     boxes, output_dim, pooled_size, _ = grad_output.shape
     classes = 1 if no_trans else trans.shape[1] // 2
+    per_class = output_dim // classes
+    groups = group_size * group_size
     samples = sample_per_part * sample_per_part
     cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int32)
     fractions = np.empty((boxes, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
@@ -329,23 +344,36 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
         deform_psroi_box_samples(grad_input, rois, trans, k, spatial_scale, trans_std, group_size,
                                  part_size, sample_per_part, no_trans, output_dim, cells[k],
                                  fractions[k], counts[k])
-    for c in numba.prange(output_dim):  # output channels read disjoint input channels: no races
-        class_id = c // (output_dim // classes)
+    width = grad_input.shape[3]
+    grad_pixels = np.zeros((grad_input.shape[0], groups, grad_input.shape[2] * width, output_dim),
+                           grad_input.dtype)
+    blocks = (output_dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    for task in numba.prange(groups * blocks):
+        group = task // blocks
+        block_start = (task - group * blocks) * CHANNEL_BLOCK
+        block_end = min(block_start + CHANNEL_BLOCK, output_dim)
+        grads = np.empty(CHANNEL_BLOCK, grad_input.dtype)
         for k in range(boxes):
-            n = int(rois[k, 0])
+            grad_image = grad_pixels[int(rois[k, 0]), group]
             for ph in range(pooled_size):
                 for pw in range(pooled_size):
-                    count = counts[k, class_id, ph, pw]
-                    if count == 0:
+                    if deform_psroi_channel(0, ph, pw, group_size, pooled_size) != group:
                         continue
-                    channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
-                    grad = grad_output[k, c, ph, pw] / f(count)
-                    for s in range(count):
-                        b3_scatter(grad_input, n, channel, cells[k, class_id, ph, pw, s, 0],
-                                   cells[k, class_id, ph, pw, s, 1], cells[k, class_id, ph, pw, s, 2],
-                                   cells[k, class_id, ph, pw, s, 3],
-                                   fractions[k, class_id, ph, pw, s, 0],
-                                   fractions[k, class_id, ph, pw, s, 1], grad)
+                    for class_id in range(block_start // per_class, (block_end - 1) // per_class + 1):
+                        count = counts[k, class_id, ph, pw]
+                        if count == 0:
+                            continue
+                        first = max(block_start, class_id * per_class)
+                        last = min(block_end, (class_id + 1) * per_class)
+                        for c in range(first, last):
+                            grads[c - first] = grad_output[k, c, ph, pw] / f(count)
+                        for s in range(count):
+                            b3_scatter_cell_channels(
+                                grad_image, first, last, grads, width, cells[k, class_id, ph, pw, s, 0],
+                                cells[k, class_id, ph, pw, s, 1], cells[k, class_id, ph, pw, s, 2],
+                                cells[k, class_id, ph, pw, s, 3], fractions[k, class_id, ph, pw, s, 0],
+                                fractions[k, class_id, ph, pw, s, 1])
+    channels_first(grad_pixels, grad_input)
 
 
 @cpu_driver
@@ -356,6 +384,8 @@ def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial
     boxes, output_dim, pooled_size, _ = grad_output.shape
     classes = trans.shape[1] // 2
     per_class = output_dim // classes
+    width = features.shape[3]
+    pixels = channels_last(features, group_size * group_size)
     for k in numba.prange(boxes):
         _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
         if not (math.isfinite(roi_h) and math.isfinite(roi_w)):  # such a box takes no sample
@@ -374,16 +404,18 @@ def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial
                     count = counts[class_id, ph, pw]
                     if count == 0:
                         continue
+                    image = pixels[n, deform_psroi_channel(0, ph, pw, group_size, pooled_size)]
                     grad_y = f(0)
                     grad_x = f(0)
                     for c in range(class_id * per_class, (class_id + 1) * per_class):
-                        channel = deform_psroi_channel(c, ph, pw, group_size, pooled_size)
                         grad = grad_output[k, c, ph, pw] / f(count)
                         for s in range(count):
-                            dy, dx = b3_cell_gradient(
-                                features, n, channel, cells[class_id, ph, pw, s, 0],
-                                cells[class_id, ph, pw, s, 1], cells[class_id, ph, pw, s, 2],
-                                cells[class_id, ph, pw, s, 3], fractions[class_id, ph, pw, s, 0],
+                            y_low, x_low = cells[class_id, ph, pw, s, 0], cells[class_id, ph, pw, s, 1]
+                            y_high, x_high = cells[class_id, ph, pw, s, 2], cells[class_id, ph, pw, s, 3]
+                            dy, dx = b3_gradient_of_corners(
+                                image[y_low * width + x_low, c], image[y_low * width + x_high, c],
+                                image[y_high * width + x_low, c], image[y_high * width + x_high, c],
+                                y_low, x_low, y_high, x_high, fractions[class_id, ph, pw, s, 0],
                                 fractions[class_id, ph, pw, s, 1])
                             grad_y += grad * dy
                             grad_x += grad * dx

@@ -17,9 +17,9 @@ import numpy as np
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
-from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
-                        roi_align_bin_from_tables, roi_align_box, roi_align_sample,
-                        unravel_output_index)
+from .roi_align import (channels_last, roi_align_bin, roi_align_bin_backward,
+                        roi_align_bin_backward_from_tables, roi_align_bin_channels_from_tables,
+                        roi_align_box, roi_align_sample, unravel_output_index)
 
 
 @jitable
@@ -169,19 +169,22 @@ CHANNEL_BLOCK = 16
 @cpu_driver
 def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
                                 output):
-    # Per box, the samples are tabulated once and reused for all channels, as in roi_align's drivers.
+    # Per box, the samples are tabulated once, and each bin is computed for all channels at once from
+    # a channels-last copy, as in roi_align's forward.
     boxes, channels, pooled_h, pooled_w = output.shape
-    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
+    pixels = channels_last(features)
     for k in numba.prange(boxes):
         n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
-        for c in range(channels):
-            plane = planes[n * channels + c]
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    rows = (ph * pooled_w + pw) * (grid_h + grid_w)
-                    output[k, c, ph, pw] = mask[k, 0, ph, pw] * roi_align_bin_from_tables(
-                        plane, rows, rows + grid_h, grid_h, grid_w, corners, weights)
+        image = pixels[n, 0]
+        total = np.empty(channels, features.dtype)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+                roi_align_bin_channels_from_tables(total, image, rows, rows + grid_h, grid_h, grid_w,
+                                                   corners, weights)
+                for c in range(channels):
+                    output[k, c, ph, pw] = mask[k, 0, ph, pw] * total[c]
 
 
 @cpu_driver

@@ -15,8 +15,8 @@ import numpy as np
 
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
-from .bilinear import (b1_axis_inside, b1_axis_weights, b1_interpolate_rows, b1_scatter,
-                       b1_scatter_rows, b1_value, b1_weights)
+from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
+                       b1_scatter, b1_scatter_rows, b1_value, b1_weights)
 
 # The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
 # sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
@@ -146,10 +146,12 @@ def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, samp
                     roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box, False)
 
 
-# The cpu drivers give each parallel iteration one channel (one input channel for the backward), so
-# that its feature plane stays in cache while every box reads it and no two iterations write the same
-# input-gradient element. Sample positions are separable (a bin's rows and columns), so every box's
-# B1 row and column weights are tabulated once, before the channels, and reused by all of them.
+# Sample positions are separable (a bin's rows and columns), so the cpu drivers tabulate every box's
+# B1 row and column weights once, before the channels, and reuse them for all of them. The forward
+# gives each parallel iteration a box and computes each bin for all channels at once from a
+# channels-last copy of the features (the innermost loop, over contiguous channels, is vectorised).
+# The backward gives each parallel iteration one input channel, so that its gradient plane stays in
+# cache while every box adds to it and no two iterations write the same element.
 
 @jitable
 def roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
@@ -209,6 +211,58 @@ def roi_align_bin_from_tables(plane, rows, columns, grid_h, grid_w, corners, wei
 
 
 @jitable_inlined_on_cpu
+def channels_last(features, groups=1):
+    """A copy of ``(N, C, H, W)`` features with channels last, for cpu drivers that compute a bin for
+    many channels at once (their innermost loop runs over contiguous channels): ``pixels[n, g, h*W + w,
+    c] = features[n, c*groups + g, h, w]``, of shape ``(N, groups, H*W, C // groups)``. With groups,
+    the channels that position-sensitive pooling reads in one bin (one per class) are adjacent."""
+    images, channels, height, width = features.shape
+    pixels = np.empty((images, groups, height * width, channels // groups), features.dtype)
+    for image_row in numba.prange(images * height):
+        n = image_row // height
+        h = image_row - n * height
+        for c in range(channels // groups):
+            for g in range(groups):
+                for w in range(width):
+                    pixels[n, g, h * width + w, c] = features[n, c * groups + g, h, w]
+    return pixels
+
+
+@jitable_inlined_on_cpu
+def channels_first(pixels, features):
+    """The inverse of ``channels_last``: write ``pixels`` into ``(N, C, H, W)`` ``features``."""
+    images, groups, _, per_group = pixels.shape
+    height, width = features.shape[2], features.shape[3]
+    for image_row in numba.prange(images * height):
+        n = image_row // height
+        h = image_row - n * height
+        for c in range(per_group):
+            for g in range(groups):
+                for w in range(width):
+                    features[n, c * groups + g, h, w] = pixels[n, g, h * width + w, c]
+
+
+@jitable_inlined_on_cpu
+def roi_align_bin_channels_from_tables(total, pixels, rows, columns, grid_h, grid_w, corners,
+                                       weights):
+    """``total[c] = roi_align_bin_from_tables(plane of channel c, ...)`` for every channel of a
+    channels-last image ``pixels``: the same sums in the same order."""
+    f = total.dtype.type
+    total[:] = f(0)
+    for r in range(rows, rows + grid_h):
+        if not b1_axis_inside(weights, r):
+            continue
+        for s in range(columns, columns + grid_w):
+            if b1_axis_inside(weights, s):
+                b1_add_rows_channels(total, pixels, corners[r, 0], corners[r, 1], weights[r, 0],
+                                     weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
+                                     weights[s, 1])
+    count = f(max(grid_h * grid_w, 1))
+    for c in range(total.shape[0]):
+        total[c] /= count
+
+
+@jitable_inlined_on_cpu
 def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, grid_w, corners,
                                        weights):
     """``roi_align_bin_backward`` from the tables, as ``roi_align_bin_from_tables`` reads them."""
@@ -225,22 +279,25 @@ def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, 
 
 @cpu_driver
 def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
+    # Box-outer over a channels-last copy: each bin is computed for all channels at once.
     boxes, channels, pooled_h, pooled_w = output.shape
     layout, corners, weights = roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned,
                                                 pooled_h, pooled_w)
     for k in numba.prange(boxes):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
-    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
-    for c in numba.prange(channels):
-        for k in range(boxes):
-            plane = planes[int(rois[k, 0]) * channels + c]
-            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw] = roi_align_bin_from_tables(
-                        plane, first + ph * grid_h, first + pooled_h * grid_h + pw * grid_w,
-                        grid_h, grid_w, corners, weights)
+    pixels = channels_last(features)
+    for k in numba.prange(boxes):
+        image = pixels[int(rois[k, 0]), 0]
+        total = np.empty(channels, features.dtype)
+        first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                roi_align_bin_channels_from_tables(total, image, first + ph * grid_h,
+                                                   first + pooled_h * grid_h + pw * grid_w, grid_h,
+                                                   grid_w, corners, weights)
+                for c in range(channels):
+                    output[k, c, ph, pw] = total[c]
 
 
 @cpu_driver

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
                        thread_start, thread_stride)
-from .roi_align import unravel_output_index
+from .roi_align import channels_last, unravel_output_index
 
 # Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
 # absurdly large (finite) box cannot overflow; it changes nothing for boxes of any real image.
@@ -105,6 +105,27 @@ def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
 
 
 @jitable_inlined_on_cpu
+def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_low, w_high):
+    """``roi_pool_window`` of every channel of a channels-last image ``pixels[h*W + w, c]`` at once,
+    into ``best[c]`` and ``best_index[c]``: the same scan, so the same maximum and argmax."""
+    if h_high <= h_low or w_high <= w_low:
+        best[:] = best.dtype.type(0)
+        best_index[:] = -1
+    else:
+        start = h_low * width + w_low
+        best[:] = pixels[start]
+        best_index[:] = start
+        for h in range(h_low, h_high):
+            for w in range(w_low, w_high):
+                position = h * width + w
+                values = pixels[position]
+                for c in range(best.shape[0]):
+                    larger = values[c] > best[c]
+                    best[c] = values[c] if larger else best[c]
+                    best_index[c] = position if larger else best_index[c]
+
+
+@jitable_inlined_on_cpu
 def roi_pool_scatter(grad, grad_input, n, c, index, atomic=True):
     """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]`` (atomically on the GPU unless
     ``atomic`` is False); nothing for -1."""
@@ -150,9 +171,9 @@ def roi_pool_backward_deterministic_cuda(grad_output, rois, argmax, grad_input):
                                      False)
 
 
-# The cpu drivers give each parallel iteration one channel, so that its feature plane stays in cache
-# while every box reads it and no two iterations write the same input-gradient element; every box's
-# bins are computed once, before the channels.
+# The cpu forward is box-outer over a channels-last copy of the features: each bin is scanned once
+# for all channels (every box's bins computed first). The cpu backward gives each parallel iteration
+# one channel, so that no two iterations write the same input-gradient element.
 
 @cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
@@ -162,16 +183,20 @@ def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
     for k in numba.prange(boxes):
         pool_fill_bounds(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
                          features.shape[3], bounds)
-    for c in numba.prange(channels):
-        for k in range(boxes):
-            n = int(rois[k, 0])
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw], index = roi_pool_window(
-                        features, n, c, bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
-                        bounds[k, 3, pw])
-                    if store_argmax:
-                        argmax[k, c, ph, pw] = index
+    pixels = channels_last(features)
+    for k in numba.prange(boxes):
+        image = pixels[int(rois[k, 0]), 0]
+        best = np.empty(channels, features.dtype)
+        best_index = np.empty(channels, np.int32)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                roi_pool_window_channels(best, best_index, image, features.shape[3], bounds[k, 0, ph],
+                                         bounds[k, 1, ph], bounds[k, 2, pw], bounds[k, 3, pw])
+                for c in range(channels):
+                    output[k, c, ph, pw] = best[c]
+                if store_argmax:
+                    for c in range(channels):
+                        argmax[k, c, ph, pw] = best_index[c]
 
 
 @cpu_driver
