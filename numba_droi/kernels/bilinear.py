@@ -124,6 +124,22 @@ def b1_add_rows_channels(total, pixels, row_low, row_high, hy, ly, x_low, x_high
         total[c] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
 
 
+@jitable_inlined_on_cpu
+def b1_scatter_rows_channels(grad_pixels, first, last, grads, row_low, row_high, hy, ly, x_low, x_high,
+                             hx, lx):
+    """``b1_scatter_rows(grads[c - first])`` into channel ``c`` of a channels-last gradient, for every
+    ``first <= c < last``; cpu only."""
+    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
+    g_ll, g_lh = grad_pixels[row_low + x_low], grad_pixels[row_low + x_high]
+    g_hl, g_hh = grad_pixels[row_high + x_low], grad_pixels[row_high + x_high]
+    for c in range(first, last):
+        grad = grads[c - first]
+        g_ll[c] += grad * w_ll
+        g_lh[c] += grad * w_lh
+        g_hl[c] += grad * w_hl
+        g_hh[c] += grad * w_hh
+
+
 @jitable
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""

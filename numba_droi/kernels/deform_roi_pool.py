@@ -17,8 +17,8 @@ import numpy as np
 from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
-from .roi_align import (channels_last, roi_align_bin, roi_align_bin_backward,
-                        roi_align_bin_backward_from_tables, roi_align_bin_channels_from_tables,
+from .roi_align import (channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
+                        roi_align_bin_backward_channels_from_tables, roi_align_bin_channels_from_tables,
                         roi_align_box, roi_align_sample, unravel_output_index)
 
 
@@ -161,9 +161,14 @@ def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampli
     return n, grid_h, grid_w, corners, weights, free
 
 
-# The input gradient on the cpu: a parallel iteration per block of channels, which computes each box's
-# samples once for the whole block (a block per channel would recompute them for every channel).
-CHANNEL_BLOCK = 16
+@jitable
+def channel_block(channels):
+    """Channels per parallel iteration of the cpu input gradient, which computes each box's samples
+    once for its block and adds into a channels-last gradient for all the block's channels at once:
+    about an eighth of the channels (a wide block shares each sample's table reads among more
+    channels; eight blocks keep a few threads busy), from 16 to 64, a multiple of 8. The values do not
+    depend on it: every element's sum has the same order."""
+    return min(64, max(16, channels // 8 // 8 * 8))
 
 
 @cpu_driver
@@ -191,19 +196,26 @@ def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sam
 def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
                                  gamma, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for block in numba.prange((channels + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK):
+    grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
+                           grad_input.dtype)
+    width = channel_block(channels)
+    for block in numba.prange((channels + width - 1) // width):
+        first = block * width
+        last = min(first + width, channels)
+        grads = np.empty(width, grad_input.dtype)
         for k in range(boxes):
             n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
                 grad_input, rois, offset, k, spatial_scale, sampling_ratio, gamma)
-            for c in range(block * CHANNEL_BLOCK, min((block + 1) * CHANNEL_BLOCK, channels)):
-                grad_plane = grad_planes[n * channels + c]
-                for ph in range(pooled_h):
-                    for pw in range(pooled_w):
-                        rows = (ph * pooled_w + pw) * (grid_h + grid_w)
-                        roi_align_bin_backward_from_tables(
-                            mask[k, 0, ph, pw] * grad_output[k, c, ph, pw], grad_plane, rows,
-                            rows + grid_h, grid_h, grid_w, corners, weights)
+            grad_image = grad_pixels[n, 0]
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    for c in range(first, last):
+                        grads[c - first] = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw]
+                    rows = (ph * pooled_w + pw) * (grid_h + grid_w)
+                    roi_align_bin_backward_channels_from_tables(grads, grad_image, first, last, rows,
+                                                                rows + grid_h, grid_h, grid_w, corners,
+                                                                weights)
+    channels_first(grad_pixels, grad_input)
 
 
 @cpu_driver

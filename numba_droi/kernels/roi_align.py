@@ -16,7 +16,7 @@ import numpy as np
 from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
                         thread_stride)
 from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
-                       b1_scatter, b1_scatter_rows, b1_value, b1_weights)
+                       b1_scatter, b1_scatter_rows, b1_scatter_rows_channels, b1_value, b1_weights)
 
 # The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
 # sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
@@ -275,6 +275,25 @@ def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, 
                 b1_scatter_rows(grad_plane, corners[r, 0], corners[r, 1], weights[r, 0],
                                 weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                                 weights[s, 1], grad)
+
+
+@jitable_inlined_on_cpu
+def roi_align_bin_backward_channels_from_tables(grads, grad_pixels, first, last, rows, columns, grid_h,
+                                                grid_w, corners, weights):
+    """``roi_align_bin_backward_from_tables(grads[c - first], plane of channel c, ...)`` for every
+    ``first <= c < last`` of a channels-last gradient ``grad_pixels``, in the same order; ``grads``
+    is scaled in place."""
+    count = grads.dtype.type(max(grid_h * grid_w, 1))
+    for c in range(first, last):
+        grads[c - first] /= count
+    for r in range(rows, rows + grid_h):
+        if not b1_axis_inside(weights, r):
+            continue
+        for s in range(columns, columns + grid_w):
+            if b1_axis_inside(weights, s):
+                b1_scatter_rows_channels(grad_pixels, first, last, grads, corners[r, 0], corners[r, 1],
+                                         weights[r, 0], weights[r, 1], corners[s, 0], corners[s, 1],
+                                         weights[s, 0], weights[s, 1])
 
 
 @cpu_driver

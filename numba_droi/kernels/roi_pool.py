@@ -202,12 +202,15 @@ def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
 @cpu_driver
 def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for c in numba.prange(channels):
         for k in range(boxes):
-            n = int(rois[k, 0])
+            grad_plane = grad_planes[int(rois[k, 0]) * channels + c]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, n, c, argmax[k, c, ph, pw])
+                    index = argmax[k, c, ph, pw]  # flat in the plane, as roi_pool_scatter reads it
+                    if index >= 0:
+                        grad_plane[index] += grad_output[k, c, ph, pw]
 
 
 KERNELS = {
