@@ -114,14 +114,15 @@ def b1_scatter_rows(grad_plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx
 # b1_interpolate_rows, so the same values bit for bit.
 
 @jitable_inlined_on_cpu
-def b1_add_rows_channels(total, pixels, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
-    """``total[c] += b1_interpolate_rows(plane of channel c, ...)`` for every channel of a
-    channels-last image ``pixels``; cpu only."""
+def b1_add_rows_channels(total, pixels, first, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
+    """``total[j] += b1_interpolate_rows(plane of channel first + j, ...)`` for every ``j <
+    len(total)``, from a channels-last image ``pixels``; cpu only."""
     w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
     v_ll, v_lh = pixels[row_low + x_low], pixels[row_low + x_high]
     v_hl, v_hh = pixels[row_high + x_low], pixels[row_high + x_high]
-    for c in range(total.shape[0]):
-        total[c] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
+    for j in range(total.shape[0]):
+        c = first + j
+        total[j] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
 
 
 @jitable_inlined_on_cpu
@@ -338,21 +339,15 @@ def b3_scatter(grad_features, n, c, y_low, x_low, y_high, x_high, ly, lx, grad, 
 
 
 # Cpu drivers over a channels-last image ``pixels[h*W + w, c]`` (as for B1 above): channels
-# ``first <= c < last`` at once, the same products and sums per channel as b3_interpolate and
-# b3_scatter.
+# ``first <= c < last`` at once, with B1's helpers (B3's cell has the same corner weights), so the
+# same products and sums per channel as b3_interpolate and b3_scatter.
 
 @jitable_inlined_on_cpu
 def b3_add_cell_channels(total, pixels, first, width, y_low, x_low, y_high, x_high, ly, lx):
     """``total[j] += b3_interpolate(channel first + j, ...)`` for every ``j < len(total)``; cpu only."""
     f = total.dtype.type
-    hy = f(1) - ly
-    hx = f(1) - lx
-    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    v_ll, v_lh = pixels[y_low * width + x_low], pixels[y_low * width + x_high]
-    v_hl, v_hh = pixels[y_high * width + x_low], pixels[y_high * width + x_high]
-    for j in range(total.shape[0]):
-        c = first + j
-        total[j] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
+    b1_add_rows_channels(total, pixels, first, y_low * width, y_high * width, f(1) - ly, ly, x_low,
+                         x_high, f(1) - lx, lx)
 
 
 @jitable_inlined_on_cpu
@@ -361,17 +356,8 @@ def b3_scatter_cell_channels(grad_pixels, first, last, grads, width, y_low, x_lo
     """``b3_scatter(grads[c - first])`` into channel ``c`` for every ``first <= c < last``; cpu only
     (a plain add)."""
     f = grad_pixels.dtype.type
-    hy = f(1) - ly
-    hx = f(1) - lx
-    w_ll, w_lh, w_hl, w_hh = hy * hx, hy * lx, ly * hx, ly * lx
-    g_ll, g_lh = grad_pixels[y_low * width + x_low], grad_pixels[y_low * width + x_high]
-    g_hl, g_hh = grad_pixels[y_high * width + x_low], grad_pixels[y_high * width + x_high]
-    for c in range(first, last):
-        grad = grads[c - first]
-        g_ll[c] += grad * w_ll
-        g_lh[c] += grad * w_lh
-        g_hl[c] += grad * w_hl
-        g_hh[c] += grad * w_hh
+    b1_scatter_rows_channels(grad_pixels, first, last, grads, y_low * width, y_high * width,
+                             f(1) - ly, ly, x_low, x_high, f(1) - lx, lx)
 
 
 @jitable_inlined_on_cpu

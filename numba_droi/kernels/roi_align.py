@@ -254,7 +254,7 @@ def roi_align_bin_channels_from_tables(total, pixels, rows, columns, grid_h, gri
             continue
         for s in range(columns, columns + grid_w):
             if b1_axis_inside(weights, s):
-                b1_add_rows_channels(total, pixels, corners[r, 0], corners[r, 1], weights[r, 0],
+                b1_add_rows_channels(total, pixels, 0, corners[r, 0], corners[r, 1], weights[r, 0],
                                      weights[r, 1], corners[s, 0], corners[s, 1], weights[s, 0],
                                      weights[s, 1])
     count = f(max(grid_h * grid_w, 1))
