@@ -12,8 +12,10 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import cuda
-from numba.extending import overload, register_jitable
+from numba.core import cgutils, types
+from numba.extending import intrinsic, overload, register_jitable
 
 try:
     import cupy
@@ -149,6 +151,46 @@ def jitable_inlined_on_cpu(fn):
 
 def cpu_driver(fn):
     return numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
+
+
+# -- cpu memory order ------------------------------------------------------------------------------
+#
+# A cpu driver that gives each parallel iteration a channel visits that channel's planes at the
+# windows of the boxes, in no order: each first touch of a cache line (or of a fresh page of a zeroed
+# gradient) then waits on memory with nothing to overlap it. Going through the planes in order first
+# lets the hardware prefetcher stream them into the cache, after which the boxes' reads hit it: twice
+# as fast for PS RoI Pool.
+
+CACHE_LINE_BYTES = 64
+
+
+@intrinsic
+def _read_kept(typingctx, array, index):
+    """Read ``array[index]`` of a 1-d array, and keep the read though its value is unused (an empty
+    asm statement takes it, which the compiler may not drop)."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1]],
+                                           wraparound=False)
+        byte = builder.load(builder.bitcast(pointer, ir.IntType(8).as_pointer()))
+        builder.asm(ir.FunctionType(ir.VoidType(), [byte.type]), "", "r", [byte], side_effect=True)
+        return context.get_dummy_value()
+    return types.none(array, index), codegen
+
+
+@numba.njit(cache=True)
+def read_in_order(plane):
+    """Bring a 1-d array into the cache: one element of each cache line, first to last."""
+    for i in range(0, plane.size, max(CACHE_LINE_BYTES // plane.itemsize, 1)):
+        _read_kept(plane, i)
+
+
+@numba.njit(cache=True)
+def zero_in_order(plane):
+    """Zero a 1-d array first to last: for a gradient plane that is zero already, its pages and lines
+    are then in the cache before random adds."""
+    plane[:] = 0
 
 
 # Every cuda kernel with its argument spec, so that tools (the PTX tests, the PTX report) can compile

@@ -5,7 +5,8 @@ PS RoI Pool takes its geometry from RoI Pool's helpers (``pool_box`` without the
 and averages the window; PS RoI Align is roi_align's ``roi_align_bin`` with ``aligned=True`` on the
 mapped channel. The cuda kernels give each thread one output element; the cpu drivers give each
 parallel iteration one input channel (which belongs to exactly one output channel and bin, so no two
-iterations write the same element), with every box's bins or samples tabulated once before.
+iterations write the same element), with every box's bins or samples tabulated once before; each
+iteration first goes through its channel's planes in order (``read_in_order``, ``zero_in_order``).
 
 Kernel arguments: ``(features, rois, spatial_scale, output)`` and ``(grad_output, rois, spatial_scale,
 grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spatial_scale``.
@@ -15,7 +16,7 @@ import numba
 import numpy as np
 
 from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                       thread_start, thread_stride)
+                       read_in_order, thread_start, thread_stride, zero_in_order)
 from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
                         roi_align_bin_from_tables, roi_align_box, roi_align_fill_tables,
                         roi_align_tables, unravel_output_index)
@@ -116,8 +117,11 @@ def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
     for k in numba.prange(boxes):
         pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
                          features.shape[3], bounds)
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for channel in numba.prange(features.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(features.shape[0]):
+            read_in_order(planes[n * features.shape[1] + channel])
         for k in range(boxes):
             output[k, c, ph, pw] = ps_roi_pool_window(
                 features, int(rois[k, 0]), channel, bounds[k, 0, ph], bounds[k, 1, ph],
@@ -131,8 +135,11 @@ def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
     for k in numba.prange(boxes):
         pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
                          grad_input.shape[3], bounds)
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(grad_input.shape[0]):
+            zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
         for k in range(boxes):
             ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
                                         bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
@@ -189,6 +196,8 @@ def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, outp
     planes = features.reshape((-1, features.shape[2] * features.shape[3]))
     for channel in numba.prange(features.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(features.shape[0]):
+            read_in_order(planes[n * features.shape[1] + channel])
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             output[k, c, ph, pw] = roi_align_bin_from_tables(
@@ -207,6 +216,8 @@ def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, 
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for channel in numba.prange(grad_input.shape[1]):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(grad_input.shape[0]):
+            zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
         for k in range(boxes):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             roi_align_bin_backward_from_tables(

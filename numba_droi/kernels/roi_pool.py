@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                       thread_start, thread_stride)
+                       thread_start, thread_stride, zero_in_order)
 from .roi_align import channels_last, unravel_output_index
 
 # Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
@@ -173,7 +173,8 @@ def roi_pool_backward_deterministic_cuda(grad_output, rois, argmax, grad_input):
 
 # The cpu forward is box-outer over a channels-last copy of the features: each bin is scanned once
 # for all channels (every box's bins computed first). The cpu backward gives each parallel iteration
-# one channel, so that no two iterations write the same input-gradient element.
+# one channel, so that no two iterations write the same input-gradient element; it zeroes the
+# channel's planes again in order before the boxes add at their argmaxes (see zero_in_order).
 
 @cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
@@ -204,6 +205,8 @@ def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
     for c in numba.prange(channels):
+        for n in range(grad_input.shape[0]):
+            zero_in_order(grad_planes[n * channels + c])
         for k in range(boxes):
             grad_plane = grad_planes[int(rois[k, 0]) * channels + c]
             for ph in range(pooled_h):
