@@ -179,14 +179,14 @@ def _read_kept(typingctx, array, index):
     return types.none(array, index), codegen
 
 
-@numba.njit(cache=True)
+@jitable
 def read_in_order(plane):
     """Bring a 1-d array into the cache: one element of each cache line, first to last."""
     for i in range(0, plane.size, max(CACHE_LINE_BYTES // plane.itemsize, 1)):
         _read_kept(plane, i)
 
 
-@numba.njit(cache=True)
+@jitable
 def zero_in_order(plane):
     """Zero a 1-d array first to last: for a gradient plane that is zero already, its pages and lines
     are then in the cache before random adds."""
