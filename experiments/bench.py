@@ -3,10 +3,12 @@
 Times forward and forward+backward of every operator at its detection-sized case (float32, the cpu
 target) against a peer: torchvision's operator when torchvision is importable (for the deformable RoI
 operators, the one they reduce to without offsets), else our own such operator, or none. Both sides
-run on the same number of threads, repeats interleaved so that both see the same machine state; the
-table reports medians and their ratio (ours / peer: below 1 is faster). Prints the table and, when every operator ran, saves it
-with a plot under experiments/results/. ``--latency`` instead measures each operator's first call in
-fresh processes, with a cold and a warm kernel cache (saved as latency_cpu.md).
+run on the same number of threads, repeats interleaved so that both see the same machine state, each
+forward+backward from cleared gradients (as after a training step's ``zero_grad()``); the table
+reports medians and their ratio (ours / peer: below 1 is faster). Prints the table and, when every
+operator ran, saves it with a plot under experiments/results/. ``--latency`` instead measures each
+operator's first call in fresh processes, with a cold and a warm kernel cache (saved as
+latency_cpu.md).
 
     python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...] [--latency]
 """

@@ -9,34 +9,16 @@ Saves a table (experiments/results/bench_boxes_cpu.md) and a plot of time agains
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numba
 import numpy as np
 
-from numba_droi.autograd import Tensor
-from numba_droi.benchmark import CASES, Setting, machine_and_versions, torchvision_installed
+from numba_droi.benchmark import (CASES, Setting, case_calls, machine_and_versions, timed_medians,
+                                  torchvision_installed)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OPERATORS = [name for name in CASES if name != "deform_conv2d"]
-
-
-def forward_backward(case, setting):
-    """``(ours, peer)``: callables running one forward+backward each (peer None without one)."""
-    xs = [Tensor(setting.array(a), requires_grad=True) for a in case.inputs]
-    grad = np.ones(case.ours(*xs).shape, case.inputs[0].dtype)
-    ours = lambda: case.ours(*xs).backward(grad)  # noqa: E731
-    if case.peer is None:
-        return ours, None
-    if case.peer_name == "torchvision":
-        peer_xs = [setting.peer_tensor(a).requires_grad_(True) for a in case.peer_inputs]
-        peer_grad = setting.torch.ones_like(case.peer(*peer_xs))
-    else:
-        peer_xs = [Tensor(setting.array(a), requires_grad=True) for a in case.peer_inputs]
-        peer_grad = np.ones(case.peer(*peer_xs).shape, case.inputs[0].dtype)
-    return ours, lambda: case.peer(*peer_xs).backward(peer_grad)
 
 
 def measure(boxes_list, repeats, setting):
@@ -46,18 +28,10 @@ def measure(boxes_list, repeats, setting):
     for name in OPERATORS:
         for boxes in boxes_list:
             case = CASES[name](np.random.default_rng(0), setting, boxes=boxes)
-            ours, peer = forward_backward(case, setting)
-            calls = {"ours": ours} if peer is None else {"ours": ours, "peer": peer}
-            times = {key: [] for key in calls}
-            for fn in calls.values():
-                fn()  # warm up
-            for _ in range(repeats):
-                for key, fn in calls.items():
-                    start = time.perf_counter()
-                    fn()
-                    times[key].append(time.perf_counter() - start)
-            rows.append((name, boxes, 1e3 * statistics.median(times["ours"]), case.peer_name,
-                         1e3 * statistics.median(times["peer"]) if peer else None))
+            calls = {side: fn for (direction, side), fn in case_calls(case, setting).items()
+                     if direction == "forward+backward"}
+            medians = timed_medians(calls, repeats, setting)
+            rows.append((name, boxes, medians["ours"], case.peer_name, medians.get("peer")))
             done += 1
             print(f"  [{done}/{total}] {name}, {boxes} boxes", file=sys.stderr, flush=True)
     return rows

@@ -188,6 +188,14 @@ def _detached(tensors):
     return [t.detach() for t in tensors]
 
 
+def _without_grads(tensors):
+    """``tensors`` with their ``.grad`` cleared, as a training step's ``zero_grad()`` leaves them: each
+    forward+backward then times the operator, not the accumulation of its gradient into the last."""
+    for t in tensors:
+        t.grad = None
+    return tensors
+
+
 def measure(names, repeats, setting=None):
     """Rows ``(operator, pass, ours ms, peer name, peer ms)``: medians over ``repeats`` of each
     operator's forward and forward+backward, and of its peer's, on ``setting`` (default: cpu, no
@@ -198,14 +206,23 @@ def measure(names, repeats, setting=None):
 
 
 def _measure(name, repeats, setting):
-    rows = []
     case = CASES[name](np.random.default_rng(0), setting)
+    medians = timed_medians(case_calls(case, setting), repeats, setting)
+    rows = [(name, direction, medians[direction, "ours"], case.peer_name,
+             medians.get((direction, "peer"))) for direction in ("forward", "forward+backward")]
+    print(f"  {name}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def case_calls(case, setting):
+    """Callables that each run ``case`` once: ``{(pass, side): fn}``, with pass ``"forward"`` or
+    ``"forward+backward"`` and side ``"ours"`` or, when the case has a peer, ``"peer"``."""
     xs = [Tensor(setting.array(a), requires_grad=True) for a in case.inputs]
     out = case.ours(*xs)
     grad = _backend.array_module(out.data).ones(out.shape, out.dtype)
     calls = {
         ("forward", "ours"): lambda: case.ours(*_detached(xs)),
-        ("forward+backward", "ours"): lambda: case.ours(*xs).backward(grad),
+        ("forward+backward", "ours"): lambda: case.ours(*_without_grads(xs)).backward(grad),
     }
     if case.peer is not None:
         peer_xs = _peer_tensors(case, setting)
@@ -215,20 +232,20 @@ def _measure(name, repeats, setting):
         else:
             peer_grad = _backend.array_module(out.data).ones(case.peer(*peer_xs).shape, out.dtype)
             calls[("forward", "peer")] = lambda: case.peer(*_detached(peer_xs))
-        calls[("forward+backward", "peer")] = lambda: case.peer(*peer_xs).backward(peer_grad)
+        calls[("forward+backward", "peer")] = lambda: case.peer(*_without_grads(peer_xs)).backward(
+            peer_grad)
+    return calls
+
+
+def timed_medians(calls, repeats, setting):
+    """``{key: median ms}`` of each of ``calls`` over ``repeats``, after one warm-up call each."""
     times = {key: [] for key in calls}
     for fn in calls.values():
         fn()  # compile and warm up
     for _ in range(repeats):  # interleaved: both sides see the same machine state
         for key, fn in calls.items():
             times[key].append(_timed(fn, setting))
-    for direction in ("forward", "forward+backward"):
-        ours_ms = 1e3 * statistics.median(times[direction, "ours"])
-        peer_ms = (1e3 * statistics.median(times[direction, "peer"])
-                   if (direction, "peer") in times else None)
-        rows.append((name, direction, ours_ms, case.peer_name, peer_ms))
-    print(f"  {name}: done", file=sys.stderr, flush=True)
-    return rows
+    return {key: 1e3 * statistics.median(values) for key, values in times.items()}
 
 
 def _no_grad(torch, fn, xs):

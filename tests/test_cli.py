@@ -166,3 +166,23 @@ def test_bench_latency_runs_each_first_call_in_fresh_processes(capsys):
     assert int(compiled_cold) >= 2  # an empty cache: the forward and the backward drivers compile
     assert compiled_warm == "none"  # the cache they filled: every kernel loads from it
     assert "Target: cpu." in out
+
+
+def test_bench_forward_backward_starts_from_cleared_gradients():
+    """Each timed forward+backward leaves one call's gradient, not the sum of all calls'."""
+    rng = np.random.default_rng(0)
+    features, rois = benchmark.detection_case(rng, batch=1, channels=3, height=9, width=8, boxes=4,
+                                              dtype=np.float64)
+    rois[:, 1:] /= 16
+    seen = []
+
+    def ours(x):
+        seen.append(x)
+        return numba_droi.functional.roi_align(x, rois, 2, sampling_ratio=2)
+    calls = benchmark.case_calls(benchmark.Case([features], ours), benchmark.Setting("cpu"))
+    assert set(calls) == {("forward", "ours"), ("forward+backward", "ours")}
+    for _ in range(3):
+        calls["forward+backward", "ours"]()
+    once = ops.roi_align_backward(np.ones((4, 3, 2, 2)), rois, features.shape, 1.0, 2)
+    assert np.any(once != 0)
+    np.testing.assert_array_equal(seen[-1].grad, once)
