@@ -223,40 +223,24 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
                                          sampling_ratio, gamma, grad_offset, grad_mask):
     # Per box: the samples tabulated once. A sample's value and coordinate derivatives are linear in
     # its four corner values, so the sums over channels of grad_output times them are those of the
-    # channel sums of grad_output times each corner: one pass over the channels accumulates those four
-    # sums per sample, and rule B1 is applied to them once. The same sums as
-    # deform_roi_pool_bin_gradient, in another order.
+    # channel sums of grad_output times each corner: one pass over the channels of a channels-last
+    # copy (four contiguous corner rows) accumulates those four sums per sample, and rule B1 is
+    # applied to them once. The same sums as deform_roi_pool_bin_gradient, in another order.
     f = features.dtype.type
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
+    pixels = channels_last(features)
     for k in numba.prange(boxes):
         n, grid_h, grid_w, corners, weights, free = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         if grid_h * grid_w == 0:
             continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
-        corner_sums = np.zeros((pooled_h, pooled_w, grid_h * grid_w, 4), features.dtype)
-        for c in range(channels):
-            plane = planes[n * channels + c]
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    g = grad_output[k, c, ph, pw]
-                    rows = (ph * pooled_w + pw) * (grid_h + grid_w)
-                    for iy in range(grid_h):
-                        r = rows + iy
-                        if not b1_axis_inside(weights, r):
-                            continue  # outside the map: nothing to read
-                        for ix in range(grid_w):
-                            s = rows + grid_h + ix
-                            if not b1_axis_inside(weights, s):
-                                continue
-                            i = iy * grid_w + ix
-                            corner_sums[ph, pw, i, 0] += g * plane[corners[r, 0] + corners[s, 0]]
-                            corner_sums[ph, pw, i, 1] += g * plane[corners[r, 0] + corners[s, 1]]
-                            corner_sums[ph, pw, i, 2] += g * plane[corners[r, 1] + corners[s, 0]]
-                            corner_sums[ph, pw, i, 3] += g * plane[corners[r, 1] + corners[s, 1]]
+        image = pixels[n, 0]
+        grads = np.empty(channels, features.dtype)
         count = f(grid_h * grid_w)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
+                for c in range(channels):
+                    grads[c] = grad_output[k, c, ph, pw]
                 rows = (ph * pooled_w + pw) * (grid_h + grid_w)
                 grad_x = f(0)
                 grad_y = f(0)
@@ -265,12 +249,23 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
                     r = rows + iy
                     for ix in range(grid_w):
                         s = rows + grid_h + ix
-                        i = iy * grid_w + ix
-                        v_ll, v_lh = corner_sums[ph, pw, i, 0], corner_sums[ph, pw, i, 1]
-                        v_hl, v_hh = corner_sums[ph, pw, i, 2], corner_sums[ph, pw, i, 3]
+                        inside = b1_axis_inside(weights, r) and b1_axis_inside(weights, s)
+                        v_ll = f(0)
+                        v_lh = f(0)
+                        v_hl = f(0)
+                        v_hh = f(0)
+                        if inside:  # else outside the map: nothing to read
+                            pixel_ll = image[corners[r, 0] + corners[s, 0]]
+                            pixel_lh = image[corners[r, 0] + corners[s, 1]]
+                            pixel_hl = image[corners[r, 1] + corners[s, 0]]
+                            pixel_hh = image[corners[r, 1] + corners[s, 1]]
+                            for c in range(channels):
+                                v_ll += grads[c] * pixel_ll[c]
+                                v_lh += grads[c] * pixel_lh[c]
+                                v_hl += grads[c] * pixel_hl[c]
+                                v_hh += grads[c] * pixel_hh[c]
                         w_ll, w_lh = weights[r, 0] * weights[s, 0], weights[r, 0] * weights[s, 1]
                         w_hl, w_hh = weights[r, 1] * weights[s, 0], weights[r, 1] * weights[s, 1]
-                        inside = b1_axis_inside(weights, r) and b1_axis_inside(weights, s)
                         dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl,
                                                         w_hh, inside and free[r], inside and free[s])
                         grad_x += dx
