@@ -158,8 +158,8 @@ def cpu_driver(fn):
 # A cpu driver that gives each parallel iteration a channel visits that channel's planes at the
 # windows of the boxes, in no order: each first touch of a cache line (or of a fresh page of a zeroed
 # gradient) then waits on memory with nothing to overlap it. Going through the planes in order first
-# lets the hardware prefetcher stream them into the cache, after which the boxes' reads hit it: twice
-# as fast for PS RoI Pool.
+# lets the hardware prefetcher stream them into the cache, after which the boxes' reads hit it: 1.4
+# to 2.2x faster for the PS operators.
 
 CACHE_LINE_BYTES = 64
 
