@@ -18,8 +18,8 @@ import os
 import numba
 import numpy as np
 
-from numba_droi.benchmark import (CASES, Setting, latency, latency_table, measure, table,
-                                  torchvision_installed)
+from numba_droi.benchmark import Setting, latency, latency_table, measure, table, torchvision_installed
+from numba_droi.registry import BY_NAME
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -54,7 +54,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="these operators only")
+    parser.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these operators only")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.add_argument("--latency", action="store_true",
                         help="first calls in fresh processes, cold and warm kernel cache")
@@ -62,7 +62,7 @@ def main(argv=None):
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     if args.latency:
         os.environ["NUMBA_NUM_THREADS"] = str(numba.get_num_threads())  # for the fresh processes
-        text = latency_table(latency(args.only or list(CASES), "cpu"), "cpu")
+        text = latency_table(latency(args.only or list(BY_NAME), "cpu"), "cpu")
         print(text)
         if not (args.no_save or args.only):
             os.makedirs(RESULTS, exist_ok=True)
@@ -70,7 +70,7 @@ def main(argv=None):
                 f.write("# First-call latency, cpu\n\n" + text)
         return text
     setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
-    rows = measure(args.only or list(CASES), args.repeats, setting)
+    rows = measure(args.only or list(BY_NAME), args.repeats, setting)
     text = table(rows, args.threads, setting)
     print(text)
     if not (args.no_save or args.only):

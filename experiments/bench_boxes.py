@@ -14,11 +14,12 @@ import sys
 import numba
 import numpy as np
 
-from numba_droi.benchmark import (CASES, Setting, case_calls, machine_and_versions, timed_medians,
+from numba_droi import registry
+from numba_droi.benchmark import (Setting, case, case_calls, machine_and_versions, timed_medians,
                                   torchvision_installed)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-OPERATORS = [name for name in CASES if name != "deform_conv2d"]
+OPERATORS = [operator.name for operator in registry.OPERATORS if "rois" in operator.arrays]  # those with boxes
 
 
 def measure(boxes_list, repeats, setting):
@@ -27,11 +28,11 @@ def measure(boxes_list, repeats, setting):
     total, done = len(OPERATORS) * len(boxes_list), 0
     for name in OPERATORS:
         for boxes in boxes_list:
-            case = CASES[name](np.random.default_rng(0), setting, boxes=boxes)
-            calls = {side: fn for (direction, side), fn in case_calls(case, setting).items()
+            boxes_case = case(name, setting, boxes=boxes)
+            calls = {side: fn for (direction, side), fn in case_calls(boxes_case, setting).items()
                      if direction == "forward+backward"}
             medians = timed_medians(calls, repeats, setting)
-            rows.append((name, boxes, medians["ours"], case.peer_name, medians.get("peer")))
+            rows.append((name, boxes, medians["ours"], boxes_case.peer_name, medians.get("peer")))
             done += 1
             print(f"  [{done}/{total}] {name}, {boxes} boxes", file=sys.stderr, flush=True)
     return rows

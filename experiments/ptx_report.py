@@ -85,6 +85,7 @@ def markdown(rows, tools, capabilities):
     archs = [f"sm_{cc}" for cc in capabilities]
     by_key = {(r["kernel"], r["dtype"], r["arch"]): r for r in rows}
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    operators = ptx.operator_kernels()
     lines = ["# PTX resources of the cuda kernels", "",
              "Every cuda kernel compiled to PTX by Numba (no GPU needed) and assembled by `ptxas -v`. "
              "Per thread: registers, spill stores/loads and stack frame (local memory) in bytes; shared "
@@ -97,8 +98,8 @@ def markdown(rows, tools, capabilities):
               f"{platform.machine()} {platform.system()}", ""]
     measures = ("registers", "occupancy", "spill st/ld", "stack", "shared")
     columns = [f"{arch} {what}" for arch in archs for what in measures]
-    lines += ["| kernel | dtype | " + " | ".join(columns) + " | f64 |",
-              "|---|---|" + "---:|" * len(columns) + "---:|"]
+    lines += ["| operator | kernel | dtype | " + " | ".join(columns) + " | f64 |",
+              "|---|---|---|" + "---:|" * len(columns) + "---:|"]
     for kernel in kernels:
         label = f"**{kernel}**" if ptx.is_forward(kernel) else kernel
         for dtype in ptx.DTYPES:
@@ -109,7 +110,7 @@ def markdown(rows, tools, capabilities):
                           f"{r['spill_stores']}/{r['spill_loads']}", r["stack_frame"], r["shared"]]
             f64 = by_key[kernel, dtype, archs[0]]["f64"]
             cells.append("" if f64 is None else f64)
-            lines.append(f"| {label} | {dtype} | " + " | ".join(map(str, cells)) + " |")
+            lines.append(f"| {operators[kernel]} | {label} | {dtype} | " + " | ".join(map(str, cells)) + " |")
     lines += ["", "## Targets", ""]
     for target, misses in targets(rows):
         lines.append(f"- {target}: " + ("met" if not misses else "missed by " + ", ".join(misses)))

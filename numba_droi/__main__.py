@@ -4,7 +4,7 @@ import sys
 
 import numba
 
-from . import _backend, demo
+from . import _backend, demo, registry
 
 
 def main(argv=None):
@@ -20,14 +20,14 @@ def main(argv=None):
                       "exit status 1 if any fails")
     check_parser.add_argument("--target", choices=_backend.TARGETS, default=None,
                               help="default: cuda when a GPU is present, else cpu")
-    check_parser.add_argument("--only", nargs="+", choices=list(demo.OPERATORS), metavar="OPERATOR",
+    check_parser.add_argument("--only", nargs="+", choices=list(registry.BY_NAME), metavar="OPERATOR",
                               help="these operators only (default: all)")
     bench_parser = commands.add_parser(
         "bench", help="time every operator forward and forward+backward at a detection-sized case")
     bench_parser.add_argument("--target", choices=_backend.TARGETS, default=None,
                               help="default: cuda when a GPU is present, else cpu (cuda needs a GPU: "
                                    "the simulator is no place for timings)")
-    bench_parser.add_argument("--only", nargs="+", choices=list(demo.OPERATORS), metavar="OPERATOR",
+    bench_parser.add_argument("--only", nargs="+", choices=list(registry.BY_NAME), metavar="OPERATOR",
                               help="these operators only (default: all)")
     bench_parser.add_argument("--repeats", type=int, default=5, help="timed repeats (medians reported)")
     bench_parser.add_argument("--torchvision", action="store_true",
@@ -57,7 +57,7 @@ def _bench(args, parser):
     target = args.target or ("cuda" if _backend.gpu_available() else "cpu")
     if target == "cuda" and not _backend.gpu_available():
         parser.error("bench --target cuda needs a GPU with CuPy: the simulator is no place for timings")
-    names = args.only or list(benchmark.CASES)
+    names = args.only or list(registry.BY_NAME)
     if args.latency:
         if args.torchvision:
             parser.error("--latency times numba_droi alone; leave out --torchvision")

@@ -7,7 +7,9 @@ This is the only module that imports ``numba.cuda`` or ``cupy``. Everything else
   launched on CuPy's current stream. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's
   simulator, and ``target("cuda")`` routes NumPy arrays to them.
 """
+import collections
 import contextlib
+import functools
 import math
 
 import numba
@@ -193,8 +195,13 @@ def zero_in_order(plane):
     plane[:] = 0
 
 
-# Every cuda kernel with its argument spec, so that tools (the PTX tests, the PTX report) can compile
-# each one without a GPU: name -> (kernel, spec).
+class CudaKernel(collections.namedtuple("CudaKernel", "kernel spec function")):
+    """A cuda kernel (``kernel``), its argument spec (see ``cuda_kernel``) and the plain Python
+    ``function`` it was compiled from, which ``kernel_on_cpu`` compiles for the cpu."""
+
+
+# Every cuda kernel, so that tools (the PTX tests, the PTX report) can compile each one without a GPU
+# and the tests can run each one on the cpu: name -> CudaKernel.
 CUDA_KERNELS = {}
 
 
@@ -207,7 +214,7 @@ def cuda_kernel(argument_spec):
     """
     def compile_kernel(fn):
         kernel = cuda.jit(cache=True)(fn)
-        CUDA_KERNELS[fn.__name__] = (kernel, argument_spec)
+        CUDA_KERNELS[fn.__name__] = CudaKernel(kernel, argument_spec, fn)
         return kernel
     return compile_kernel
 
@@ -253,6 +260,18 @@ def thread_stride():
     return kernel_api.gridsize(1)
 
 
+# On the cpu a grid-stride kernel is one thread that walks the whole loop (``kernel_on_cpu``).
+
+@for_cpu(thread_start)
+def _thread_start_cpu():
+    return 0
+
+
+@for_cpu(thread_stride)
+def _thread_stride_cpu():
+    return 1
+
+
 @jitable
 def add_4d(array, i, j, k, l, value, atomic=True):
     """``array[i, j, k, l] += value``: atomically on the GPU, unless ``atomic`` is False, for kernels
@@ -270,11 +289,40 @@ def _add_4d_cpu(array, i, j, k, l, value, atomic=True):
     array[i, j, k, l] += value
 
 
+@functools.cache
+def kernel_on_cpu(name):
+    """The cuda kernel ``name`` of ``CUDA_KERNELS``, its own source compiled for the cpu and run
+    serially: ``thread_start()`` is 0, ``thread_stride()`` 1 and atomic adds are plain adds. Not cached
+    on disk (the cuda kernel's cache would share its file names)."""
+    return numba.njit(error_model="numpy")(CUDA_KERNELS[name].function)
+
+
+_cuda_kernels_on_cpu = False
+
+
+@contextlib.contextmanager
+def cuda_kernels_on_cpu():
+    """Inside the block, NumPy arrays run on the cuda target, and each cuda kernel launched runs as
+    ``kernel_on_cpu``: the cuda kernels' own source, at any size, on a machine without a GPU (the
+    simulator, much slower, is for bounds checking)."""
+    global _numpy_target, _cuda_kernels_on_cpu
+    previous = _numpy_target, _cuda_kernels_on_cpu
+    _numpy_target, _cuda_kernels_on_cpu = "cuda", True
+    try:
+        yield
+    finally:
+        _numpy_target, _cuda_kernels_on_cpu = previous
+
+
 # -- launching -------------------------------------------------------------------------------------
 
 def launch(kernel, size, *args):
-    """Launch a grid-stride ``kernel`` over ``size`` elements on CuPy's current stream."""
+    """Launch a grid-stride ``kernel`` over ``size`` elements on CuPy's current stream (or, inside
+    ``cuda_kernels_on_cpu``, run it on the cpu)."""
     if size == 0:
+        return
+    if _cuda_kernels_on_cpu:
+        kernel_on_cpu(kernel.__name__)(*args)
         return
     threads = SIMULATOR_THREADS if SIMULATED else CUDA_THREADS
     blocks = min(math.ceil(size / threads), 1 if SIMULATED else MAX_BLOCKS)
@@ -302,19 +350,40 @@ def kernel_ptx(name, dtype, cc):
     ``cc`` (a pair such as ``(9, 0)``), compiled without a GPU; not under the simulator."""
     if SIMULATED:
         raise RuntimeError("compiling PTX needs NUMBA_ENABLE_CUDASIM=0: the simulator does not compile")
-    import numba.cuda.dispatcher
-    from types import SimpleNamespace
-
-    kernel, spec = CUDA_KERNELS[name]
-    # The helpers a kernel calls are compiled for the current device, which asks the driver; without a
-    # GPU there is none, so stand in a device of capability ``cc``.
-    get_current_device = numba.cuda.dispatcher.get_current_device
-    numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
-    try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, kernel_argument_types(spec, dtype), cc=cc)
-    finally:
-        numba.cuda.dispatcher.get_current_device = get_current_device
+    kernel = CUDA_KERNELS[name]
+    with _stand_in_device(cc):
+        ptx, _ = cuda.compile_ptx(kernel.function, kernel_argument_types(kernel.spec, dtype), cc=cc)
     return ptx
+
+
+@contextlib.contextmanager
+def _stand_in_device(cc):
+    """Inside the block, numba-cuda's current device is a stand-in of compute capability ``cc``.
+
+    The one place that reaches into numba-cuda's internals. ``cuda.compile_ptx(..., cc=cc)`` needs no
+    driver for the kernel itself, but it compiles each device function the kernel calls (our
+    ``jitable`` helpers) for ``numba.cuda.dispatcher.get_current_device().compute_capability``, which
+    asks the driver (numba-cuda 0.30). That capability steers the helpers' code (float64 atomic adds
+    are native from 6.0), so the stand-in must have ``cc``. A numba-cuda without that function, or one
+    that asks the driver another way, fails here with a RuntimeError naming its version.
+    """
+    from importlib.metadata import version
+    from unittest import mock
+
+    import numba.cuda.dispatcher as dispatcher
+    from numba.cuda.cudadrv.error import CudaSupportError
+
+    numba_cuda = f"numba-cuda {version('numba-cuda')}"
+    if not callable(getattr(dispatcher, "get_current_device", None)):
+        raise RuntimeError(f"{numba_cuda} has no numba.cuda.dispatcher.get_current_device to stand a "
+                           "device in for: compiling PTX without a GPU needs another way on it")
+    device = collections.namedtuple("StandInDevice", "compute_capability")(tuple(cc))
+    with mock.patch.object(dispatcher, "get_current_device", lambda: device):
+        try:
+            yield
+        except CudaSupportError as error:
+            raise RuntimeError(f"{numba_cuda} asked the CUDA driver for a device while compiling PTX, "
+                               "past the stand-in for numba.cuda.dispatcher.get_current_device") from error
 
 
 # -- deterministic algorithms ----------------------------------------------------------------------

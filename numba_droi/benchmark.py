@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 import numba_droi
-from numba_droi import _backend, demo
+from numba_droi import _backend, demo, registry
 from numba_droi import functional as F
 from numba_droi.autograd import Tensor
 
@@ -59,15 +59,6 @@ class Setting:
                 self.torch.cuda.synchronize()
 
 
-def detection_case(rng, batch=2, channels=256, height=50, width=68, boxes=512, dtype=np.float32):
-    """Features of a stride-16 map of an 800x1088 image and boxes of 16 to 512 pixels on it."""
-    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    size = np.exp(rng.uniform(np.log(16), np.log(512), (boxes, 2)))
-    centre = rng.uniform(0, 1, (boxes, 2)) * (width * 16, height * 16)
-    rois = np.concatenate([rng.integers(0, batch, (boxes, 1)), centre - size / 2, centre + size / 2], 1)
-    return features, rois.astype(dtype)
-
-
 class Case:
     """One benchmark row pair: ``ours(*tensors)`` on Tensors made of ``inputs`` (the arrays that get
     gradients), and the ``peer`` named ``peer_name`` on ``peer_inputs`` (default: ``inputs``) as torch
@@ -79,95 +70,34 @@ class Case:
         self.peer_inputs = inputs if peer_inputs is None else peer_inputs
 
 
-# Every case function takes ``(rng, setting)`` and, but for deform_conv2d, ``boxes`` (512 by default).
-
-def roi_align_case(rng, setting, boxes=512):
-    return _torchvision_case(*detection_case(rng, boxes=boxes), F.roi_align, "roi_align", setting,
-                             dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True))
-
-
-def _torchvision_case(features, rois, ours, peer_name, setting, options):
-    """Case of ``ours(x, rois, **options)`` against ``torchvision.ops.<peer_name>`` when asked for."""
-    target_rois = setting.array(rois)
-
-    def call(x):
-        return ours(x, target_rois, **options)
-    if setting.torchvision is None:
-        return Case([features], call)
-    torch_rois = setting.peer_tensor(rois)
-    peer = getattr(setting.torchvision.ops, peer_name)
-    return Case([features], call, "torchvision", lambda x: peer(x, torch_rois, **options))
-
-
-def roi_pool_case(rng, setting, boxes=512):
-    return _torchvision_case(*detection_case(rng, boxes=boxes), F.roi_pool, "roi_pool", setting,
-                             dict(output_size=7, spatial_scale=1 / 16))
-
-
-def ps_roi_pool_case(rng, setting, boxes=512):
-    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7, boxes=boxes), F.ps_roi_pool, "ps_roi_pool",
-                             setting, dict(output_size=7, spatial_scale=1 / 16))
-
-
-def ps_roi_align_case(rng, setting, boxes=512):
-    return _torchvision_case(*detection_case(rng, channels=10 * 7 * 7, boxes=boxes), F.ps_roi_align, "ps_roi_align",
-                             setting, dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2))
-
-
-def deform_roi_pool_case(rng, setting, boxes=512):
-    """Against RoI Align (aligned, at the same size): deformable pooling with zero offsets, which
-    torchvision has; our own roi_align without torchvision."""
-    features, rois = detection_case(rng, boxes=boxes)
-    offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
-    options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
-    return _offset_free_peer(Case([features, offset], lambda x, o: F.deform_roi_pool(
-        x, setting.array(rois), o, **options)), features, rois, "roi_align", setting,
-        dict(options, aligned=True))
-
-
-def _offset_free_peer(case, features, rois, peer_name, setting, options):
-    """``case`` with the peer ``peer_name(x, rois, **options)`` on ``features``: torchvision's when
-    asked for, else ours."""
-    peer = _torchvision_case(features, rois, getattr(F, peer_name), peer_name, setting, options)
-    if peer.peer is None:
-        target_rois = setting.array(rois)
-        peer.peer_name = f"numba_droi {peer_name}"
-        peer.peer = lambda x: getattr(F, peer_name)(x, target_rois, **options)
-    case.peer_name, case.peer, case.peer_inputs = peer.peer_name, peer.peer, [features]
-    return case
-
-
-def deform_psroi_pool_case(rng, setting, boxes=512):
-    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels; against PS RoI
-    Align with 4x4 samples per bin (torchvision's when asked for, else ours)."""
-    features, rois = detection_case(rng, channels=10 * 49, boxes=boxes)
-    trans = rng.standard_normal((len(rois), 2, 7, 7)).astype(features.dtype)
-    target_rois = setting.array(rois)
-    return _offset_free_peer(Case([features, trans], lambda x, t: F.deform_psroi_pool(
-        x, target_rois, t, 1 / 16, 10, 7, 7, 7, 4, 0.1)), features, rois, "ps_roi_align", setting,
-        dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=4))
-
-
-def deform_conv2d_case(rng, setting):
-    """Batch 2, 64 -> 64 channels, 64x64, 3x3 kernel, padding 1, random offsets (DCNv1)."""
-    features = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
-    offset = rng.uniform(-2, 2, (2, 18, 64, 64)).astype(np.float32)
-    weight = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
-    bias = rng.standard_normal(64).astype(np.float32)
-    inputs = [features, offset, weight, bias]
-
-    def ours(x, o, w, b):
-        return F.deform_conv2d(x, o, w, b, padding=1)
-    if setting.torchvision is None:
+def case(name, setting, boxes=512):
+    """The benchmark ``Case`` of operator ``name`` (its record's detection-sized case, with ``boxes``
+    boxes where it takes boxes): against torchvision's operator when ``setting`` asks for it, else
+    against our own operator that the record names as the peer (the deformable operators' offset-free
+    counterparts), else alone."""
+    operator = registry.BY_NAME[name]
+    example, peer = operator.benchmark(np.random.default_rng(0), boxes)
+    inputs, ours = demo.example_call(operator, example, setting.array)
+    differentiable = operator.wanted(example.arrays)
+    if peer is None:
         return Case(inputs, ours)
-    return Case(inputs, ours, "torchvision",
-                lambda x, o, w, b: setting.torchvision.ops.deform_conv2d(x, o, w, b, padding=1))
+    peer_differentiable = [key for key in peer.arrays if key in differentiable]
+    peer_inputs = [example.arrays[key] for key in peer_differentiable]
+    if setting.torchvision is not None:
+        function = getattr(setting.torchvision.ops, peer.name)
+        peer_fixed = {key: setting.peer_tensor(example.arrays[key]) for key in peer.arrays}
+        peer_name = "torchvision"
+    elif peer.name != name and peer.name in registry.BY_NAME:
+        function = getattr(F, peer.name)
+        peer_fixed = {key: setting.array(example.arrays[key]) for key in peer.arrays}
+        peer_name = f"numba_droi {peer.name}"
+    else:
+        return Case(inputs, ours)
 
-
-# operator -> function(rng, setting) -> Case, at the detection-sized case of that operator
-CASES = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "ps_roi_pool": ps_roi_pool_case,
-         "ps_roi_align": ps_roi_align_case, "deform_roi_pool": deform_roi_pool_case,
-         "deform_psroi_pool": deform_psroi_pool_case, "deform_conv2d": deform_conv2d_case}
+    def peer_call(*tensors):  # positionally: torchvision names the boxes ``boxes``
+        arrays = dict(peer_fixed, **dict(zip(peer_differentiable, tensors)))
+        return function(*(arrays[key] for key in peer.arrays), **peer.options)
+    return Case(inputs, ours, peer_name, peer_call, peer_inputs)
 
 
 def _timed(fn, setting):
@@ -206,9 +136,9 @@ def measure(names, repeats, setting=None):
 
 
 def _measure(name, repeats, setting):
-    case = CASES[name](np.random.default_rng(0), setting)
-    medians = timed_medians(case_calls(case, setting), repeats, setting)
-    rows = [(name, direction, medians[direction, "ours"], case.peer_name,
+    case_ = case(name, setting)
+    medians = timed_medians(case_calls(case_, setting), repeats, setting)
+    rows = [(name, direction, medians[direction, "ours"], case_.peer_name,
              medians.get((direction, "peer"))) for direction in ("forward", "forward+backward")]
     print(f"  {name}: done", file=sys.stderr, flush=True)
     return rows
@@ -297,7 +227,10 @@ def first_call(name, target="cpu"):
     Numba's cpu target (once per process, whichever function is compiled or loaded first)."""
     setting = Setting(target)
     xp = _backend.cupy if setting.gpu else np
-    arrays, call = demo.OPERATORS[name](np.random.default_rng(0), *demo.SIZES["gradcheck"], np.float32, xp)
+    operator = registry.BY_NAME[name]
+    arrays, call = demo.example_call(
+        operator, operator.example(np.random.default_rng(0), np.float32, **demo.SIZES["gradcheck"]),
+        setting.array)
     with setting.context():
         xs = [Tensor(setting.array(a), requires_grad=True) for a in arrays]
         setting.synchronize()
@@ -316,7 +249,7 @@ def first_call(name, target="cpu"):
 
 def _compiled_kernels():
     """Names of the cpu drivers and cuda kernels this process compiled (a miss of the on-disk cache)."""
-    kernels = {name: kernel for name, (kernel, _) in _backend.CUDA_KERNELS.items()}
+    kernels = {name: cuda_kernel.kernel for name, cuda_kernel in _backend.CUDA_KERNELS.items()}
     for module_name, module in list(sys.modules.items()):
         if module_name.startswith("numba_droi.kernels."):
             kernels.update((name, value) for name, value in vars(module).items()
@@ -359,7 +292,7 @@ def latency_table(rows, target):
         setup_text = "n/a" if setup is None else f"{setup:.2f}"
         lines.append(f"| {name} | {imported:.2f} | {cold:.2f} | {warm:.2f} | {setup_text} "
                      f"| {len(compiled_cold)} | {', '.join(compiled_warm) or 'none'} |")
-    size = "x".join(map(str, demo.SIZES["gradcheck"]))
+    size = "x".join(map(str, demo.SIZES["gradcheck"].values()))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if target == "cuda" and _backend.gpu_available():
         machine += f", {_backend.gpu_description()['name']}"

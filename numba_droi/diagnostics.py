@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import scipy
 
-from . import __version__, _backend, demo
+from . import __version__, _backend, demo, registry
 from .autograd import Tensor
 from .gradcheck import GradcheckError, gradcheck
 
@@ -25,8 +25,11 @@ def check(target=None, names=None, out=print):
     header = ("operator", "inputs", "result", "detail")
     rows = []
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
-        for name in names or demo.OPERATORS:
-            arrays, call = demo.OPERATORS[name](np.random.default_rng(0), *demo.SIZES["gradcheck"], np.float64, xp)
+        for name in names or registry.BY_NAME:
+            operator = registry.BY_NAME[name]
+            arrays, call = demo.example_call(
+                operator, operator.example(np.random.default_rng(0), np.float64, **demo.SIZES["gradcheck"]),
+                xp.asarray)
             tensors = [Tensor(xp.asarray(a), requires_grad=True) for a in arrays]
             try:
                 gradcheck(call, tensors)

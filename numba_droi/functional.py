@@ -1,196 +1,74 @@
-"""Differentiable operators: Tensor in, Tensor out, one ``Function`` each."""
+"""Differentiable operators: Tensor in, Tensor out, one ``Function`` each.
+
+Every operator of ``numba_droi.registry`` is here under its name (``functional.roi_align``, ...), with
+the signature of its array-level forward: its arrays may be Tensors, and those that require gradients
+get them. ``FUNCTIONS[name]`` is the operator's ``Function`` (a subclass of ``OperatorFunction``).
+"""
+import inspect
+
 import numpy as np
 
-from . import _backend, ops
+from . import _backend, ops, registry
 from .autograd import Function, Tensor
 
 
-class RoIAlign(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale, sampling_ratio, aligned)
-        return ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+class OperatorFunction(Function):
+    """The ``Function`` of an operator of the registry (``operator``; one subclass per operator):
+    ``apply`` takes the forward's arguments in order, ``backward`` computes only the gradients that
+    ``needs_input_grad`` asks for."""
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        input_shape, spatial_scale, sampling_ratio, aligned = ctx.arguments
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = ops.roi_align_backward(grad_output, rois, input_shape, spatial_scale,
-                                                sampling_ratio, aligned)
-        return grad_input, None, None, None, None, None
+    operator = None
+
+    @classmethod
+    def forward(cls, ctx, *arguments):
+        operator = cls.operator
+        named = dict(zip(inspect.signature(operator.forward).parameters, arguments))
+        arrays = {name: named[name] for name in operator.arrays}
+        needs = dict(zip(named, ctx.needs_input_grad))
+        ctx.options = {name: named[name] for name in operator.options}
+        ctx.wanted = tuple(name for name in operator.wanted(arrays) if needs[name])
+        output, ctx.saved = operator.forward_saving(ops, arrays, ctx.options, ctx.wanted)
+        return output
+
+    @classmethod
+    def backward(cls, ctx, grad_output):
+        grads = cls.operator.vjp(ops, grad_output, ctx.saved, ctx.options, ctx.wanted)
+        return tuple(grads.get(name) for name in inspect.signature(cls.operator.forward).parameters)
 
 
-def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """Differentiable ``numba_droi.roi_align`` (gradient with respect to ``input``)."""
-    return RoIAlign.apply(_tensor(input), rois, output_size, spatial_scale, sampling_ratio, aligned)
+def _differentiable(operator):
+    """``(Function, function)`` of ``operator``: the function applies the Function to the forward's
+    arguments (its first array made a Tensor)."""
+    function_class = type(f"{_camel_case(operator.name)}Function", (OperatorFunction,),
+                          {"operator": operator, "__module__": __name__})
+    signature = inspect.signature(operator.forward)
+    first = operator.arrays[0]
+
+    def apply(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments, **{first: _tensor(bound.arguments[first])})
+        return function_class.apply(*arguments.values())
+
+    apply.__name__ = apply.__qualname__ = operator.name
+    apply.__module__ = __name__
+    apply.__signature__ = signature
+    apply.__doc__ = (f"Differentiable ``numba_droi.{operator.name}`` (gradients with respect to "
+                     f"{', '.join(operator.differentiable)}).\n\n{operator.forward.__doc__ or ''}")
+    return function_class, apply
 
 
-roi_align.__doc__ += "\n" + ops.roi_align.__doc__
+def _camel_case(name):
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
 def _tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
 
 
-class RoIPool(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale):
-        if not ctx.needs_input_grad[0]:
-            return ops.roi_pool(input, rois, output_size, spatial_scale)
-        output, argmax = ops.roi_pool_with_argmax(input, rois, output_size, spatial_scale)
-        ctx.save_for_backward(rois, argmax)
-        ctx.input_shape = tuple(input.shape)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        rois, argmax = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = ops.roi_pool_backward(grad_output, rois, argmax, ctx.input_shape)
-        return grad_input, None, None, None
-
-
-def roi_pool(input, rois, output_size, spatial_scale=1.0):
-    """Differentiable ``numba_droi.roi_pool`` (gradient with respect to ``input``, through the
-    argmax of the forward)."""
-    return RoIPool.apply(_tensor(input), rois, output_size, spatial_scale)
-
-
-roi_pool.__doc__ += "\n" + ops.roi_pool.__doc__
-
-
-class PSRoIPool(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale)
-        return ops.ps_roi_pool(input, rois, output_size, spatial_scale)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        input_shape, spatial_scale = ctx.arguments
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = ops.ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale)
-        return grad_input, None, None, None
-
-
-def ps_roi_pool(input, rois, output_size, spatial_scale=1.0):
-    """Differentiable ``numba_droi.ps_roi_pool`` (gradient with respect to ``input``)."""
-    return PSRoIPool.apply(_tensor(input), rois, output_size, spatial_scale)
-
-
-ps_roi_pool.__doc__ += "\n" + ops.ps_roi_pool.__doc__
-
-
-class PSRoIAlign(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale, sampling_ratio)
-        return ops.ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        input_shape, spatial_scale, sampling_ratio = ctx.arguments
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = ops.ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale,
-                                                   sampling_ratio)
-        return grad_input, None, None, None, None
-
-
-def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
-    """Differentiable ``numba_droi.ps_roi_align`` (gradient with respect to ``input``)."""
-    return PSRoIAlign.apply(_tensor(input), rois, output_size, spatial_scale, sampling_ratio)
-
-
-ps_roi_align.__doc__ += "\n" + ops.ps_roi_align.__doc__
-
-
-class DeformRoIPool(Function):
-    @staticmethod
-    def forward(ctx, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask):
-        ctx.save_for_backward(input, rois, offset, mask)
-        ctx.arguments = (spatial_scale, sampling_ratio, gamma)
-        return ops.deform_roi_pool(input, rois, offset, output_size, spatial_scale, sampling_ratio,
-                                   gamma, mask)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, rois, offset, mask = ctx.saved_tensors
-        grad_input, grad_offset, grad_mask = ops.deform_roi_pool_backward(
-            grad_output, input, rois, offset, *ctx.arguments, mask)
-        return grad_input, None, grad_offset, None, None, None, None, grad_mask
-
-
-def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
-                    mask=None):
-    """Differentiable ``numba_droi.deform_roi_pool`` (gradients with respect to ``input``, ``offset``
-    and ``mask``)."""
-    return DeformRoIPool.apply(_tensor(input), rois, offset, output_size, spatial_scale, sampling_ratio,
-                               gamma, mask)
-
-
-deform_roi_pool.__doc__ += "\n" + ops.deform_roi_pool.__doc__
-
-
-class DeformPSRoIPool(Function):
-    @staticmethod
-    def forward(ctx, input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
-                sample_per_part, trans_std, no_trans):
-        ctx.save_for_backward(input, rois, trans)
-        ctx.arguments = (spatial_scale, group_size, part_size, sample_per_part, trans_std, no_trans)
-        return ops.deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
-                                     pooled_size, part_size, sample_per_part, trans_std, no_trans)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, rois, trans = ctx.saved_tensors
-        grad_input, grad_trans = ops.deform_psroi_pool_backward(grad_output, input, rois, trans,
-                                                                *ctx.arguments)
-        return (grad_input, None, grad_trans) + (None,) * 8
-
-
-def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size,
-                      part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False):
-    """Differentiable ``numba_droi.deform_psroi_pool`` (gradients with respect to ``input`` and
-    ``trans``)."""
-    return DeformPSRoIPool.apply(_tensor(input), rois, trans, spatial_scale, output_dim, group_size,
-                                 pooled_size, part_size, sample_per_part, trans_std, no_trans)
-
-
-deform_psroi_pool.__doc__ += "\n" + ops.deform_psroi_pool.__doc__
-class DeformConv2d(Function):
-    @staticmethod
-    def forward(ctx, input, offset, weight, bias, stride, padding, dilation, mask):
-        ctx.save_for_backward(input, offset, weight, mask)
-        ctx.arguments = (stride, padding, dilation, bias is not None)
-        return ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, offset, weight, mask = ctx.saved_tensors
-        stride, padding, dilation, has_bias = ctx.arguments
-        grad_input, grad_offset, grad_weight, grad_bias, grad_mask = ops.deform_conv2d_backward(
-            grad_output, input, offset, weight, stride, padding, dilation, mask)
-        return (grad_input, grad_offset, grad_weight, grad_bias if has_bias else None, None, None,
-                None, grad_mask)
-
-
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """Differentiable ``numba_droi.deform_conv2d`` (gradients with respect to input, offset, weight,
-    bias and mask)."""
-    return DeformConv2d.apply(_tensor(input), offset, weight, bias, stride, padding, dilation, mask)
-
-
-deform_conv2d.__doc__ += "\n" + ops.deform_conv2d.__doc__
+FUNCTIONS = {}
+for _operator in registry.OPERATORS:
+    FUNCTIONS[_operator.name], globals()[_operator.name] = _differentiable(_operator)
 
 
 # -- the basics of a detection head: shapes, reductions, activations, linear layers, losses ---------
@@ -483,7 +361,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"{input.shape[1]} // {weight.shape[1]} (and divide it exactly)")
     if weight.shape[0] % groups:
         raise ValueError(f"weight.shape[0] = {weight.shape[0]} must be a multiple of groups = {groups}")
-    return DeformConv2d.apply(input, None, weight, bias, stride, padding, dilation, None)
+    return FUNCTIONS["deform_conv2d"].apply(input, None, weight, bias, stride, padding, dilation, None)
 
 
 class Narrow(Function):

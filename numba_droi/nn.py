@@ -17,11 +17,12 @@ Parameters are created on the host (NumPy) and may be moved with ``to(cupy)``; e
 array module of its input, so a model runs on NumPy or CuPy arrays alike. ``state_dict()`` returns NumPy
 copies, which ``numpy.savez`` writes and ``load_state_dict(numpy.load(path))`` reads back.
 """
+import inspect
 import math
 
 import numpy as np
 
-from . import _backend, functional
+from . import _backend, functional, registry
 from .ops import _checks
 from .autograd import Tensor
 
@@ -208,63 +209,58 @@ class Sequential(Module):
 
 # -- RoI operators ---------------------------------------------------------------------------------
 
-class RoIAlign(Module):
-    """``functional.roi_align`` as a layer: ``RoIAlign(output_size, spatial_scale, sampling_ratio,
-    aligned)(features, rois)``, with torchvision's argument order and defaults."""
+class OperatorModule(Module):
+    """The layer of an operator of the registry (``operator``; one subclass per operator): the
+    operator's options at construction, with the forward's names, order and defaults; its arrays at
+    the call, an optional one defaulting to None::
 
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-        self.output_size, self.spatial_scale = output_size, spatial_scale
-        self.sampling_ratio, self.aligned = sampling_ratio, aligned
+        RoIAlign(output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False)(features, rois)
+    """
 
-    def forward(self, input, rois):
-        return functional.roi_align(input, rois, self.output_size, self.spatial_scale,
-                                    self.sampling_ratio, self.aligned)
+    operator = None
 
-    def extra_repr(self):
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+    def __init__(self, *args, **kwargs):
+        bound = _options_signature(self.operator).bind(*args, **kwargs)
+        bound.apply_defaults()
+        for name, value in bound.arguments.items():
+            setattr(self, name, value)
 
-
-class DeformRoIPool(Module):
-    """``functional.deform_roi_pool`` as a layer, with mmcv's argument order and defaults:
-    ``DeformRoIPool(output_size, spatial_scale, sampling_ratio, gamma)(features, rois, offset, mask)``;
-    without ``offset`` and ``mask`` it is ``roi_align(..., aligned=True)``."""
-
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
-        self.output_size = _checks.pair(output_size, "output_size")
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio, self.gamma = sampling_ratio, gamma
-
-    def forward(self, input, rois, offset=None, mask=None):
-        return functional.deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                                          self.sampling_ratio, self.gamma, mask)
+    def forward(self, *args, **kwargs):
+        arrays = _arrays_signature(self.operator).bind(*args, **kwargs)
+        arrays.apply_defaults()
+        options = {name: getattr(self, name) for name in self.operator.options}
+        return getattr(functional, self.operator.name)(**arrays.arguments, **options)
 
     def extra_repr(self):
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.operator.options)
 
 
-class DeformPSRoIPool(Module):
-    """``functional.deform_psroi_pool`` as a layer, with its argument order and defaults:
-    ``DeformPSRoIPool(spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
-    trans_std, no_trans)(features, rois, trans)``; ``trans`` may be left out when ``no_trans``."""
+def _options_signature(operator):
+    parameters = inspect.signature(operator.forward).parameters.values()
+    return inspect.Signature([p for p in parameters if p.name in operator.options])
 
-    def __init__(self, spatial_scale, output_dim, group_size, pooled_size, part_size=None,
-                 sample_per_part=1, trans_std=0.0, no_trans=False):
-        self.spatial_scale, self.output_dim, self.group_size = spatial_scale, output_dim, group_size
-        self.pooled_size, self.part_size, self.sample_per_part = pooled_size, part_size, sample_per_part
-        self.trans_std, self.no_trans = trans_std, no_trans
 
-    def forward(self, input, rois, trans=None):
-        return functional.deform_psroi_pool(input, rois, trans, self.spatial_scale, self.output_dim,
-                                            self.group_size, self.pooled_size, self.part_size,
-                                            self.sample_per_part, self.trans_std, self.no_trans)
+def _arrays_signature(operator):
+    """The forward's arrays, the optional ones (but for those before a required one) defaulting to
+    None."""
+    parameters = [p for p in inspect.signature(operator.forward).parameters.values()
+                  if p.name in operator.arrays]
+    required = [i for i, p in enumerate(parameters) if p.name not in operator.optional]
+    last_required = required[-1] if required else -1
+    return inspect.Signature([p.replace(default=None) if i > last_required else p.replace(default=p.empty)
+                              for i, p in enumerate(parameters)])
 
-    def extra_repr(self):
-        return (f"spatial_scale={self.spatial_scale}, output_dim={self.output_dim}, "
-                f"group_size={self.group_size}, pooled_size={self.pooled_size}, "
-                f"part_size={self.part_size}, sample_per_part={self.sample_per_part}, "
-                f"trans_std={self.trans_std}, no_trans={self.no_trans}")
+
+def _module_class(operator):
+    return type(operator.module, (OperatorModule,), {
+        "operator": operator, "__module__": __name__,
+        "__doc__": f"``functional.{operator.name}`` as a layer: ``{operator.module}"
+                   f"{_options_signature(operator)}{_arrays_signature(operator)}``."})
+
+
+# name of the operator -> its layer, for every operator of the registry that has one
+MODULES = {operator.name: _module_class(operator) for operator in registry.OPERATORS if operator.module}
+globals().update((cls.__name__, cls) for cls in MODULES.values())
 
 
 def _zero_last_linear(sequential):
@@ -274,7 +270,7 @@ def _zero_last_linear(sequential):
     last.bias.data[...] = 0
 
 
-class DeformRoIPoolPack(DeformRoIPool):
+class DeformRoIPoolPack(MODULES["deform_roi_pool"]):
     """Deformable RoI pooling that predicts its own offsets (Dai et al., Deformable Convolutional
     Networks, 2017, https://arxiv.org/abs/1703.06211), structured as mmcv's ``DeformRoIPoolPack``::
 
@@ -290,7 +286,7 @@ class DeformRoIPoolPack(DeformRoIPool):
 
     def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
                  sampling_ratio=0, gamma=0.1, rng=None, dtype=np.float32):
-        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        super().__init__(_checks.pair(output_size, "output_size"), spatial_scale, sampling_ratio, gamma)
         rng = np.random.default_rng(rng)
         self.output_channels, self.deform_fc_channels = output_channels, deform_fc_channels
         bins = self.output_size[0] * self.output_size[1]
@@ -344,49 +340,10 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     def forward(self, input, rois):
         rows = self._pooled_rows(input, rois)
         mask = functional.reshape(self.mask_fc(rows), (rows.shape[0], 1) + self.output_size)
-        return DeformRoIPool.forward(self, input, rois, self._offset(rows), mask)
+        return MODULES["deform_roi_pool"].forward(self, input, rois, self._offset(rows), mask)
 
 
-class RoIPool(Module):
-    """``functional.roi_pool`` as a layer: ``RoIPool(output_size, spatial_scale)(features, rois)``,
-    with torchvision's argument order and defaults."""
-
-    def __init__(self, output_size, spatial_scale=1.0):
-        self.output_size, self.spatial_scale = output_size, spatial_scale
-
-    def forward(self, input, rois):
-        return functional.roi_pool(input, rois, self.output_size, self.spatial_scale)
-
-    def extra_repr(self):
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
-
-
-class PSRoIPool(RoIPool):
-    """``functional.ps_roi_pool`` as a layer: ``PSRoIPool(output_size, spatial_scale)(features,
-    rois)``, with torchvision's argument order and defaults."""
-
-    def forward(self, input, rois):
-        return functional.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
-
-
-class PSRoIAlign(Module):
-    """``functional.ps_roi_align`` as a layer: ``PSRoIAlign(output_size, spatial_scale,
-    sampling_ratio)(features, rois)``, with torchvision's argument order and defaults."""
-
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1):
-        self.output_size, self.spatial_scale = output_size, spatial_scale
-        self.sampling_ratio = sampling_ratio
-
-    def forward(self, input, rois):
-        return functional.ps_roi_align(input, rois, self.output_size, self.spatial_scale,
-                                       self.sampling_ratio)
-
-    def extra_repr(self):
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}")
-
-
-class DeformPSRoIPoolPack(DeformPSRoIPool):
+class DeformPSRoIPoolPack(MODULES["deform_psroi_pool"]):
     """Deformable position-sensitive RoI pooling that predicts its own part offsets, the R-FCN head of
     Deformable ConvNets (Dai et al., 2017, https://arxiv.org/abs/1703.06211; the ``rfcn_cls_offset_t``
     branch of its ``resnet_v1_101_rfcn_dcn`` symbol)::

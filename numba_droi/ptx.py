@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 
-from . import _backend, kernels
+from . import _backend, registry
 
 DTYPES = ("float32", "float64")
 FORWARD_REGISTER_TARGET = 64  # four 256-thread blocks per SM of 64K registers: half occupancy
@@ -25,12 +25,18 @@ def is_forward(name):
     return "backward" not in name and "grad" not in name
 
 
+def operator_kernels():
+    """``{cuda kernel name: operator name}`` for every cuda kernel of every operator of the registry,
+    in the registry's order."""
+    return {kernel: operator.name for operator in registry.OPERATORS for kernel in sorted(operator.cuda_kernels)}
+
+
 def compile_all(out_dir, capabilities, progress=None):
-    """Write the PTX of every cuda kernel, float dtype and capability (``"80"``, ...) into ``out_dir``;
-    returns the file names. ``progress(message)`` is called before each compilation."""
-    kernels.import_all()
+    """Write the PTX of every operator's cuda kernels, for every float dtype and capability (``"80"``,
+    ...), into ``out_dir``; returns the file names. ``progress(message)`` is called before each
+    compilation."""
     names = []
-    for name in _backend.CUDA_KERNELS:
+    for name in operator_kernels():
         for dtype in DTYPES:
             for cc in capabilities:
                 if progress:

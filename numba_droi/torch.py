@@ -1,11 +1,18 @@
 """PyTorch adapter: our operators as ``torch.autograd.Function`` objects and ``torch.nn.Module`` layers,
-with the names and signatures of torchvision (``roi_align``, ``RoIAlign``, ``roi_pool``, ``RoIPool``,
-``ps_roi_pool``, ``PSRoIPool``, ``ps_roi_align``, ``PSRoIAlign``, ``deform_conv2d``, ``DeformConv2d``),
-of mmcv where torchvision has no such operator (``deform_roi_pool``, ``DeformRoIPool``,
-``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack``, ``modulated_deform_conv2d``,
-``ModulatedDeformConv2d``, ``ModulatedDeformConv2dPack``, ``DeformConv2dPack``), and of Deformable
-ConvNets as mmdet v1 wrapped it for deformable PS RoI pooling (``deform_roi_pooling``,
-``DeformRoIPooling``). Import it explicitly (``import numba_droi.torch``): it needs torch.
+with the names and signatures of torchvision and mmcv. Import it explicitly (``import
+numba_droi.torch``): it needs torch.
+
+Every operator of ``numba_droi.registry`` is here as a function of its name and, where it has one, a
+layer of its ``module`` name (options at construction, tensors at the call), with the signature of our
+array-level operator; for an operator that torchvision has, the boxes argument is named ``boxes`` as
+torchvision's. That gives torchvision's ``roi_align``, ``RoIAlign``, ``roi_pool``, ``RoIPool``,
+``ps_roi_pool``, ``PSRoIPool``, ``ps_roi_align``, ``PSRoIAlign``, ``deform_conv2d``, and mmcv's
+``deform_roi_pool`` and ``DeformRoIPool`` (with our fused ``mask`` as a last, optional argument);
+``deform_psroi_pool`` and ``DeformPSRoIPool`` are ours. Written here by hand: torchvision's
+``DeformConv2d``; mmcv's ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack``,
+``modulated_deform_conv2d``, ``ModulatedDeformConv2d``, ``ModulatedDeformConv2dPack`` and
+``DeformConv2dPack``; and Deformable ConvNets' deformable PS RoI pooling as mmdet v1 wrapped it
+(``deform_roi_pooling``, ``DeformRoIPooling``).
 
 Where the names clash, torchvision wins: ``deform_conv2d`` and ``DeformConv2d`` are torchvision's
 (``DeformConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
@@ -13,14 +20,16 @@ bias=True)(input, offset, mask=None)``, offset groups read from the offset), not
 (``deform_groups``, no bias, ``forward(x, offset)``); mmcv's ``DeformConv2dPack`` keeps mmcv's
 signature.
 
-Memory is exchanged with DLPack both ways, without copies: a CPU tensor is viewed as a NumPy array, a
-CUDA tensor as a CuPy array (``numba_droi[cuda12]``), our operator runs on that view, and its result
-becomes a tensor sharing the result's memory. On CUDA our kernels, and CuPy's work around them, run on
-torch's current stream of the tensor's device, so they are ordered with torch's own work without any
-synchronisation. Inputs that are not C-contiguous are copied once (the kernels read contiguous
-memory). The boxes never get a gradient (as torchvision's).
+Boxes are a ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]`` or, as torchvision allows, a list of
+``(L, 4)`` tensors, one per image. Memory is exchanged with DLPack both ways, without copies: a CPU
+tensor is viewed as a NumPy array, a CUDA tensor as a CuPy array (``numba_droi[cuda12]``), our operator
+runs on that view, and its result becomes a tensor sharing the result's memory. On CUDA our kernels,
+and CuPy's work around them, run on torch's current stream of the tensor's device, so they are ordered
+with torch's own work without any synchronisation. Inputs that are not C-contiguous are copied once
+(the kernels read contiguous memory). The boxes never get a gradient (as torchvision's).
 """
 import contextlib
+import inspect
 import math
 
 import torch
@@ -28,13 +37,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-from . import _backend, ops
-
-__all__ = ["roi_align", "RoIAlign", "roi_pool", "RoIPool", "ps_roi_pool", "PSRoIPool", "ps_roi_align",
-           "PSRoIAlign", "deform_conv2d", "DeformConv2d", "deform_roi_pool", "DeformRoIPool",
-           "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
-           "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack",
-           "deform_roi_pooling", "DeformRoIPooling"]
+from . import _backend, ops, registry
 
 
 # -- exchanging memory -------------------------------------------------------------------------------
@@ -44,23 +47,17 @@ def _array(tensor):
     return None if tensor is None else _backend.from_dlpack(tensor.detach(), tensor.is_cuda)
 
 
+def _tensor(array):
+    """A tensor sharing ``array``'s memory; None stays None."""
+    return None if array is None else torch.from_dlpack(array)
+
+
 def _stream(tensor):
     """On a CUDA tensor: run inside on torch's current stream of its device."""
     if not tensor.is_cuda:
         return contextlib.nullcontext()
     return _backend.external_stream(torch.cuda.current_stream(tensor.device).cuda_stream,
                                     tensor.device.index)
-
-
-def _call(operator, *arguments):
-    """``operator`` on array views of the tensors among ``arguments`` (the others passed as they are);
-    its array results (one, or a tuple; None passes) as tensors sharing their memory."""
-    device_tensor = next(a for a in arguments if isinstance(a, torch.Tensor))
-    with _stream(device_tensor):
-        results = operator(*(_array(a) if isinstance(a, torch.Tensor) else a for a in arguments))
-        if isinstance(results, tuple):
-            return tuple(None if r is None else torch.from_dlpack(r) for r in results)
-        return torch.from_dlpack(results)
 
 
 def _rois(boxes):
@@ -82,232 +79,129 @@ def _rois(boxes):
     return torch.cat([batch, torch.cat(boxes)], dim=1)
 
 
-# -- autograd functions: our forward and backward, one Function per operator ---------------------------
+# -- every operator of the registry: an autograd Function, a function and a layer -----------------------
 
-class RoIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale, sampling_ratio, aligned)
-        return _call(ops.roi_align, input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+class OperatorFunction(torch.autograd.Function):
+    """Our forward and backward of ``operator`` (a record of ``numba_droi.registry``) on its tensors
+    (``names``: the operator's arrays, in order; None for one left out) and its ``options``."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _call(ops.roi_align_backward, grad_output, rois, *ctx.arguments)
-        return grad_input, None, None, None, None, None
-
-
-class RoIPoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale):
-        output, argmax = _call(ops.roi_pool_with_argmax, input, rois, output_size, spatial_scale)
-        ctx.save_for_backward(rois, argmax)
-        ctx.input_shape = tuple(input.shape)
-        return output
+    def forward(ctx, operator, options, names, *tensors):
+        given = {name: tensor for name, tensor in zip(names, tensors)}
+        needs = dict(zip(names, ctx.needs_input_grad[3:]))
+        wanted = tuple(name for name in operator.wanted(given) if needs[name])
+        device_tensor = next(t for t in tensors if t is not None)
+        with _stream(device_tensor):
+            output, saved = operator.forward_saving(
+                ops, {name: _array(t) for name, t in given.items()}, options, wanted)
+        kept = tuple(name for name in saved if name not in given)  # what the forward kept besides
+        ctx.save_for_backward(*tensors, *(_tensor(saved[name]) for name in kept))
+        ctx.operator, ctx.options, ctx.names, ctx.wanted = operator, options, tuple(names) + kept, wanted
+        return _tensor(output)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        rois, argmax = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _call(ops.roi_pool_backward, grad_output, rois, argmax, ctx.input_shape)
-        return grad_input, None, None, None
+        saved = dict(zip(ctx.names, ctx.saved_tensors))
+        with _stream(grad_output):
+            grads = ctx.operator.vjp(ops, _array(grad_output), {name: _array(t) for name, t in saved.items()},
+                                     ctx.options, ctx.wanted)
+        arrays = ctx.names[:len(ctx.needs_input_grad) - 3]
+        return (None, None, None) + tuple(_tensor(grads.get(name)) for name in arrays)
 
 
-class PSRoIPoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale)
-        return _call(ops.ps_roi_pool, input, rois, output_size, spatial_scale)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _call(ops.ps_roi_pool_backward, grad_output, rois, *ctx.arguments)
-        return grad_input, None, None, None
+def _signature(operator):
+    """The operator's signature, with torchvision's name ``boxes`` for ``rois`` where torchvision has
+    the operator."""
+    signature = inspect.signature(operator.forward)
+    if "torchvision" not in operator.peers:
+        return signature
+    return signature.replace(parameters=[p.replace(name="boxes") if p.name == "rois" else p
+                                         for p in signature.parameters.values()])
 
 
-class PSRoIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio):
-        ctx.save_for_backward(rois)
-        ctx.arguments = (tuple(input.shape), spatial_scale, sampling_ratio)
-        return _call(ops.ps_roi_align, input, rois, output_size, spatial_scale, sampling_ratio)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _call(ops.ps_roi_align_backward, grad_output, rois, *ctx.arguments)
-        return grad_input, None, None, None, None
+def _arguments(operator, signature, args, kwargs):
+    """``(tensors, options)`` of a call with ``signature``: the operator's arrays in order (the boxes
+    as a ``(K, 5)`` tensor) and its options."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    if "boxes" in arguments:
+        arguments["rois"] = arguments.pop("boxes")
+    if "rois" in arguments:
+        arguments["rois"] = _rois(arguments["rois"])
+    return [arguments[name] for name in operator.arrays], {name: arguments[name] for name in operator.options}
 
 
-class DeformRoIPoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask):
-        ctx.save_for_backward(input, rois, offset, mask)
-        ctx.arguments = (spatial_scale, sampling_ratio, gamma)
-        return _call(ops.deform_roi_pool, input, rois, offset, output_size, spatial_scale,
-                     sampling_ratio, gamma, mask)
+def _function(operator):
+    signature = _signature(operator)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, rois, offset, mask = ctx.saved_tensors
-        needs_input, _, needs_offset, *_, needs_mask = ctx.needs_input_grad
-        grads = (None, None, None)
-        if needs_input or needs_offset or needs_mask:
-            grads = _call(ops.deform_roi_pool_backward, grad_output, input, rois, offset,
-                          *ctx.arguments, mask)
-        grad_input, grad_offset, grad_mask = (g if needed else None for g, needed
-                                              in zip(grads, (needs_input, needs_offset, needs_mask)))
-        return grad_input, None, grad_offset, None, None, None, None, grad_mask
+    def apply(*args, **kwargs):
+        tensors, options = _arguments(operator, signature, args, kwargs)
+        return OperatorFunction.apply(operator, options, operator.arrays, *tensors)
+
+    apply.__name__ = apply.__qualname__ = operator.name
+    apply.__module__ = __name__
+    apply.__signature__ = signature
+    apply.__doc__ = (f"``numba_droi.{operator.name}`` on tensors, differentiable in "
+                     f"{', '.join(operator.differentiable)}.\n\n{operator.forward.__doc__ or ''}")
+    return apply
 
 
-class DeformPSRoIPoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
-                sample_per_part, trans_std, no_trans):
-        ctx.save_for_backward(input, rois, trans)
-        ctx.arguments = (spatial_scale, group_size, part_size, sample_per_part, trans_std, no_trans)
-        return _call(ops.deform_psroi_pool, input, rois, trans, spatial_scale, output_dim, group_size,
-                     pooled_size, part_size, sample_per_part, trans_std, no_trans)
+class OperatorModule(nn.Module):
+    """The layer of an operator of the registry (``operator``; one subclass per operator): its options
+    at construction, its tensors at the call (an optional one defaulting to None)."""
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, rois, trans = ctx.saved_tensors
-        needs_input, _, needs_trans = ctx.needs_input_grad[:3]
-        grad_input = grad_trans = None
-        if needs_input or needs_trans:
-            grad_input, grad_trans = _call(ops.deform_psroi_pool_backward, grad_output, input, rois,
-                                           trans, *ctx.arguments)
-        return ((grad_input if needs_input else None), None,
-                (grad_trans if needs_trans else None)) + (None,) * 8
+    operator = None
 
-
-class DeformConv2dFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, offset, weight, bias, stride, padding, dilation, mask):
-        ctx.save_for_backward(input, offset, weight, mask)
-        ctx.arguments = (stride, padding, dilation)
-        return _call(ops.deform_conv2d, input, offset, weight, bias, stride, padding, dilation, mask)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, offset, weight, mask = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        if not any(needs):
-            return (None,) * 8
-        grad_input, grad_offset, grad_weight, grad_bias, grad_mask = _call(
-            ops.deform_conv2d_backward, grad_output, input, offset, weight, *ctx.arguments, mask)
-        grads = (grad_input, grad_offset, grad_weight, grad_bias, None, None, None, grad_mask)
-        return tuple(g if needed else None for g, needed in zip(grads, needs))
-
-
-# -- torchvision's operators ---------------------------------------------------------------------------
-
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """``numba_droi.roi_align`` on tensors, as ``torchvision.ops.roi_align``: ``boxes`` a ``(K, 5)``
-    tensor ``[batch_index, x1, y1, x2, y2]`` or a list of ``(L, 4)`` tensors, one per image.
-    Differentiable in ``input``."""
-    return RoIAlignFunction.apply(input, _rois(boxes), output_size, spatial_scale, sampling_ratio,
-                                  aligned)
-
-
-def roi_pool(input, boxes, output_size, spatial_scale=1.0):
-    """``numba_droi.roi_pool`` on tensors, as ``torchvision.ops.roi_pool``; differentiable in
-    ``input`` through the argmax of the forward."""
-    return RoIPoolFunction.apply(input, _rois(boxes), output_size, spatial_scale)
-
-
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
-    """``numba_droi.ps_roi_pool`` on tensors, as ``torchvision.ops.ps_roi_pool``; differentiable in
-    ``input``."""
-    return PSRoIPoolFunction.apply(input, _rois(boxes), output_size, spatial_scale)
-
-
-def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
-    """``numba_droi.ps_roi_align`` on tensors, as ``torchvision.ops.ps_roi_align``; differentiable in
-    ``input``."""
-    return PSRoIAlignFunction.apply(input, _rois(boxes), output_size, spatial_scale, sampling_ratio)
-
-
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """``numba_droi.deform_conv2d`` on tensors, as ``torchvision.ops.deform_conv2d`` (v1, or v2 with a
-    ``mask``); differentiable in input, offset, weight, bias and mask. ``offset`` may be None here (no
-    offsets: an ordinary, or with ``mask`` a modulated, convolution)."""
-    return DeformConv2dFunction.apply(input, offset, weight, bias, _pair(stride), _pair(padding),
-                                      _pair(dilation), mask)
-
-
-class _RoIModule(nn.Module):
-    """A torchvision RoI layer: its options as attributes, ``forward(input, rois)``."""
-
-    def __init__(self, **options):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self._options = tuple(options)
-        for name, value in options.items():
+        bound = _options_signature(self.operator).bind(*args, **kwargs)
+        bound.apply_defaults()
+        for name, value in bound.arguments.items():
             setattr(self, name, value)
 
+    def forward(self, *args, **kwargs):
+        bound = _arrays_signature(self.operator).bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = {name: getattr(self, name) for name in self.operator.options}
+        return FUNCTIONS[self.operator.name](**dict(bound.arguments, **options))
+
     def extra_repr(self):
-        return ", ".join(f"{name}={getattr(self, name)}" for name in self._options)
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.operator.options)
 
 
-class RoIAlign(_RoIModule):
-    """``roi_align`` as a layer, as ``torchvision.ops.RoIAlign``."""
-
-    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False):
-        super().__init__(output_size=output_size, spatial_scale=spatial_scale,
-                         sampling_ratio=sampling_ratio, aligned=aligned)
-
-    def forward(self, input, rois):
-        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
-                         self.aligned)
+def _options_signature(operator):
+    return inspect.Signature([p for p in _signature(operator).parameters.values()
+                              if p.name in operator.options])
 
 
-class RoIPool(_RoIModule):
-    """``roi_pool`` as a layer, as ``torchvision.ops.RoIPool``."""
-
-    def __init__(self, output_size, spatial_scale):
-        super().__init__(output_size=output_size, spatial_scale=spatial_scale)
-
-    def forward(self, input, rois):
-        return roi_pool(input, rois, self.output_size, self.spatial_scale)
-
-
-class PSRoIPool(_RoIModule):
-    """``ps_roi_pool`` as a layer, as ``torchvision.ops.PSRoIPool``."""
-
-    def __init__(self, output_size, spatial_scale):
-        super().__init__(output_size=output_size, spatial_scale=spatial_scale)
-
-    def forward(self, input, rois):
-        return ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+def _arrays_signature(operator):
+    """The forward's arrays, the optional ones after the last required one defaulting to None."""
+    parameters = [p for p in _signature(operator).parameters.values() if p.name not in operator.options]
+    names = [p.name.replace("boxes", "rois") for p in parameters]
+    last_required = max(i for i, name in enumerate(names) if name not in operator.optional)
+    return inspect.Signature([p.replace(default=None) if i > last_required else p.replace(default=p.empty)
+                              for i, p in enumerate(parameters)])
 
 
-class PSRoIAlign(_RoIModule):
-    """``ps_roi_align`` as a layer, as ``torchvision.ops.PSRoIAlign``."""
+# name -> the operator's function and, where it has one, its layer
+FUNCTIONS = {operator.name: _function(operator) for operator in registry.OPERATORS}
+MODULES = {operator.name: type(operator.module, (OperatorModule,), {
+    "operator": operator, "__module__": __name__,
+    "__doc__": f"``{operator.name}`` as a layer: ``{operator.module}{_options_signature(operator)}"
+               f"{_arrays_signature(operator)}``."})
+    for operator in registry.OPERATORS if operator.module}
+globals().update(FUNCTIONS)
+globals().update((cls.__name__, cls) for cls in MODULES.values())
 
-    def __init__(self, output_size, spatial_scale, sampling_ratio):
-        super().__init__(output_size=output_size, spatial_scale=spatial_scale,
-                         sampling_ratio=sampling_ratio)
+__all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
+           + ["DeformConv2d", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
+              "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
+              "DeformRoIPooling"])
 
-    def forward(self, input, rois):
-        return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
 
+# -- layers written by hand ------------------------------------------------------------------------------
 
 class _Convolution(nn.Module):
     """Parameters and geometry of a deformable convolution layer: ``weight`` (out_channels,
@@ -354,38 +248,11 @@ class DeformConv2d(_Convolution):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input, offset, mask=None):
-        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
-                             self.dilation, mask)
+        return FUNCTIONS["deform_conv2d"](input, offset, self.weight, self.bias, self.stride,
+                                          self.padding, self.dilation, mask)
 
 
-# -- mmcv's operators ------------------------------------------------------------------------------------
-
-def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
-                    mask=None):
-    """``numba_droi.deform_roi_pool`` on tensors, as ``mmcv.ops.deform_roi_pool`` (``offset`` may be
-    None), with our fused modulation ``mask`` as an extra last argument; differentiable in input,
-    offset and mask."""
-    return DeformRoIPoolFunction.apply(input, _rois(rois), offset, _pair(output_size), spatial_scale,
-                                       sampling_ratio, gamma, mask)
-
-
-class DeformRoIPool(nn.Module):
-    """``deform_roi_pool`` as a layer, as ``mmcv.ops.DeformRoIPool``: ``forward(input, rois,
-    offset=None)``."""
-
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
-        super().__init__()
-        self.output_size = _pair(output_size)
-        self.spatial_scale, self.sampling_ratio, self.gamma = spatial_scale, sampling_ratio, gamma
-
-    def forward(self, input, rois, offset=None):
-        return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                               self.sampling_ratio, self.gamma)
-
-    def extra_repr(self):
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
-
+# -- mmcv's layers ----------------------------------------------------------------------------------------
 
 def _zeroed(linear):
     nn.init.zeros_(linear.weight)
@@ -393,7 +260,7 @@ def _zeroed(linear):
     return linear
 
 
-class DeformRoIPoolPack(DeformRoIPool):
+class DeformRoIPoolPack(MODULES["deform_roi_pool"]):
     """Deformable RoI pooling predicting its offsets, as ``mmcv.ops.DeformRoIPoolPack``: the plain
     pooling of each box (``roi_align(aligned=True)``) feeds FC-ReLU-FC-ReLU-FC (``offset_fc``, the last
     zero-initialised, the others as ``torch.nn.Linear``), whose ``(K, 2, PH, PW)`` output offsets the
@@ -401,7 +268,7 @@ class DeformRoIPoolPack(DeformRoIPool):
 
     def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
                  sampling_ratio=0, gamma=0.1):
-        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        super().__init__(_pair(output_size), spatial_scale, sampling_ratio, gamma)
         self.output_channels, self.deform_fc_channels = output_channels, deform_fc_channels
         bins = self.output_size[0] * self.output_size[1]
         self.offset_fc = nn.Sequential(
@@ -441,8 +308,8 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         rows = self._pooled_rows(input, rois)
         offset = self.offset_fc(rows).view(rows.size(0), 2, *self.output_size)
         mask = self.mask_fc(rows).view(rows.size(0), 1, *self.output_size)
-        return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                               self.sampling_ratio, self.gamma, mask)
+        return FUNCTIONS["deform_roi_pool"](input, rois, offset, self.output_size, self.spatial_scale,
+                                            self.sampling_ratio, self.gamma, mask)
 
 
 def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1,
@@ -457,7 +324,7 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
     if offset.size(1) != 2 * deform_groups * taps:
         raise ValueError(f"deform_groups = {deform_groups} needs offset.shape[1] = {2 * deform_groups * taps}, "
                          f"got {offset.size(1)}")
-    return deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+    return FUNCTIONS["deform_conv2d"](input, offset, weight, bias, stride, padding, dilation, mask)
 
 
 class ModulatedDeformConv2d(_Convolution):
@@ -528,7 +395,8 @@ class DeformConv2dPack(_Convolution):
         self.conv_offset = _offset_conv(self, 2)
 
     def forward(self, x):
-        return deform_conv2d(x, self.conv_offset(x), self.weight, self.bias, self.stride, self.padding,
+        return FUNCTIONS["deform_conv2d"](x, self.conv_offset(x), self.weight, self.bias, self.stride,
+                                          self.padding,
                              self.dilation)
 
     def extra_repr(self):
@@ -544,9 +412,9 @@ def deform_roi_pooling(data, rois, offset, spatial_scale, out_size, out_channels
     side, ``out_channels`` output channels, ``offset`` the ``(K, 2 * num_classes, part_size,
     part_size)`` part offsets (ignored, and may be None, when ``no_trans``). Differentiable in
     ``data`` and ``offset``."""
-    return DeformPSRoIPoolFunction.apply(data, _rois(rois), None if no_trans else offset, spatial_scale,
-                                         out_channels, group_size, out_size, part_size, sample_per_part,
-                                         trans_std, bool(no_trans))
+    return FUNCTIONS["deform_psroi_pool"](data, rois, None if no_trans else offset, spatial_scale,
+                                          out_channels, group_size, out_size, part_size, sample_per_part,
+                                          trans_std, bool(no_trans))
 
 
 class DeformRoIPooling(nn.Module):

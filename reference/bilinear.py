@@ -7,7 +7,7 @@ import numpy as np
 def b1(plane, y, x):
     """RoI-Align rule: 0 outside [-1, H] x [-1, W]; clamp up to 0; border rows/columns take the border."""
     height, width = plane.shape
-    if not (-1 <= y <= height and -1 <= x <= width):
+    if not (plane.size and -1 <= y <= height and -1 <= x <= width):  # (a map without pixels: 0)
         return 0.0
     y, x = max(y, 0.0), max(x, 0.0)
     y0, x0 = int(y), int(x)
@@ -90,7 +90,7 @@ def b3(plane, y, x):
     """MXNet deformable-PS rule: None (not counted) outside [-0.5, H-0.5] x [-0.5, W-0.5]; otherwise
     clamp into the map and interpolate between floor and ceil."""
     height, width = plane.shape
-    if not (-0.5 <= y <= height - 0.5 and -0.5 <= x <= width - 0.5):
+    if not (plane.size and -0.5 <= y <= height - 0.5 and -0.5 <= x <= width - 0.5):
         return None
     y = min(max(y, 0.0), height - 1.0)
     x = min(max(x, 0.0), width - 1.0)
@@ -113,7 +113,7 @@ def b1_gradient(plane, y, x):
     """``(d b1/dy, d b1/dx)``: 0 outside the support and along an axis where b1 clamps (below 0, at
     or beyond the last pixel); one-sided (from above) at integer coordinates."""
     height, width = plane.shape
-    if not (-1 <= y <= height and -1 <= x <= width):
+    if not (plane.size and -1 <= y <= height and -1 <= x <= width):
         return 0.0, 0.0
     y_free, x_free = 0 <= y < height - 1, 0 <= x < width - 1
     y, x = min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)

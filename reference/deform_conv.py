@@ -60,9 +60,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
-                           mask=None):
+                           mask=None, wanted=None):
     """``(grad_input, grad_offset, grad_weight, grad_bias, grad_mask)`` of
-    ``sum(grad_output * deform_conv2d(...))``; None for an absent offset or mask."""
+    ``sum(grad_output * deform_conv2d(...))``; None for an absent offset or mask (``wanted`` is
+    accepted, as the operator's, and ignored)."""
     samples, _ = _samples(input, offset, mask, weight.shape[2:], stride, padding, dilation)
     groups, out_per_group, in_per_group = _weight_groups(input, weight)
     grad_input = np.zeros(input.shape)

@@ -50,35 +50,37 @@ def _bins(features_shape, roi, trans_k, spatial_scale, output_dim, group_size, p
     return bins
 
 
-def deform_psroi_pool(features, rois, trans, spatial_scale, output_dim, group_size, pooled_size,
+def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False):
     out = np.zeros((len(rois), output_dim, pooled_size, pooled_size))
     for k, roi in enumerate(rois):
         batch = int(roi[0])
         for (c, ph, pw), (channel, points, _, _) in _bins(
-                features.shape, roi, None if no_trans else trans[k], spatial_scale, output_dim,
+                input.shape, roi, None if no_trans else trans[k], spatial_scale, output_dim,
                 group_size, pooled_size, part_size, sample_per_part, trans_std, no_trans).items():
             if points:
-                out[k, c, ph, pw] = sum(b3(features[batch, channel], h, w) for h, w in points) / len(points)
+                out[k, c, ph, pw] = sum(b3(input[batch, channel], h, w) for h, w in points) / len(points)
     return out
 
 
-def deform_psroi_pool_backward(grad_output, features, rois, trans, spatial_scale, group_size,
-                               part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False):
-    """Gradients of ``sum(grad_output * deform_psroi_pool(...))``: (input, trans or None)."""
+def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, group_size,
+                               part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False,
+                               wanted=None):
+    """Gradients of ``sum(grad_output * deform_psroi_pool(...))``: (input, trans or None), both
+    (``wanted`` is accepted, as the operator's, and ignored)."""
     output_dim, pooled_size = grad_output.shape[1:3]
-    grad_input = np.zeros(features.shape)
+    grad_input = np.zeros(input.shape)
     grad_trans = None if no_trans else np.zeros(trans.shape)
     for k, roi in enumerate(rois):
         batch = int(roi[0])
         for (c, ph, pw), (channel, points, cells, (scale_x, scale_y)) in _bins(
-                features.shape, roi, None if no_trans else trans[k], spatial_scale, output_dim,
+                input.shape, roi, None if no_trans else trans[k], spatial_scale, output_dim,
                 group_size, pooled_size, part_size, sample_per_part, trans_std, no_trans).items():
             for h, w in points:
                 g = grad_output[k, c, ph, pw] / len(points)
                 b3_scatter(grad_input[batch, channel], h, w, g)
                 if not no_trans:
-                    dy, dx = b3_gradient(features[batch, channel], h, w)
+                    dy, dx = b3_gradient(input[batch, channel], h, w)
                     grad_trans[(k,) + cells[0]] += g * scale_x * dx
                     grad_trans[(k,) + cells[1]] += g * scale_y * dy
     return grad_input, grad_trans

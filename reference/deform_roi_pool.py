@@ -38,38 +38,39 @@ def _defaults(rois, offset, mask, pooled_h, pooled_w):
             np.ones((shape[0], 1) + shape[1:]) if mask is None else mask)
 
 
-def deform_roi_pool(features, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0,
+def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0,
                     gamma=0.1, mask=None):
     pooled_h, pooled_w = output_size
     offset, mask = _defaults(rois, offset, mask, pooled_h, pooled_w)
-    out = np.zeros((len(rois), features.shape[1], pooled_h, pooled_w))
+    out = np.zeros((len(rois), input.shape[1], pooled_h, pooled_w))
     for k, roi in enumerate(rois):
         batch, bins = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
         for (ph, pw), (points, count, _) in bins.items():
-            for c in range(features.shape[1]):
-                pooled = sum(b1(features[batch, c], y, x) for y, x in points) / count
+            for c in range(input.shape[1]):
+                pooled = sum(b1(input[batch, c], y, x) for y, x in points) / count
                 out[k, c, ph, pw] = mask[k, 0, ph, pw] * pooled
     return out
 
 
-def deform_roi_pool_backward(grad_output, features, rois, offset, spatial_scale=1.0, sampling_ratio=0,
-                             gamma=0.1, mask=None):
-    """Gradients of ``sum(grad_output * deform_roi_pool(...))``: (input, offset, mask)."""
+def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0, sampling_ratio=0,
+                             gamma=0.1, mask=None, wanted=None):
+    """Gradients of ``sum(grad_output * deform_roi_pool(...))``: (input, offset, mask), all of them
+    (``wanted`` is accepted, as the operator's, and ignored)."""
     pooled_h, pooled_w = grad_output.shape[2:]
     offset, mask = _defaults(rois, offset, mask, pooled_h, pooled_w)
-    grad_input = np.zeros(features.shape)
+    grad_input = np.zeros(input.shape)
     grad_offset = np.zeros(offset.shape)
     grad_mask = np.zeros(mask.shape)
     for k, roi in enumerate(rois):
         batch, bins = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
         for (ph, pw), (points, count, (scale_x, scale_y)) in bins.items():
             m = mask[k, 0, ph, pw]
-            for c in range(features.shape[1]):
+            for c in range(input.shape[1]):
                 g = grad_output[k, c, ph, pw]
                 for y, x in points:
                     b1_scatter(grad_input[batch, c], y, x, g * m / count)
-                    dy, dx = b1_gradient(features[batch, c], y, x)
+                    dy, dx = b1_gradient(input[batch, c], y, x)
                     grad_offset[k, 0, ph, pw] += g * m * scale_x * dx / count
                     grad_offset[k, 1, ph, pw] += g * m * scale_y * dy / count
-                    grad_mask[k, 0, ph, pw] += g * b1(features[batch, c], y, x) / count
+                    grad_mask[k, 0, ph, pw] += g * b1(input[batch, c], y, x) / count
     return grad_input, grad_offset, grad_mask

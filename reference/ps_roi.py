@@ -11,16 +11,16 @@ def input_channel(c, ph, pw, pooled_h, pooled_w):
     return (c * pooled_h + ph) * pooled_w + pw
 
 
-def ps_roi_pool(features, rois, output_size, spatial_scale=1.0):
+def ps_roi_pool(input, rois, output_size, spatial_scale=1.0):
     pooled_h, pooled_w = output_size
-    channels = features.shape[1] // (pooled_h * pooled_w)
+    channels = input.shape[1] // (pooled_h * pooled_w)
     out = np.zeros((len(rois), channels, pooled_h, pooled_w))
     for k, roi in enumerate(rois):
-        batch, windows = pool_windows(roi, spatial_scale, pooled_h, pooled_w, *features.shape[2:], 0)
+        batch, windows = pool_windows(roi, spatial_scale, pooled_h, pooled_w, *input.shape[2:], 0)
         for (ph, pw), (rows, columns) in windows.items():
             for c in range(channels):
                 if len(rows) and len(columns):
-                    plane = features[batch, input_channel(c, ph, pw, pooled_h, pooled_w)]
+                    plane = input[batch, input_channel(c, ph, pw, pooled_h, pooled_w)]
                     out[k, c, ph, pw] = plane[rows.start:rows.stop, columns.start:columns.stop].mean()
     return out
 
@@ -39,16 +39,16 @@ def ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale=1.0):
     return grad_input
 
 
-def ps_roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
+def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
     """roi_align's samples (aligned, no size clamp, an empty grid gives 0) on the mapped channel."""
     pooled_h, pooled_w = output_size
-    channels = features.shape[1] // (pooled_h * pooled_w)
+    channels = input.shape[1] // (pooled_h * pooled_w)
     out = np.zeros((len(rois), channels, pooled_h, pooled_w))
     for k, roi in enumerate(rois):
         batch, bins = _samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned=True)
         for (ph, pw), (points, count) in bins.items():
             for c in range(channels):
-                plane = features[batch, input_channel(c, ph, pw, pooled_h, pooled_w)]
+                plane = input[batch, input_channel(c, ph, pw, pooled_h, pooled_w)]
                 out[k, c, ph, pw] = sum(b1(plane, y, x) for y, x in points) / count
     return out
 

@@ -33,21 +33,21 @@ def _samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     return batch, bins
 
 
-def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     pooled_h, pooled_w = output_size
-    channels = features.shape[1]
+    channels = input.shape[1]
     out = np.zeros((len(rois), channels, pooled_h, pooled_w))
     for k, roi in enumerate(rois):
         batch, bins = _samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
         for (ph, pw), (points, count) in bins.items():
             for c in range(channels):
-                out[k, c, ph, pw] = sum(b1(features[batch, c], y, x) for y, x in points) / count
+                out[k, c, ph, pw] = sum(b1(input[batch, c], y, x) for y, x in points) / count
     return out
 
 
 def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampling_ratio=-1,
                        aligned=False):
-    """Gradient of ``sum(grad_output * roi_align(...))`` with respect to the features."""
+    """Gradient of ``sum(grad_output * roi_align(...))`` with respect to the input."""
     pooled_h, pooled_w = grad_output.shape[2:]
     grad_input = np.zeros(input_shape)
     for k, roi in enumerate(rois):

@@ -33,11 +33,16 @@ def pool_windows(roi, spatial_scale, pooled_h, pooled_w, height, width, plus_one
                    for ph in range(pooled_h) for pw in range(pooled_w)}
 
 
-def roi_pool(features, rois, output_size, spatial_scale=1.0):
+def roi_pool(input, rois, output_size, spatial_scale=1.0):
+    """The maximum of each bin (0 if empty)."""
+    return roi_pool_with_argmax(input, rois, output_size, spatial_scale)[0]
+
+
+def roi_pool_with_argmax(input, rois, output_size, spatial_scale=1.0):
     """``(output, argmax)``: the maximum of each bin (0 if empty) and its flat index ``h*W + w``
     (-1 if empty); the first of equal maxima in row-major order."""
     pooled_h, pooled_w = output_size
-    channels, height, width = features.shape[1:]
+    channels, height, width = input.shape[1:]
     out = np.zeros((len(rois), channels, pooled_h, pooled_w))
     argmax = np.full(out.shape, -1, dtype=np.int64)
     for k, roi in enumerate(rois):
@@ -46,8 +51,8 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0):
             for c in range(channels):
                 for h in rows:
                     for w in columns:
-                        if argmax[k, c, ph, pw] == -1 or features[batch, c, h, w] > out[k, c, ph, pw]:
-                            out[k, c, ph, pw] = features[batch, c, h, w]
+                        if argmax[k, c, ph, pw] == -1 or input[batch, c, h, w] > out[k, c, ph, pw]:
+                            out[k, c, ph, pw] = input[batch, c, h, w]
                             argmax[k, c, ph, pw] = h * width + w
     return out, argmax
 

@@ -27,6 +27,10 @@ class On:
     def numpy(self, value):
         return _backend.to_numpy(value)
 
+    def arrays(self, arrays):
+        """A dict of NumPy arrays (None for an absent one) as arrays of this target."""
+        return {name: None if a is None else self.array(a) for name, a in arrays.items()}
+
     def __enter__(self):
         self._context = (numba_droi.target(self.name) if self.name == "cuda" and not self.gpu
                          else contextlib.nullcontext())
@@ -45,6 +49,15 @@ def on(request):
     if request.param == "cuda" and "cuda" not in _backend.available_targets():
         pytest.skip("no GPU and no CUDA simulator")
     return On(request.param)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Any kernel launched fails the test: for argument checks, which must come first."""
+    def fail(*args):
+        raise AssertionError("a kernel ran before the arguments were checked")
+    monkeypatch.setattr(_backend, "run", fail)
+    monkeypatch.setattr(_backend, "launch", fail)
 
 
 @pytest.fixture
@@ -67,7 +80,8 @@ except ImportError:  # the property tests skip themselves
     pass
 else:
     _unhurried = dict(deadline=None, database=None,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                             HealthCheck.function_scoped_fixture])  # the targets hold no state
     settings.register_profile("fast", max_examples=6, derandomize=True, **_unhurried)
     settings.register_profile("slow", max_examples=300, **_unhurried)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

@@ -9,7 +9,7 @@ import scipy
 
 import numba_droi
 from numba_droi import __main__ as cli
-from numba_droi import _backend, benchmark, demo, ops
+from numba_droi import _backend, benchmark, demo, ops, registry
 
 OPTIONS = {"demo": ["--target", "--repeats"], "check": ["--target", "--only"],
            "bench": ["--target", "--only", "--repeats", "--torchvision", "--latency"], "info": []}
@@ -24,10 +24,6 @@ def test_every_subcommand_has_help_naming_its_options(command, capsys):
     assert text.startswith(f"usage: python -m numba_droi {command}")
     assert all(option in text for option in OPTIONS[command])
     assert ("--target" in text) == (command != "info")
-
-
-def test_bench_and_demo_know_the_same_operators():
-    assert list(benchmark.CASES) == list(demo.OPERATORS)
 
 
 @pytest.mark.parametrize("command", ["demo", "check", "bench"])
@@ -58,15 +54,16 @@ def test_check_passes_every_operator_on_the_cpu_and_prints_a_row_each(cpu, capsy
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("numba_droi check on the cpu target")
     rows = check_rows(out)
-    assert list(rows) == list(demo.OPERATORS)
+    assert list(rows) == list(registry.BY_NAME)
     assert all(row[2:] == ["pass"] for row in rows.values())
-    assert rows["roi_align"][1] == "x".join(map(str, demo.SIZES["gradcheck"][:4]))
+    sizes = demo.SIZES["gradcheck"]
+    assert rows["roi_align"][1] == "x".join(str(sizes[key]) for key in ("batch", "channels", "height", "width"))
     assert rows["deform_roi_pool"][1].count(",") == 2  # features, offset, mask
 
 
 def test_check_fails_an_operator_whose_backward_is_wrong(cpu, monkeypatch, capsys):
     backward = ops.roi_align_backward
-    monkeypatch.setattr(ops, "roi_align_backward", lambda *args: 1.01 * backward(*args))
+    monkeypatch.setattr(ops, "roi_align_backward", lambda *args, **kwargs: 1.01 * backward(*args, **kwargs))
     assert cli.main(["check", "--target", "cpu", "--only", "roi_align", "ps_roi_align"]) == 1
     rows = check_rows(capsys.readouterr().out)
     assert list(rows) == ["roi_align", "ps_roi_align"]
@@ -75,7 +72,7 @@ def test_check_fails_an_operator_whose_backward_is_wrong(cpu, monkeypatch, capsy
 
 
 def test_check_fails_an_operator_that_raises(cpu, monkeypatch, capsys):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
     monkeypatch.setattr(ops, "ps_roi_pool", broken)
     assert cli.main(["check", "--target", "cpu", "--only", "ps_roi_pool", "ps_roi_align"]) == 1
@@ -141,8 +138,8 @@ def test_bench_with_torchvision_not_installed_says_so(monkeypatch, capsys):
 def test_bench_measures_on_the_cuda_target(cuda, monkeypatch):
     """The cuda path of ``measure`` (target, arrays, our own peer) on small cases: simulated without
     a GPU, so that every launch goes through the cuda kernels."""
-    detection_case = benchmark.detection_case
-    monkeypatch.setattr(benchmark, "detection_case", lambda rng, **sizes: detection_case(
+    detection_case = registry.detection_case
+    monkeypatch.setattr(registry, "detection_case", lambda rng, **sizes: detection_case(
         rng, batch=1, channels=2, height=6, width=7, boxes=2))
     launches = []
     launch = _backend.launch
@@ -150,8 +147,8 @@ def test_bench_measures_on_the_cuda_target(cuda, monkeypatch):
     rows = benchmark.measure(["deform_roi_pool"], 1, benchmark.Setting("cuda"))
     assert [row[:2] for row in rows] == [("deform_roi_pool", "forward"), ("deform_roi_pool", "forward+backward")]
     assert all(row[2] > 0 and row[3] == "numba_droi roi_align" and row[4] > 0 for row in rows)
-    launched = {name for name, (kernel, _) in _backend.CUDA_KERNELS.items()
-                if any(kernel is k for k in launches)}
+    launched = {name for name, cuda_kernel in _backend.CUDA_KERNELS.items()
+                if any(cuda_kernel.kernel is k for k in launches)}
     assert any(name.startswith("deform_roi_pool") for name in launched)
     assert any(name.startswith("roi_align") for name in launched)
 
@@ -171,8 +168,8 @@ def test_bench_latency_runs_each_first_call_in_fresh_processes(capsys):
 def test_bench_forward_backward_starts_from_cleared_gradients():
     """Each timed forward+backward leaves one call's gradient, not the sum of all calls'."""
     rng = np.random.default_rng(0)
-    features, rois = benchmark.detection_case(rng, batch=1, channels=3, height=9, width=8, boxes=4,
-                                              dtype=np.float64)
+    features, rois = registry.detection_case(rng, batch=1, channels=3, height=9, width=8, boxes=4,
+                                             dtype=np.float64)
     rois[:, 1:] /= 16
     seen = []
 

@@ -1,14 +1,16 @@
 """The main job, ``python -m numba_droi demo``, on both targets at small sizes."""
+import numpy as np
 import pytest
 
 from numba_droi import __main__ as cli
-from numba_droi import demo
+from numba_droi import demo, registry
 
 
 @pytest.fixture
 def small(monkeypatch):
-    sizes = dict(demo.SIZES, timing={device: (1, 3, 12, 14, 4) for device in demo.SIZES["timing"]})
-    monkeypatch.setattr(demo, "SIZES", sizes)
+    """Every timing at the simulator's small size."""
+    monkeypatch.setattr(demo, "timing_example", lambda operator, device, rng: operator.example(
+        rng, np.float32, batch=1, channels=3, height=12, width=14, boxes=4))
 
 
 def test_demo_gradchecks_every_operator_and_prints_a_table(small, on, capsys):
@@ -16,9 +18,14 @@ def test_demo_gradchecks_every_operator_and_prints_a_table(small, on, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert f"on the {on.name} target" in lines[0]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
-    assert set(rows) == set(demo.OPERATORS)
+    assert list(rows) == list(registry.BY_NAME)
     assert all(row[-1] == "pass" for row in rows.values())
-    assert rows["roi_align"][2] == "4x3x7x7"
+    assert rows["roi_align"][1:3] == ["1x3x12x14", "4x3x2x2"]
+
+
+def test_demo_times_the_benchmark_cases_on_the_cpu():
+    example = demo.timing_example(registry.BY_NAME["roi_align"], "cpu", np.random.default_rng(0))
+    assert example.arrays["input"].shape == (2, 256, 50, 68) and example.arrays["input"].dtype == np.float32
 
 
 def test_demo_reports_a_failing_gradient(small, cpu, monkeypatch, capsys):
@@ -27,21 +34,20 @@ def test_demo_reports_a_failing_gradient(small, cpu, monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_every_case_makes_its_other_arrays_with_the_given_array_module():
-    """On the GPU the boxes must be CuPy arrays like the features: each case makes them with ``xp``."""
-    import numpy as np
+def test_the_example_call_puts_the_other_arrays_on_the_target():
+    """On the GPU the boxes must be CuPy arrays like the features: ``example_call`` makes them with
+    ``to_target``; the arrays that get gradients stay NumPy arrays (the caller makes Tensors)."""
+    made = []
 
-    class Recording:
-        made = []
+    def to_target(array):
+        made.append(array)
+        return array
 
-        @classmethod
-        def asarray(cls, array):
-            cls.made.append(array)
-            return array
-
-    for name, case in demo.OPERATORS.items():
-        Recording.made = []
-        arrays, _ = case(np.random.default_rng(0), *demo.SIZES["gradcheck"], np.float32, Recording)
-        boxes = [a for a in Recording.made if a.ndim == 2 and a.shape[1] == 5]
-        assert len(boxes) == (name != "deform_conv2d"), name
+    for operator in registry.OPERATORS:
+        made.clear()
+        example = operator.example(np.random.default_rng(0), **demo.SIZES["gradcheck"])
+        arrays, call = demo.example_call(operator, example, to_target)
         assert all(isinstance(a, np.ndarray) for a in arrays)
+        others = [name for name in operator.arrays if name not in operator.wanted(example.arrays)
+                  and example.arrays[name] is not None]
+        assert len(made) == len(others), operator.name

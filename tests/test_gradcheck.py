@@ -5,20 +5,17 @@ import pytest
 from numba_droi import functional
 from numba_droi.autograd import Function, Tensor
 from numba_droi.gradcheck import GradcheckError, gradcheck
-from numba_droi.ops import roi_align_backward
 
 ROIS = np.array([[0, 0.6, 1.3, 4.2, 5.1], [0, 2.2, 0.4, 6.3, 3.7]])
 
 
 def make_roi_align(gradient_factor):
     """roi_align whose backward is scaled by ``gradient_factor`` (1 is the true gradient)."""
-    class ScaledRoIAlign(functional.RoIAlign):
-        @staticmethod
-        def backward(ctx, grad_output):
-            (rois,) = ctx.saved_tensors
-            shape, scale, ratio, aligned = ctx.arguments
-            return (gradient_factor * roi_align_backward(grad_output, rois, shape, scale, ratio, aligned),
-                    None, None, None, None, None)
+    class ScaledRoIAlign(functional.FUNCTIONS["roi_align"]):
+        @classmethod
+        def backward(cls, ctx, grad_output):
+            (grad_input, *others) = super().backward(ctx, grad_output)
+            return (gradient_factor * grad_input, *others)
     return lambda x: ScaledRoIAlign.apply(x, ROIS, (2, 2), 1.0, 2, True)
 
 
@@ -65,3 +62,10 @@ def test_checks_float32_inputs_in_float64():
 def test_needs_an_input_that_requires_grad():
     with pytest.raises(ValueError, match="requires_grad"):
         gradcheck(make_roi_align(1.0), [Tensor(np.zeros((1, 2, 7, 8)))])
+
+
+def test_an_empty_output_has_nothing_to_check():
+    """No boxes: roi_align's output has no elements, and its Jacobian none either."""
+    check = lambda x: functional.roi_align(x, np.zeros((0, 5)), 2, sampling_ratio=2)  # noqa: E731
+    assert gradcheck(check, [features()])
+    assert gradcheck(check, [features()], max_full_size=10)

@@ -88,7 +88,7 @@ def test_check_grads(name):
 
 def test_check_grads_detects_a_wrong_backward(monkeypatch):
     roi_align_backward = ops.roi_align_backward
-    monkeypatch.setattr(ops, "roi_align_backward", lambda *a: 1.01 * roi_align_backward(*a))
+    monkeypatch.setattr(ops, "roi_align_backward", lambda *a, **k: 1.01 * roi_align_backward(*a, **k))
     function, _, differentiable, others = CASES["roi_align"]
     with pytest.raises(AssertionError):
         check_grads(lambda x: function(x, jnp.asarray(others[0])), (jnp.asarray(differentiable[0]),),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from numba_droi import _backend, kernels, ptx
+from numba_droi import _backend, kernels, ptx, registry
 
 CAPABILITIES = ("70", "80", "90")
 ASSEMBLED_CAPABILITIES = ("80", "90")
@@ -41,6 +41,7 @@ def resources(ptx_dir, ptx_files):
 
 def test_every_kernel_compiles_for_every_capability_and_dtype(ptx_files):
     kernels.import_all()
+    assert set(ptx.operator_kernels()) == set(_backend.CUDA_KERNELS)
     expected = {ptx.ptx_file_name(name, dtype, cc) for name in _backend.CUDA_KERNELS
                 for dtype in ptx.DTYPES for cc in CAPABILITIES}
     assert set(ptx_files) == expected
@@ -75,7 +76,10 @@ def test_backward_kernels_scatter_with_atomics(ptx_files):
 def test_deterministic_kernels_use_no_float_atomics(ptx_files):
     """The backwards for use_deterministic_algorithms(True): each thread owns what it adds to."""
     names = [name for name in ptx_files if "deterministic" in name]
-    assert len(names) == 7 * 2 * len(CAPABILITIES), names
+    expected = {kernel.__name__ for operator in registry.OPERATORS for stage in operator.kernels.values()
+                for target, kernel in stage.items() if target == "cuda_deterministic"}
+    assert {name.split(".")[0] for name in names} == expected
+    assert len(names) == len(expected) * len(ptx.DTYPES) * len(CAPABILITIES)
     for name in names:
         assert not FLOAT_ATOMIC.search(ptx_files[name]), name
 

@@ -4,15 +4,13 @@ and torchvision when it is installed."""
 import numba
 import numpy as np
 import pytest
-from test_roi_align import GOOD_FEATURES, GOOD_ROIS, no_launch, random_boxes  # noqa: F401 (fixture)
 
 import numba_droi
+from numba_droi.registry import example_rois
 from numba_droi import functional
 from numba_droi.autograd import Tensor
-from numba_droi.gradcheck import gradcheck
 from numba_droi.kernels import roi_pool as kernels
-from numba_droi.kernels.roi_align import unravel_output_index
-from reference.roi_pool import roi_pool as reference_forward
+from reference.roi_pool import roi_pool_with_argmax as reference_forward
 from reference.roi_pool import roi_pool_backward as reference_backward
 
 
@@ -27,7 +25,7 @@ def random_case(rng, max_size=11, max_boxes=5, max_channels=3):
     height, width = rng.integers(1, max_size + 1, 2)
     scale = float(rng.choice([1.0, 0.5, 0.25, 1.3]))
     features = distinct_features(rng, (batch, channels, height, width))
-    rois = random_boxes(rng, rng.integers(1, max_boxes + 1), batch, height, width, scale)
+    rois = example_rois(rng, rng.integers(0, 5, rng.integers(1, max_boxes + 1)), batch, height, width, scale)
     options = dict(output_size=tuple(int(v) for v in rng.integers(1, 4, 2)), spatial_scale=scale)
     return features, rois, options
 
@@ -53,21 +51,10 @@ def check_against_reference(on, features, rois, options):
                                                               features.shape), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_matches_reference_on_cpu(cpu, seed):
-    check_against_reference(cpu, *random_case(np.random.default_rng(seed)))
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_matches_reference_on_cuda(cuda, seed):
-    check_against_reference(cuda, *random_case(np.random.default_rng(seed), max_size=7, max_boxes=3,
-                                               max_channels=2))
-
-
 def test_matches_reference_on_cpu_at_a_larger_size(cpu):
     rng = np.random.default_rng(7)
     features = distinct_features(rng, (2, 4, 30, 41))
-    check_against_reference(cpu, features, random_boxes(rng, 24, 2, 30, 41, 0.25),
+    check_against_reference(cpu, features, example_rois(rng, rng.integers(0, 5, 24), 2, 30, 41, 0.25),
                             dict(output_size=(7, 7), spatial_scale=0.25))
 
 
@@ -78,19 +65,6 @@ def test_ties_take_the_first_maximum_in_row_major_order(on):
         output, argmax = numba_droi.roi_pool_with_argmax(on.array(features),
                                                          on.array([[0, 0, 0, 4.0, 3]]), 1)
     assert on.numpy(output)[0, 0, 0, 0] == 1.0 and on.numpy(argmax)[0, 0, 0, 0] == 1 * 5 + 3
-
-
-def test_float32_matches_float64_reference(on):
-    rng = np.random.default_rng(3)
-    features = distinct_features(rng, (2, 2, 9, 8))
-    rois = random_boxes(rng, 4, 2, 9, 8, 0.5)
-    options = dict(output_size=(2, 4), spatial_scale=0.5)  # bins exact in both dtypes
-    with on:
-        output = numba_droi.roi_pool(on.array(features.astype(np.float32)),
-                                     on.array(rois.astype(np.float32)), **options)
-    assert output.dtype == np.float32
-    np.testing.assert_allclose(on.numpy(output), reference_forward(features, rois, **options)[0],
-                               rtol=1e-6, atol=1e-6)
 
 
 # -- rounding: C's round, halves away from zero ----------------------------------------------------
@@ -117,74 +91,7 @@ def test_box_corners_are_rounded_half_away_from_zero(on):
 
 # -- gradients by finite differences --------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", range(4))
-def test_gradcheck_on_cpu(cpu, seed):
-    features, rois, options = random_case(np.random.default_rng(100 + seed), max_size=8)
-    x = Tensor(features, requires_grad=True)
-    assert gradcheck(lambda t: functional.roi_pool(t, rois, **options), [x])
-
-
-def test_gradcheck_on_cuda(cuda):
-    features, rois, options = random_case(np.random.default_rng(200), max_size=6, max_boxes=2,
-                                          max_channels=1)
-    with cuda:
-        x = Tensor(cuda.array(features), requires_grad=True)
-        assert gradcheck(lambda t: functional.roi_pool(t, cuda.array(rois), **options), [x])
-
-
-def test_functional_gradient_equals_array_backward(on):
-    rng = np.random.default_rng(9)
-    features, rois, options = random_case(rng, max_size=6, max_boxes=2, max_channels=2)
-    with on:
-        x = Tensor(on.array(features), requires_grad=True)
-        out = functional.roi_pool(x, on.array(rois), **options)
-        grad = rng.standard_normal(out.shape)
-        out.backward(on.array(grad))
-        _, argmax = numba_droi.roi_pool_with_argmax(on.array(features), on.array(rois), **options)
-        expected = numba_droi.roi_pool_backward(on.array(grad), on.array(rois), argmax, features.shape)
-    np.testing.assert_array_equal(on.numpy(x.grad), on.numpy(expected))
-
-
 # -- the cuda kernels' bodies compiled for the cpu, at a detection size ----------------------------
-
-@numba.njit(parallel=True)
-def _cuda_forward_body_on_cpu(features, rois, spatial_scale, output, argmax):
-    for index in numba.prange(output.size):  # what each thread of roi_pool_forward_cuda does
-        k, c, ph, pw = unravel_output_index(index, output.shape)
-        box = kernels.pool_box(rois, k, spatial_scale, 1, output.shape[2], output.shape[3])
-        h_low, h_high, w_low, w_high = kernels.pool_window(box, ph, pw, features.shape[2],
-                                                           features.shape[3])
-        output[k, c, ph, pw], argmax[k, c, ph, pw] = kernels.roi_pool_window(
-            features, box[0], c, h_low, h_high, w_low, w_high)
-
-
-@numba.njit
-def _cuda_backward_body_on_cpu(grad_output, rois, argmax, grad_input):
-    for index in range(grad_output.size):  # serial: the cpu add is not atomic
-        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
-        kernels.roi_pool_scatter(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), c,
-                                 argmax[k, c, ph, pw])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_bodies_compiled_for_cpu_match_the_cpu_drivers_at_detection_size(dtype):
-    rng = np.random.default_rng(11)
-    features = rng.standard_normal((2, 256, 50, 68)).astype(dtype)
-    rois = random_boxes(rng, 512, 2, 50, 68, 1 / 16).astype(dtype)
-    output, argmax = numba_droi.roi_pool_with_argmax(features, rois, 7, 1 / 16)
-    assert argmax.dtype == np.int32
-    body_output, body_argmax = np.zeros_like(output), np.full_like(argmax, -1)
-    _cuda_forward_body_on_cpu(features, rois, dtype(1 / 16), body_output, body_argmax)
-    np.testing.assert_array_equal(body_output, output)
-    np.testing.assert_array_equal(body_argmax, argmax)
-
-    grad_output = rng.standard_normal(output.shape).astype(dtype)
-    grad_input = numba_droi.roi_pool_backward(grad_output, rois, argmax, features.shape)
-    body_grad = np.zeros_like(features)
-    _cuda_backward_body_on_cpu(grad_output, rois, argmax, body_grad)
-    np.testing.assert_allclose(body_grad, grad_input, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                               atol=1e-5 if dtype == np.float32 else 1e-12)
-
 
 # -- edge cases ------------------------------------------------------------------------------------
 
@@ -206,47 +113,8 @@ def test_nan_inf_and_huge_boxes_are_safe(on):
     assert np.all(np.isfinite(grad)) and grad.sum() == (argmax >= 0).sum()
 
 
-def test_no_boxes_give_an_empty_output_and_zero_gradient(on):
-    features = np.ones((2, 3, 4, 5))
-    with on:
-        output, argmax = numba_droi.roi_pool_with_argmax(on.array(features), on.array(np.zeros((0, 5))),
-                                                         (2, 3))
-        grad = numba_droi.roi_pool_backward(on.array(np.zeros((0, 3, 2, 3))), on.array(np.zeros((0, 5))),
-                                            argmax, features.shape)
-    assert output.shape == argmax.shape == (0, 3, 2, 3)
-    assert grad.shape == features.shape and not on.numpy(grad).any()
-
-
-@pytest.mark.parametrize("shape", [(1, 0, 4, 5), (1, 3, 0, 5), (1, 3, 4, 0)])
-def test_empty_feature_maps_give_zeros(cpu, shape):
-    output, argmax = numba_droi.roi_pool_with_argmax(np.ones(shape), np.array([[0, 0.5, 0.5, 2, 2]]), 2)
-    assert output.shape == (1, shape[1], 2, 2) and not output.any() and np.all(argmax == -1)
-
-
-def test_non_contiguous_inputs_give_the_same_result(on):
-    rng = np.random.default_rng(4)
-    features = distinct_features(rng, (1, 5, 7, 2))
-    rois = random_boxes(rng, 3, 1, 5, 7, 1.0)
-    with on:
-        strided = numba_droi.roi_pool(on.array(features).transpose(0, 3, 1, 2),
-                                      on.array(np.asfortranarray(rois)), 3)
-        contiguous = numba_droi.roi_pool(on.array(np.ascontiguousarray(features.transpose(0, 3, 1, 2))),
-                                         on.array(rois), 3)
-    np.testing.assert_array_equal(on.numpy(strided), on.numpy(contiguous))
-
-
-def test_inputs_are_not_modified(on):
-    rng = np.random.default_rng(8)
-    features, rois = distinct_features(rng, (1, 2, 6, 6)), np.array([[0, 0.5, 0.75, 4.25, 5.5]])
-    grad = rng.standard_normal((1, 2, 2, 2))
-    copies = [a.copy() for a in (features, rois, grad)]
-    with on:
-        arrays = [on.array(a) for a in (features, rois, grad)]
-        _, argmax = numba_droi.roi_pool_with_argmax(arrays[0], arrays[1], 2)
-        argmax_copy = on.numpy(argmax).copy()
-        numba_droi.roi_pool_backward(arrays[2], arrays[1], argmax, features.shape)
-    for array, copy in zip(arrays + [argmax], copies + [argmax_copy]):
-        np.testing.assert_array_equal(on.numpy(array), copy)
+GOOD_FEATURES = np.zeros((2, 3, 4, 5))
+GOOD_ROIS = np.array([[0, 0, 0, 2, 2], [1, 1, 1, 3, 3.0]])
 
 
 # -- bad inputs: clear errors before any launch ----------------------------------------------------

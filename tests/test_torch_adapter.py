@@ -110,7 +110,7 @@ def test_full_gradcheck_on_a_small_case():
 
 def test_gradcheck_detects_a_wrong_backward(monkeypatch):
     roi_align_backward = ops.roi_align_backward
-    monkeypatch.setattr(ops, "roi_align_backward", lambda *a: 1.01 * roi_align_backward(*a))
+    monkeypatch.setattr(ops, "roi_align_backward", lambda *a, **k: 1.01 * roi_align_backward(*a, **k))
     wrapper, _, differentiable, others = CASES["roi_align"]
     with pytest.raises(GradcheckError):
         gradcheck(lambda x: wrapper(x, *tensors(others, False)), tensors(differentiable, True))
@@ -139,8 +139,8 @@ def test_memory_is_shared_both_ways(monkeypatch):
     """The operator reads the tensor's own memory and the result tensor is the operator's array."""
     seen, roi_align = {}, ops.roi_align
 
-    def spy(input, rois, *options):
-        seen["input"], seen["output"] = input, roi_align(input, rois, *options)
+    def spy(input, rois, **options):
+        seen["input"], seen["output"] = input, roi_align(input, rois, **options)
         return seen["output"]
 
     monkeypatch.setattr(ops, "roi_align", spy)

@@ -387,6 +387,9 @@ def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial
     width = features.shape[3]
     pixels = channels_last(features, group_size * group_size)
     for k in numba.prange(boxes):
+        # Every entry of the box's gradient is written (as by the cuda kernel): zeros first, then the
+        # sum over the bins of each part cell.
+        grad_trans[k] = f(0)
         _, _, _, roi_h, roi_w = deform_psroi_box(rois, k, spatial_scale)
         if not (math.isfinite(roi_h) and math.isfinite(roi_w)):  # such a box takes no sample
             continue

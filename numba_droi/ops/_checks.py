@@ -33,10 +33,11 @@ def plane(shape, name):
                          f"{shape[2]} * {shape[3]} = {shape[2] * shape[3]}")
 
 
-def rois(boxes, features_array, name="rois"):
+def rois(boxes, features_array, name="rois", features_name="input"):
     """``boxes`` as a C-contiguous ``(K, 5)`` array of the features' dtype whose batch indices
-    ``int(boxes[k, 0])`` all lie in ``[0, N)``."""
-    _backend.target_of(features_array, boxes, names=("input", name))
+    ``int(boxes[k, 0])`` all lie in ``[0, N)``. ``features_name`` names the argument the features came
+    from (a backward's ``grad_output``) in the error for arrays on different devices."""
+    _backend.target_of(features_array, boxes, names=(features_name, name))
     boxes = _backend.as_array(boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 5:
         raise ValueError(f"{name} must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
@@ -121,3 +122,14 @@ def input_shape(shape):
         raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
     plane(shape, "input_shape")
     return shape
+
+
+def wanted(names, gradients):
+    """The set of ``gradients`` (names) a backward should compute: ``names`` (an iterable of some of
+    them), or all of them for None."""
+    if names is None:
+        return set(gradients)
+    names = set(names)
+    if not names <= set(gradients):
+        raise ValueError(f"wanted must name gradients among {gradients}, got {sorted(names)}")
+    return names

@@ -13,6 +13,8 @@ from .. import _backend
 from ..kernels.deform_conv import KERNELS
 from . import _checks
 
+__all__ = ["deform_conv2d", "deform_conv2d_backward", "im2col", "col2im", "grouped_matmul", "output_size"]
+
 # The column buffer holds at most this many elements (or one image's columns, if that is more):
 # deform_conv2d and its backward process the batch in chunks of images that fit.
 COLUMN_BUFFER_ELEMENTS = 1 << 24
@@ -46,6 +48,12 @@ class _Geometry:
 
     def arguments(self):
         return self.kernel + self.stride + self.padding + self.dilation
+
+
+def output_size(input_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """``(Ho, Wo)`` of a convolution of an ``(N, C, H, W)`` input: ``Ho = (H + 2*pad_h - (dil_h*(kh-1)
+    + 1)) // stride_h + 1``; ValueError where it would be empty."""
+    return _Geometry(input_shape, kernel_size, stride, padding, dilation).output
 
 
 def _offset_and_mask(offset, mask, input, geometry):
@@ -262,13 +270,14 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
-                           mask=None):
+                           mask=None, *, wanted=None):
     """Gradients of ``deform_conv2d`` (its bias does not enter them).
 
-    Returns ``(grad_input, grad_offset, grad_weight, grad_bias, grad_mask)``; ``grad_offset`` and
-    ``grad_mask`` are None when ``offset`` or ``mask`` is None. ``grad_input`` by the adjoint of the
-    im2col (``col2im``), ``grad_weight`` and ``grad_bias`` by matrix products and sums, the offset and
-    mask gradients per element from the derivative of rule B2 in the sample coordinate.
+    Returns ``(grad_input, grad_offset, grad_weight, grad_bias, grad_mask)``; a gradient not
+    ``wanted`` (some of ``("input", "offset", "weight", "bias", "mask")``; None for all) is None, and
+    so are ``grad_offset`` and ``grad_mask`` when ``offset`` or ``mask`` is None. ``grad_input`` by the
+    adjoint of the im2col (``col2im``), ``grad_weight`` and ``grad_bias`` by matrix products and sums,
+    the offset and mask gradients per element from the derivative of rule B2 in the sample coordinate.
 
     The offset gradient is the true derivative of the forward: 0 where the sample lies outside
     ``(-1, H) x (-1, W)``, where the forward is 0. torchvision's coordinate weight lacks that test and
@@ -278,6 +287,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     """
     input, offset, weight, _, mask, groups, offset_groups, geometry = _arguments(
         input, offset, weight, None, stride, padding, dilation, mask)
+    wanted = _checks.wanted(wanted, ("input", "offset", "weight", "bias", "mask"))
+    want_input, want_weight = "input" in wanted, "weight" in wanted
+    want_coordinates = (offset is not None and "offset" in wanted) or (mask is not None and "mask" in wanted)
     output_pixels = geometry.output[0] * geometry.output[1]
     grad_output = _checks.features(grad_output, "grad_output")
     _backend.target_of(input, grad_output, names=("input", "grad_output"))
@@ -286,32 +298,39 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     target = _backend.target_of(input)
     xp = _backend.array_module(input)
     batch = input.shape[0]
-    grad_input = xp.zeros_like(input)
-    grad_offset = None if offset is None else xp.zeros_like(offset)
-    grad_mask = None if mask is None else xp.zeros_like(mask)
-    grad_weight = xp.zeros_like(weight)
-    grad_bias = grad_output.sum(axis=(0, 2, 3))
+    grad_input = xp.zeros_like(input) if want_input else None
+    # the coordinate gradient kernels write both the offset and the mask gradient of what is given
+    grad_offset = xp.zeros_like(offset) if offset is not None and want_coordinates else None
+    grad_mask = xp.zeros_like(mask) if mask is not None and want_coordinates else None
+    grad_weight = xp.zeros_like(weight) if want_weight else None
+    grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
+    if not (want_input or want_weight or want_coordinates):
+        return grad_input, None, grad_weight, grad_bias, None
     chunk = _chunk(input, geometry)
     buffer = xp.empty((chunk, input.shape[1] * geometry.taps) + geometry.output, input.dtype)
     weight_t = _grouped(weight.reshape(weight.shape[0], -1), groups, 0).swapaxes(1, 2)
-    grad_weight_grouped = _grouped(grad_weight.reshape(weight.shape[0], -1), groups, 0)
     for start in range(0, batch if input.size else 0, chunk):
         stop = min(start + chunk, batch)
         chunk_offset, chunk_mask = _slice(offset, start, stop), _slice(mask, start, stop)
         columns = buffer[:stop - start]
         grad_grouped = _grouped(grad_output[start:stop].reshape(stop - start, weight.shape[0], -1),
                                 groups, 1)  # (nb, G, C_out/G, Ho*Wo)
-        _im2col_into(target, input[start:stop], chunk_offset, chunk_mask, geometry, columns)
         cols = _grouped(columns.reshape(stop - start, columns.shape[1], -1), groups, 1)
-        grad_weight_grouped += xp.matmul(grad_grouped, cols.swapaxes(2, 3)).sum(axis=0)
+        if want_weight:
+            _im2col_into(target, input[start:stop], chunk_offset, chunk_mask, geometry, columns)
+            grad_weight_grouped = _grouped(grad_weight.reshape(weight.shape[0], -1), groups, 0)
+            grad_weight_grouped += xp.matmul(grad_grouped, cols.swapaxes(2, 3)).sum(axis=0)
+        if not (want_input or want_coordinates):
+            continue
         xp.matmul(weight_t, grad_grouped, out=cols)  # the buffer now holds the column gradient
-        _col2im_into(target, columns, chunk_offset, chunk_mask, geometry, grad_input[start:stop])
-        if offset is not None or mask is not None:
+        if want_input:
+            _col2im_into(target, columns, chunk_offset, chunk_mask, geometry, grad_input[start:stop])
+        if want_coordinates:
             _backend.run(target, KERNELS["coordinate_gradient"][target],
                          (stop - start) * offset_groups * geometry.taps * output_pixels, columns,
                          input[start:stop], _placeholder(chunk_offset, input),
                          _placeholder(chunk_mask, input), *geometry.arguments(), offset is not None,
                          mask is not None, _placeholder(_slice(grad_offset, start, stop), input),
                          _placeholder(_slice(grad_mask, start, stop), input))
-    return grad_input, grad_offset, grad_weight, grad_bias, grad_mask
-
+    return (grad_input, grad_offset if "offset" in wanted else None, grad_weight, grad_bias,
+            grad_mask if "mask" in wanted else None)

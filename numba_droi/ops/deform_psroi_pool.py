@@ -5,6 +5,8 @@ from .. import _backend
 from ..kernels.deform_psroi_pool import KERNELS
 from . import _checks
 
+__all__ = ["deform_psroi_pool", "deform_psroi_pool_backward"]
+
 
 def _positive(value, name):
     value = _checks.integer(value, name)
@@ -105,7 +107,8 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
 
 
 def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, group_size,
-                               part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False):
+                               part_size=None, sample_per_part=1, trans_std=0.0, no_trans=False, *,
+                               wanted=None):
     """Gradients of ``deform_psroi_pool`` with respect to its input and ``trans``.
 
     Args:
@@ -113,9 +116,11 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, g
         input, rois, trans, spatial_scale, group_size, part_size, sample_per_part, trans_std,
             no_trans: as given to the forward (``output_dim`` and ``pooled_size`` are read from
             ``grad_output``).
+        wanted: the gradients to compute, some of ``("input", "trans")``; None for both.
 
     Returns:
-        ``(grad_input, grad_trans)``; ``grad_trans`` is None with ``no_trans``.
+        ``(grad_input, grad_trans)``; a gradient not wanted is None, and so is ``grad_trans`` with
+        ``no_trans``.
     """
     features = _checks.features(input)
     grad_output = _checks.features(grad_output, "grad_output")
@@ -128,15 +133,20 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, g
                        "grad_output")
     grad_output = grad_output.astype(features.dtype, copy=False)
     xp = _backend.array_module(features)
-    grad_input = xp.zeros(features.shape, dtype=features.dtype)
-    grad_trans = None if no_trans else xp.zeros(trans.shape, dtype=features.dtype)
-    if features.size:
+    wanted = _checks.wanted(wanted, ("input", "trans"))
+    grad_input = xp.zeros(features.shape, dtype=features.dtype) if "input" in wanted else None
+    # the trans gradient kernels write every element
+    grad_trans = None if no_trans or "trans" not in wanted else xp.empty(trans.shape, dtype=features.dtype)
+    if grad_input is not None and features.size:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
                                                features.shape[0] * output_dim)
         _backend.run(target, kernel, size, grad_output, rois, trans, spatial_scale, trans_std,
                      group_size, part_size, sample_per_part, no_trans, grad_input)
-        if not no_trans:
+    if grad_trans is not None:
+        if features.size:
             _backend.run(target, KERNELS["trans_grad"][target], grad_trans.size // 2, features,
                          grad_output, rois, trans, spatial_scale, trans_std, group_size, part_size,
                          sample_per_part, grad_trans)
+        else:
+            grad_trans[...] = 0
     return grad_input, grad_trans

@@ -3,6 +3,8 @@ from .. import _backend
 from ..kernels.deform_roi_pool import KERNELS
 from . import _checks
 
+__all__ = ["deform_roi_pool", "deform_roi_pool_backward"]
+
 
 def _arguments(features, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio,
                gamma):
@@ -71,38 +73,41 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
 
 
 def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0, sampling_ratio=0,
-                             gamma=0.1, mask=None):
+                             gamma=0.1, mask=None, *, wanted=None):
     """Gradients of ``deform_roi_pool`` with respect to its input, offset and mask.
 
     Args:
         grad_output: ``(K, C, PH, PW)`` gradient of the output.
         input, rois, offset, spatial_scale, sampling_ratio, gamma, mask: as given to the forward.
+        wanted: the gradients to compute, some of ``("input", "offset", "mask")``; None for all.
 
     Returns:
-        ``(grad_input, grad_offset, grad_mask)``; ``grad_offset`` is None when ``offset`` is, and
-        ``grad_mask`` when ``mask`` is.
+        ``(grad_input, grad_offset, grad_mask)``; a gradient not wanted is None, and so are
+        ``grad_offset`` when ``offset`` is None and ``grad_mask`` when ``mask`` is.
     """
     features = _checks.features(input)
     grad_output = _checks.features(grad_output, "grad_output")
     target = _backend.target_of(features, grad_output, names=("input", "grad_output"))
     pooled_h, pooled_w = grad_output.shape[2:]
-    given_offset, given_mask = offset is not None, mask is not None
+    wanted = _checks.wanted(wanted, ("input", "offset", "mask"))
+    want_input = "input" in wanted
+    want_offset, want_mask = offset is not None and "offset" in wanted, mask is not None and "mask" in wanted
     rois, offset, mask, spatial_scale, sampling_ratio, gamma = _arguments(
         features, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma)
     _checks.same_shape(grad_output, (rois.shape[0], features.shape[1], pooled_h, pooled_w),
                        "grad_output")
     grad_output = grad_output.astype(features.dtype, copy=False)
     xp = _backend.array_module(features)
-    grad_input = xp.zeros(features.shape, dtype=features.dtype)
+    grad_input = xp.zeros(features.shape, dtype=features.dtype) if want_input else None
     grad_offset = xp.zeros(offset.shape, dtype=features.dtype)
     grad_mask = xp.zeros(mask.shape, dtype=features.dtype)
-    if features.size:
+    if features.size and want_input:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
                                                features.shape[0] * features.shape[1])
         _backend.run(target, kernel, size, grad_output, rois, offset, mask, spatial_scale,
                      sampling_ratio, gamma, grad_input)
-        if given_offset or given_mask:
-            _backend.run(target, KERNELS["offset_mask_grad"][target], grad_mask.size, features,
-                         grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
-                         grad_offset, grad_mask)
-    return grad_input, grad_offset if given_offset else None, grad_mask if given_mask else None
+    if features.size and (want_offset or want_mask):
+        _backend.run(target, KERNELS["offset_mask_grad"][target], grad_mask.size, features,
+                     grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
+                     grad_offset, grad_mask)
+    return grad_input, grad_offset if want_offset else None, grad_mask if want_mask else None

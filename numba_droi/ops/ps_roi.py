@@ -3,6 +3,8 @@ from .. import _backend
 from ..kernels.ps_roi import KERNELS
 from . import _checks
 
+__all__ = ["ps_roi_pool", "ps_roi_pool_backward", "ps_roi_align", "ps_roi_align_backward"]
+
 
 def _forward(name, input, rois, output_size, spatial_scale, *options):
     features = _checks.features(input)
@@ -27,7 +29,7 @@ def _backward(name, grad_output, rois, input_shape, spatial_scale, *options):
                                                    "input_shape[1]")
     xp = _backend.array_module(grad_output)
     grad_input = xp.zeros(input_shape, dtype=grad_output.dtype)
-    rois = _checks.rois(rois, grad_input)
+    rois = _checks.rois(rois, grad_input, features_name="grad_output")
     spatial_scale = grad_input.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
     _checks.same_shape(grad_output, (rois.shape[0], channels, pooled_h, pooled_w), "grad_output")
     target = _backend.target_of(grad_output)

@@ -3,9 +3,11 @@ from .. import _backend
 from ..kernels.roi_align import KERNELS
 from . import _checks
 
+__all__ = ["roi_align", "roi_align_backward"]
 
-def _arguments(features, rois, spatial_scale, sampling_ratio, aligned):
-    rois = _checks.rois(rois, features)
+
+def _arguments(features, rois, spatial_scale, sampling_ratio, aligned, features_name="input"):
+    rois = _checks.rois(rois, features, features_name=features_name)
     spatial_scale = features.dtype.type(_checks.finite_real(spatial_scale, "spatial_scale"))
     sampling_ratio = _checks.sampling_ratio(sampling_ratio)
     return rois, spatial_scale, sampling_ratio, bool(aligned)
@@ -70,7 +72,7 @@ def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampli
     xp = _backend.array_module(grad_output)
     grad_input = xp.zeros(input_shape, dtype=grad_output.dtype)
     rois, spatial_scale, sampling_ratio, aligned = _arguments(
-        grad_input, rois, spatial_scale, sampling_ratio, aligned)
+        grad_input, rois, spatial_scale, sampling_ratio, aligned, "grad_output")
     _checks.same_shape(grad_output, (rois.shape[0], input_shape[1]) + grad_output.shape[2:],
                        "grad_output")
     target = _backend.target_of(grad_output)

@@ -9,6 +9,8 @@ from .. import _backend
 from ..kernels.roi_pool import KERNELS
 from . import _checks
 
+__all__ = ["roi_pool", "roi_pool_with_argmax", "roi_pool_backward"]
+
 
 def roi_pool(input, rois, output_size, spatial_scale=1.0):
     """RoI max pooling of Fast R-CNN (Girshick, 2015, https://arxiv.org/abs/1504.08083), as torchvision.
@@ -82,7 +84,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     input_shape = _checks.input_shape(input_shape)
     xp = _backend.array_module(grad_output)
     grad_input = xp.zeros(input_shape, dtype=grad_output.dtype)
-    rois = _checks.rois(rois, grad_input)
+    rois = _checks.rois(rois, grad_input, features_name="grad_output")
     _checks.same_shape(grad_output, (rois.shape[0], input_shape[1]) + grad_output.shape[2:],
                        "grad_output")
     _backend.target_of(grad_output, argmax, names=("grad_output", "argmax"))

@@ -1,0 +1,486 @@
+"""The operators, one record each: everything the rest of the package and the tests read about an
+operator.
+
+An ``Operator`` names the operator's array-level forward and backward (``numba_droi.ops``), which of
+the forward's arguments are arrays and which of those get gradients, how to take the gradients
+(``gradients``: the backward called in a uniform way), the shape of its output, its kernels, its
+slow reference (``reference/``), example cases (small ones for tests and gradient checks, a
+detection-sized one with a peer for benchmarks) and the names the peers give it. From that one record
+come the differentiable ``Function`` (``numba_droi.functional``), the layer (``numba_droi.nn``), the
+PyTorch and JAX adapters, ``demo``, ``check``, ``bench``, the PTX report and the tests'
+parametrisation.
+
+A new operator is its kernel, ops, reference and test files and one record here, in ``OPERATORS``.
+"""
+import dataclasses
+import inspect
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import ops
+from .kernels import deform_conv as deform_conv_kernels
+from .kernels import deform_psroi_pool as deform_psroi_pool_kernels
+from .kernels import deform_roi_pool as deform_roi_pool_kernels
+from .kernels import ps_roi as ps_roi_kernels
+from .kernels import roi_align as roi_align_kernels
+from .kernels import roi_pool as roi_pool_kernels
+from .ops import _checks
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One call of an operator: its ``arrays`` (name -> NumPy array, or None for an optional one left
+    out) and its other arguments, ``options``."""
+    arrays: dict
+    options: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """What a benchmark runs beside an operator: ``torchvision.ops.<name>`` on some of the operator's
+    ``arrays`` with ``options`` (without torchvision, numba_droi's own operator ``name`` where it
+    is another operator than the one measured: the deformable operators' offset-free counterparts)."""
+    name: str
+    arrays: tuple
+    options: dict
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Operator:
+    """Everything about one operator (see the module's docstring).
+
+    ``gradients(functions, grad_output, arrays, options, wanted)`` calls the backward of
+    ``functions`` (``numba_droi.ops``, or the operator's module of ``reference/``, which has the same
+    functions) on the forward's ``arrays`` and ``options`` (plus what ``saving`` kept) and returns
+    ``{name: gradient}`` for at least the ``wanted`` names. ``saving(functions, arrays, options,
+    wanted)``, where given, runs the forward keeping what the backward needs beyond the arrays:
+    ``(output, {name: array})`` (roi_pool's argmax).
+    """
+    name: str                    # numba_droi.<name>, functional.<name>, the adapters' name
+    forward: Callable            # the array-level forward, e.g. ops.roi_align
+    backward: Callable           # the array-level backward
+    arrays: tuple                # the forward's array arguments
+    differentiable: tuple        # those that get gradients
+    gradients: Callable
+    output_shape: Callable       # (shapes of the arrays by name, options) -> the output's shape
+    kernels: dict                # stage -> {"cpu": driver, "cuda": kernel, "cuda_deterministic": ...}
+    reference: str               # the module of reference/ that mirrors forward and backward
+    example: Callable            # (rng, dtype, batch, channels, height, width, boxes, scale, **choices)
+    choices: dict                # example's choices -> values worth trying (the property tests)
+    benchmark: Callable          # (rng, boxes) -> (Example at a detection size, Peer or None)
+    module: Optional[str]        # its layer's class name (options at construction, arrays at the
+                                 # call) in nn and the torch adapter; None: the layer is written by hand
+    peers: dict                  # library -> the same operator's name there
+    optional: tuple = ()         # arrays that may be None
+    saving: Optional[Callable] = None
+
+    @property
+    def options(self):
+        """Names of the forward's arguments that are not arrays, in order."""
+        return tuple(name for name in inspect.signature(self.forward).parameters
+                     if name not in self.arrays)
+
+    def call(self, functions, arrays, options):
+        """The forward of ``functions`` (``numba_droi.ops`` or the reference module) on ``arrays``
+        and ``options``."""
+        return getattr(functions, self.forward.__name__)(**arrays, **options)
+
+    def with_defaults(self, options):
+        """``options`` with the forward's defaults for those left out."""
+        parameters = inspect.signature(self.forward).parameters
+        return {name: options.get(name, parameters[name].default) for name in self.options
+                if name in options or parameters[name].default is not parameters[name].empty}
+
+    def wanted(self, arrays, names=None):
+        """The differentiable arrays given (not None) among ``names`` (default: all), in order."""
+        return tuple(name for name in self.differentiable
+                     if arrays.get(name) is not None and (names is None or name in names))
+
+    def forward_saving(self, functions, arrays, options, wanted):
+        """``(output, saved)``: the forward, and what ``vjp`` needs for the ``wanted`` gradients
+        (the arrays, and what ``saving`` keeps)."""
+        if self.saving is None or not wanted:
+            return self.call(functions, arrays, options), dict(arrays)
+        output, kept = self.saving(functions, arrays, self.with_defaults(options), wanted)
+        return output, dict(arrays, **kept)
+
+    def vjp(self, functions, grad_output, saved, options, wanted=None):
+        """``{name: gradient}`` of ``sum(grad_output * output)`` for the ``wanted`` differentiable
+        arrays (default: every one given) of the forward that ``saved`` came from."""
+        wanted = self.wanted(saved, wanted)
+        if not wanted:
+            return {}
+        gradients = self.gradients(functions, grad_output, saved, self.with_defaults(options), wanted)
+        return {name: gradients[name] for name in wanted}
+
+    @property
+    def cuda_kernels(self):
+        """The names of this operator's cuda kernels."""
+        return {kernel.__name__ for stage in self.kernels.values() for target, kernel in stage.items()
+                if target.startswith("cuda")}
+
+
+# -- example cases -----------------------------------------------------------------------------------
+
+INSIDE, ACROSS, OUTSIDE, DEGENERATE, REVERSED = range(5)
+BOX_KINDS = (INSIDE, ACROSS, OUTSIDE, DEGENERATE, REVERSED)
+
+# The arguments every example takes, and their defaults: small cases, quick on the CUDA simulator.
+EXAMPLE_SIZES = dict(batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS, scale=0.5)
+
+
+def example_rois(rng, boxes, batch, height, width, scale):
+    """``(K, 5)`` rois in image coordinates for a ``height x width`` map at ``scale``. ``boxes`` is a
+    number of boxes (inside or across the map), a sequence of kinds (``INSIDE``, ``ACROSS`` the
+    border, ``OUTSIDE``, ``DEGENERATE``: zero size, ``REVERSED``: x2 < x1 and y2 < y1), or a ``(K,
+    5)`` array used as it is."""
+    if isinstance(boxes, np.ndarray) and boxes.ndim == 2:
+        return boxes.astype(np.float64)
+    if isinstance(boxes, (int, np.integer)):
+        low = rng.uniform(-1, 0.8, (boxes, 2)) * (width, height)
+        size = rng.uniform(0.1, 0.6, (boxes, 2)) * (width, height)
+    else:
+        kinds = np.asarray(boxes, dtype=np.int64)
+        low = rng.uniform(-0.3, 0.9, (len(kinds), 2)) * (width, height)
+        size = rng.uniform(0.05, 0.8, (len(kinds), 2)) * (width, height)
+        size[kinds == ACROSS] *= 3
+        low[kinds == OUTSIDE] += (width, height)
+        size[kinds == DEGENERATE] = 0
+        size[kinds == REVERSED] *= -1
+    count = len(low)
+    images = rng.integers(0, max(batch, 1), (count, 1))
+    return np.concatenate([images, low / scale, (low + size) / scale], 1).reshape(count, 5)
+
+
+def _cast(arrays, dtype):
+    return {name: None if a is None else np.ascontiguousarray(a, dtype=dtype) for name, a in arrays.items()}
+
+
+def _features(rng, batch, channels, height, width):
+    return rng.standard_normal((batch, channels, height, width))
+
+
+# -- detection-sized cases for the benchmarks -----------------------------------------------------------
+
+def detection_case(rng, batch=2, channels=256, height=50, width=68, boxes=512, dtype=np.float32):
+    """Features of a stride-16 map of an 800x1088 image and boxes of 16 to 512 pixels on it."""
+    features = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    size = np.exp(rng.uniform(np.log(16), np.log(512), (boxes, 2)))
+    centre = rng.uniform(0, 1, (boxes, 2)) * (width * 16, height * 16)
+    rois = np.concatenate([rng.integers(0, batch, (boxes, 1)), centre - size / 2, centre + size / 2], 1)
+    return features, rois.astype(dtype)
+
+
+def _torchvision_benchmark(name, options, channels=256):
+    """A benchmark of the RoI operator ``name`` at the detection case against torchvision's."""
+    def benchmark(rng, boxes=512):
+        features, rois = detection_case(rng, channels=channels, boxes=boxes)
+        return Example(dict(input=features, rois=rois), options), Peer(name, ("input", "rois"), options)
+    return benchmark
+
+
+def _without(options, *names):
+    return {key: value for key, value in options.items() if key not in names}
+
+
+# -- roi_align ---------------------------------------------------------------------------------------
+
+def _roi_align_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS,
+                       scale=0.5, output_size=(2, 2), sampling_ratio=2, aligned=True):
+    arrays = dict(input=_features(rng, batch, channels, height, width),
+                  rois=example_rois(rng, boxes, batch, height, width, scale))
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale,
+                                              sampling_ratio=sampling_ratio, aligned=aligned))
+
+
+def _roi_align_gradients(functions, grad_output, arrays, options, wanted):
+    return {"input": functions.roi_align_backward(grad_output, arrays["rois"], arrays["input"].shape,
+                                                  **_without(options, "output_size"))}
+
+
+def _pooled_shape(shapes, options):
+    """``(K, C, PH, PW)``."""
+    return (shapes["rois"][0], shapes["input"][1]) + _checks.pair(options["output_size"], "output_size")
+
+
+_PAIRS = tuple((h, w) for h in (1, 2, 3) for w in (1, 2, 3))
+_SAMPLING_RATIOS = (-1, 0, 1, 2, 3)
+
+ROI_ALIGN = Operator(
+    name="roi_align", forward=ops.roi_align, backward=ops.roi_align_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_roi_align_gradients, output_shape=_pooled_shape,
+    kernels=roi_align_kernels.KERNELS, reference="reference.roi_align",
+    example=_roi_align_example,
+    choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, aligned=(False, True)),
+    benchmark=_torchvision_benchmark("roi_align", dict(output_size=7, spatial_scale=1 / 16,
+                                                       sampling_ratio=2, aligned=True)),
+    module="RoIAlign", peers={"torchvision": "roi_align", "mmcv": "roi_align"})
+
+
+# -- roi_pool ----------------------------------------------------------------------------------------
+
+def _roi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS,
+                      scale=0.5, output_size=(2, 2)):
+    size = batch * channels * height * width
+    # distinct values, far apart next to a finite-difference step: no ties for the maximum
+    features = (rng.permutation(size) / max(size, 1)).reshape(batch, channels, height, width)
+    arrays = dict(input=features, rois=example_rois(rng, boxes, batch, height, width, scale))
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale))
+
+
+def _roi_pool_saving(functions, arrays, options, wanted):
+    output, argmax = functions.roi_pool_with_argmax(arrays["input"], arrays["rois"], **options)
+    return output, {"argmax": argmax}
+
+
+def _roi_pool_gradients(functions, grad_output, arrays, options, wanted):
+    argmax = arrays.get("argmax")
+    if argmax is None:  # the forward did not keep it (the JAX adapter): recompute it
+        _, argmax = functions.roi_pool_with_argmax(arrays["input"], arrays["rois"], **options)
+    return {"input": functions.roi_pool_backward(grad_output, arrays["rois"], argmax,
+                                                 arrays["input"].shape)}
+
+
+ROI_POOL = Operator(
+    name="roi_pool", forward=ops.roi_pool, backward=ops.roi_pool_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_roi_pool_gradients, saving=_roi_pool_saving, output_shape=_pooled_shape,
+    kernels=roi_pool_kernels.KERNELS, reference="reference.roi_pool",
+    example=_roi_pool_example, choices=dict(output_size=_PAIRS),
+    benchmark=_torchvision_benchmark("roi_pool", dict(output_size=7, spatial_scale=1 / 16)),
+    module="RoIPool", peers={"torchvision": "roi_pool", "mmcv": "roi_pool"})
+
+
+# -- ps_roi_pool and ps_roi_align --------------------------------------------------------------------
+
+def _ps_example(rng, dtype, batch, channels, height, width, boxes, scale, output_size, **options):
+    """``channels`` output channels: ``channels * PH * PW`` input channels."""
+    pooled_h, pooled_w = _checks.pair(output_size, "output_size")
+    arrays = dict(input=_features(rng, batch, channels * pooled_h * pooled_w, height, width),
+                  rois=example_rois(rng, boxes, batch, height, width, scale))
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale, **options))
+
+
+def _ps_roi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                         boxes=BOX_KINDS, scale=0.5, output_size=(2, 2)):
+    return _ps_example(rng, dtype, batch, channels, height, width, boxes, scale, output_size)
+
+
+def _ps_roi_align_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                          boxes=BOX_KINDS, scale=0.5, output_size=(2, 2), sampling_ratio=2):
+    return _ps_example(rng, dtype, batch, channels, height, width, boxes, scale, output_size,
+                       sampling_ratio=sampling_ratio)
+
+
+def _ps_roi_pool_gradients(functions, grad_output, arrays, options, wanted):
+    return {"input": functions.ps_roi_pool_backward(grad_output, arrays["rois"], arrays["input"].shape,
+                                                    **_without(options, "output_size"))}
+
+
+def _ps_roi_align_gradients(functions, grad_output, arrays, options, wanted):
+    return {"input": functions.ps_roi_align_backward(grad_output, arrays["rois"], arrays["input"].shape,
+                                                     **_without(options, "output_size"))}
+
+
+def _ps_shape(shapes, options):
+    """``(K, C // (PH*PW), PH, PW)``."""
+    pooled_h, pooled_w = _checks.pair(options["output_size"], "output_size")
+    return (shapes["rois"][0], _checks.position_sensitive_channels(shapes["input"][1], pooled_h, pooled_w),
+            pooled_h, pooled_w)
+
+
+PS_ROI_POOL = Operator(
+    name="ps_roi_pool", forward=ops.ps_roi_pool, backward=ops.ps_roi_pool_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_ps_roi_pool_gradients, output_shape=_ps_shape,
+    kernels=ps_roi_kernels.KERNELS["ps_roi_pool"], reference="reference.ps_roi",
+    example=_ps_roi_pool_example, choices=dict(output_size=_PAIRS),
+    benchmark=_torchvision_benchmark("ps_roi_pool", dict(output_size=7, spatial_scale=1 / 16),
+                                     channels=10 * 7 * 7),
+    module="PSRoIPool", peers={"torchvision": "ps_roi_pool"})
+
+PS_ROI_ALIGN = Operator(
+    name="ps_roi_align", forward=ops.ps_roi_align, backward=ops.ps_roi_align_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_ps_roi_align_gradients, output_shape=_ps_shape,
+    kernels=ps_roi_kernels.KERNELS["ps_roi_align"], reference="reference.ps_roi",
+    example=_ps_roi_align_example, choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS),
+    benchmark=_torchvision_benchmark("ps_roi_align", dict(output_size=7, spatial_scale=1 / 16,
+                                                          sampling_ratio=2), channels=10 * 7 * 7),
+    module="PSRoIAlign", peers={"torchvision": "ps_roi_align"})
+
+
+# -- deform_roi_pool ---------------------------------------------------------------------------------
+
+def _deform_roi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                             boxes=BOX_KINDS, scale=0.5, output_size=(2, 2), sampling_ratio=2,
+                             gamma=0.1, with_offset=True, with_mask=True):
+    rois = example_rois(rng, boxes, batch, height, width, scale)
+    pooled_h, pooled_w = _checks.pair(output_size, "output_size")
+    arrays = dict(input=_features(rng, batch, channels, height, width), rois=rois,
+                  offset=rng.uniform(-1, 1, (len(rois), 2, pooled_h, pooled_w)) if with_offset else None,
+                  mask=rng.uniform(0.2, 1.5, (len(rois), 1, pooled_h, pooled_w)) if with_mask else None)
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale,
+                                              sampling_ratio=sampling_ratio, gamma=gamma))
+
+
+def _deform_roi_pool_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.deform_roi_pool_backward(
+        grad_output, arrays["input"], arrays["rois"], arrays["offset"], options["spatial_scale"],
+        options["sampling_ratio"], options["gamma"], arrays.get("mask"), wanted=wanted)
+    return dict(zip(("input", "offset", "mask"), grads))
+
+
+def _deform_roi_pool_benchmark(rng, boxes=512):
+    """Against RoI Align (aligned, at the same size): deformable pooling with zero offsets."""
+    features, rois = detection_case(rng, boxes=boxes)
+    offset = (0.1 * rng.standard_normal((len(rois), 2, 7, 7))).astype(features.dtype)
+    options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
+    return (Example(dict(input=features, rois=rois, offset=offset), options),
+            Peer("roi_align", ("input", "rois"), dict(options, aligned=True)))
+
+
+DEFORM_ROI_POOL = Operator(
+    name="deform_roi_pool", forward=ops.deform_roi_pool, backward=ops.deform_roi_pool_backward,
+    arrays=("input", "rois", "offset", "mask"), differentiable=("input", "offset", "mask"),
+    optional=("offset", "mask"),
+    gradients=_deform_roi_pool_gradients, output_shape=_pooled_shape,
+    kernels=deform_roi_pool_kernels.KERNELS, reference="reference.deform_roi_pool",
+    example=_deform_roi_pool_example,
+    choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, gamma=(0.1, 0.5, 1.0),
+                 with_offset=(False, True), with_mask=(False, True)),
+    benchmark=_deform_roi_pool_benchmark,
+    module="DeformRoIPool", peers={"mmcv": "deform_roi_pool"})
+
+
+# -- deform_psroi_pool -------------------------------------------------------------------------------
+
+def _deform_psroi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                               boxes=BOX_KINDS, scale=0.5, pooled_size=2, group_size=2, part_size=None,
+                               sample_per_part=2, trans_std=0.1, no_trans=False, classes=1):
+    """``channels`` output channels per class of offsets."""
+    rois = example_rois(rng, boxes, batch, height, width, scale)
+    output_dim = channels * classes
+    parts = pooled_size if part_size is None else part_size
+    arrays = dict(input=_features(rng, batch, output_dim * group_size ** 2, height, width), rois=rois,
+                  trans=None if no_trans else rng.uniform(-1, 1, (len(rois), 2 * classes, parts, parts)))
+    return Example(_cast(arrays, dtype), dict(
+        spatial_scale=scale, output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+        part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std, no_trans=no_trans))
+
+
+def _deform_psroi_pool_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.deform_psroi_pool_backward(
+        grad_output, arrays["input"], arrays["rois"], arrays["trans"],
+        **_without(options, "output_dim", "pooled_size"), wanted=wanted)
+    return dict(zip(("input", "trans"), grads))
+
+
+def _deform_psroi_pool_shape(shapes, options):
+    """``(K, output_dim, P, P)``."""
+    return shapes["rois"][0], options["output_dim"], options["pooled_size"], options["pooled_size"]
+
+
+def _deform_psroi_pool_benchmark(rng, boxes=512):
+    """R-FCN: 7x7 bins, groups and parts, 4 samples per part side, 10 x 49 channels; against PS RoI
+    Align with 4x4 samples per bin."""
+    features, rois = detection_case(rng, channels=10 * 49, boxes=boxes)
+    trans = rng.standard_normal((len(rois), 2, 7, 7)).astype(features.dtype)
+    options = dict(spatial_scale=1 / 16, output_dim=10, group_size=7, pooled_size=7, part_size=7,
+                   sample_per_part=4, trans_std=0.1)
+    return (Example(dict(input=features, rois=rois, trans=trans), options),
+            Peer("ps_roi_align", ("input", "rois"),
+                 dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=4)))
+
+
+DEFORM_PSROI_POOL = Operator(
+    name="deform_psroi_pool", forward=ops.deform_psroi_pool, backward=ops.deform_psroi_pool_backward,
+    arrays=("input", "rois", "trans"), differentiable=("input", "trans"), optional=("trans",),
+    gradients=_deform_psroi_pool_gradients, output_shape=_deform_psroi_pool_shape,
+    kernels=deform_psroi_pool_kernels.KERNELS, reference="reference.deform_psroi_pool",
+    example=_deform_psroi_pool_example,
+    choices=dict(pooled_size=(1, 2, 3), group_size=(1, 2, 3), part_size=(None, 1, 2, 3),
+                 sample_per_part=(1, 2, 3), trans_std=(0.0, 0.1, 0.5), no_trans=(False, True),
+                 classes=(1, 2)),
+    benchmark=_deform_psroi_pool_benchmark,
+    module="DeformPSRoIPool",
+    peers={"mxnet": "contrib.DeformablePSROIPooling", "mmdet v1": "deform_roi_pooling"})
+
+
+# -- deform_conv2d -----------------------------------------------------------------------------------
+
+def _deform_conv2d_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                           boxes=None, scale=None, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+                           dilation=(1, 1), weight_groups=1, offset_groups=1, with_offset=True,
+                           with_mask=True, with_bias=True, offset_scale=2.0):
+    """``channels`` input channels per weight and offset group, as many output channels per weight
+    group; the map grows to give at least one output pixel. Offsets keep every sample off integer
+    coordinates (B2's kinks)."""
+    kh, kw = kernel
+    height = max(height, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+    width = max(width, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    in_channels = channels * weight_groups * offset_groups
+    out_h, out_w = ((size + 2 * pad - (dil * (k - 1) + 1)) // step + 1 for size, pad, dil, k, step
+                    in zip((height, width), padding, dilation, kernel, stride))
+    taps = offset_groups * kh * kw
+    reach = math.ceil(offset_scale)
+    offset_shape = (batch, 2 * taps, out_h, out_w)
+    arrays = dict(
+        input=_features(rng, batch, in_channels, height, width),
+        offset=(rng.integers(-reach, reach + 1, offset_shape) + rng.uniform(0.1, 0.9, offset_shape)
+                if with_offset else None),
+        weight=rng.standard_normal((channels * weight_groups, in_channels // weight_groups, kh, kw))
+        / math.sqrt(in_channels * kh * kw),
+        bias=rng.standard_normal(channels * weight_groups) if with_bias else None,
+        mask=rng.uniform(0.2, 1.5, (batch, taps, out_h, out_w)) if with_mask else None)
+    return Example(_cast(arrays, dtype), dict(stride=stride, padding=padding, dilation=dilation))
+
+
+def _deform_conv2d_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.deform_conv2d_backward(grad_output, arrays["input"], arrays["offset"],
+                                             arrays["weight"], mask=arrays.get("mask"), wanted=wanted,
+                                             **options)
+    return dict(zip(("input", "offset", "weight", "bias", "mask"), grads))
+
+
+def _deform_conv2d_shape(shapes, options):
+    """``(N, C_out, Ho, Wo)``."""
+    kernel = shapes["weight"][2:]
+    return (shapes["input"][0], shapes["weight"][0]) + ops.deform_conv.output_size(
+        shapes["input"], kernel, options["stride"], options["padding"], options["dilation"])
+
+
+def _deform_conv2d_benchmark(rng, boxes=None):
+    """Batch 2, 64 -> 64 channels, 64x64, 3x3 kernel, padding 1, random offsets (DCNv1)."""
+    arrays = dict(input=rng.standard_normal((2, 64, 64, 64)).astype(np.float32),
+                  offset=rng.uniform(-2, 2, (2, 18, 64, 64)).astype(np.float32),
+                  weight=(rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32),
+                  bias=rng.standard_normal(64).astype(np.float32))
+    options = dict(padding=1)
+    return Example(arrays, options), Peer("deform_conv2d", tuple(arrays), options)
+
+
+_KERNELS = tuple((h, w) for h in (1, 2, 3) for w in (1, 2, 3))
+
+DEFORM_CONV2D = Operator(
+    name="deform_conv2d", forward=ops.deform_conv2d, backward=ops.deform_conv2d_backward,
+    arrays=("input", "offset", "weight", "bias", "mask"),
+    differentiable=("input", "offset", "weight", "bias", "mask"), optional=("offset", "bias", "mask"),
+    gradients=_deform_conv2d_gradients, output_shape=_deform_conv2d_shape,
+    kernels=deform_conv_kernels.KERNELS, reference="reference.deform_conv",
+    example=_deform_conv2d_example,
+    choices=dict(kernel=_KERNELS, padding=tuple((h, w) for h in (0, 1, 2) for w in (0, 1, 2)),
+                 dilation=((1, 1), (1, 2), (2, 1), (2, 2)), stride=((1, 1), (1, 2), (2, 1), (2, 2)),
+                 weight_groups=(1, 2), offset_groups=(1, 2), with_offset=(False, True),
+                 with_mask=(False, True), with_bias=(False, True), offset_scale=(0.5, 2.0, 6.0)),
+    benchmark=_deform_conv2d_benchmark,
+    module=None,  # nn.DeformConv2d and the torch adapter's are layers with a weight and a bias
+    peers={"torchvision": "deform_conv2d", "mmcv": "modulated_deform_conv2d"})
+
+
+OPERATORS = (ROI_ALIGN, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN, DEFORM_ROI_POOL, DEFORM_PSROI_POOL,
+             DEFORM_CONV2D)
+BY_NAME = {operator.name: operator for operator in OPERATORS}
