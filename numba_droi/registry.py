@@ -87,6 +87,13 @@ class Operator:
         and ``options``."""
         return getattr(functions, self.forward.__name__)(**arrays, **options)
 
+    def positional(self, arrays, options):
+        """The forward's arguments in order: ``arrays`` (None for one left out) and ``options`` (the
+        defaults for those left out)."""
+        options = self.with_defaults(options)
+        return [arrays.get(name) if name in self.arrays else options[name]
+                for name in inspect.signature(self.forward).parameters]
+
     def with_defaults(self, options):
         """``options`` with the forward's defaults for those left out."""
         parameters = inspect.signature(self.forward).parameters

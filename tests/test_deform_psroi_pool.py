@@ -209,3 +209,20 @@ def test_backward_checks_its_arguments(no_launch):
     with pytest.raises(ValueError, match="trans must have shape"):
         numba_droi.deform_psroi_pool_backward(grad, GOOD["input"], GOOD["rois"], GOOD["trans"], 1.0, 2,
                                               part_size=3)
+
+
+def test_the_cpu_trans_gradient_writes_every_element_whatever_the_array_held():
+    """As the cuda kernel does: the driver's result does not depend on a zero-filled gradient (parts
+    shared by several bins, a box with a non-finite coordinate that takes no sample)."""
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((1, 2 * 4, 6, 7))
+    rois = np.array([[0, 0.5, 1.0, 9.0, 8.0], [0, np.nan, 1, 3, 3], [0, 2.0, 0.5, 5.0, 9.5]])
+    trans = rng.uniform(-1, 1, (3, 2, 2, 2))
+    grad_output = rng.standard_normal((3, 2, 3, 3))
+    arguments = (features, grad_output, rois, trans, 0.5, 0.2, 2, 2, 2)
+    kernel = kernels.KERNELS["trans_grad"]["cpu"]
+    zeroed, garbage = np.zeros(trans.shape), np.full(trans.shape, np.nan)
+    kernel(*arguments, zeroed)
+    kernel(*arguments, garbage)
+    np.testing.assert_array_equal(garbage, zeroed)
+    assert zeroed[0].any() and not zeroed[1].any()

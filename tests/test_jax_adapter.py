@@ -12,7 +12,7 @@ from jax.test_util import check_grads  # noqa: E402
 
 import numba_droi.jax as nj  # noqa: E402
 from numba_droi import functional as F  # noqa: E402
-from numba_droi import ops  # noqa: E402
+from numba_droi import ops, registry  # noqa: E402
 from numba_droi.autograd import Tensor  # noqa: E402
 
 
@@ -31,32 +31,34 @@ CONV_INPUT, CONV_WEIGHT, CONV_BIAS = random((2, 4, 5, 6), 1), random((6, 2, 3, 3
 CONV_OFFSET = away_from_integers((2, 2 * 2 * 9, 5, 3), 4)
 CONV_MASK = random((2, 2 * 9, 5, 3), 5, 0.5, 1.5)
 
+def registry_case(operator):
+    """``(ours through the adapter, ours through functional, differentiable arrays, the others)`` of
+    the record's example."""
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    differentiable = operator.wanted(example.arrays)
+    others = [name for name in operator.arrays if name not in differentiable]
+
+    def call(function):
+        def run(*arrays):  # the differentiable arrays, then the others
+            given = dict(zip(differentiable + tuple(others), arrays))
+            return function(*operator.positional(given, example.options))
+        return run
+    return (call(nj.FUNCTIONS[operator.name]), call(getattr(F, operator.name)),
+            [example.arrays[name] for name in differentiable], [example.arrays[name] for name in others])
+
+
 # name -> (JAX function, our differentiable operator, differentiable arguments, the boxes if any)
-CASES = {
-    "roi_align": (lambda x, r: nj.roi_align(x, r, 3, 0.5, 2, True),
-                  lambda x, r: F.roi_align(x, r, 3, 0.5, 2, True), [FEATURES], [ROIS]),
-    "roi_pool": (lambda x, r: nj.roi_pool(x, r, 3, 0.5),
-                 lambda x, r: F.roi_pool(x, r, 3, 0.5), [FEATURES], [ROIS]),
-    "ps_roi_pool": (lambda x, r: nj.ps_roi_pool(x, r, 2, 0.5),
-                    lambda x, r: F.ps_roi_pool(x, r, 2, 0.5), [FEATURES], [ROIS]),
-    "ps_roi_align": (lambda x, r: nj.ps_roi_align(x, r, 2, 0.5, 2),
-                     lambda x, r: F.ps_roi_align(x, r, 2, 0.5, 2), [FEATURES], [ROIS]),
-    "deform_roi_pool": (lambda x, o, m, r: nj.deform_roi_pool(x, r, o, 3, 0.5, 2, 0.1, m),
-                        lambda x, o, m, r: F.deform_roi_pool(x, r, o, 3, 0.5, 2, 0.1, m),
-                        [FEATURES, random((3, 2, 3, 3), 6), random((3, 1, 3, 3), 7, 0.5, 1.5)], [ROIS]),
+CASES = {operator.name: registry_case(operator) for operator in registry.OPERATORS}
+CASES.update({  # the peers' signatures
     "deform_roi_pooling": (
         lambda x, t, r: nj.deform_roi_pooling(x, r, t, 0.5, 3, 2, False, 2, 2, 2, 0.2),
         lambda x, t, r: F.deform_psroi_pool(x, r, t, 0.5, 2, 2, 3, 2, 2, 0.2),
         [FEATURES, random((3, 4, 2, 2), 8)], [ROIS]),
-    "deform_conv2d": (
-        lambda x, o, w, b, m: nj.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
-        lambda x, o, w, b, m: F.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
-        [CONV_INPUT, CONV_OFFSET, CONV_WEIGHT, CONV_BIAS, CONV_MASK], []),
     "modulated_deform_conv2d": (
         lambda x, o, m, w, b: nj.modulated_deform_conv2d(x, o, m, w, b, (1, 2), 1, 1, 2, 2),
         lambda x, o, m, w, b: F.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
         [CONV_INPUT, CONV_OFFSET, CONV_MASK, CONV_WEIGHT, CONV_BIAS], []),
-}
+})
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -215,3 +215,11 @@ def test_layers_losses_and_optimizers_run_on_cupy_as_on_numpy(cuda):
         results.append([loss.item()] + [_backend.to_numpy(v) for v in model.state_dict().values()])
     for on_numpy, on_cupy in zip(*results):
         np.testing.assert_allclose(on_cupy, on_numpy, rtol=1e-10)
+
+
+def test_each_operators_layer_is_its_own_kind():
+    """A PS RoI pool is not a max pool: every operator's layer derives from OperatorModule alone."""
+    assert not isinstance(nn.PSRoIPool(2), nn.RoIPool)
+    assert not isinstance(nn.PSRoIAlign(2), nn.RoIAlign)
+    for layer in nn.MODULES.values():
+        assert layer.__bases__ == (nn.OperatorModule,)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 import numba_droi.torch as nt  # noqa: E402
 from torch.autograd.gradcheck import GradcheckError  # noqa: E402
 from numba_droi import functional as F  # noqa: E402
-from numba_droi import ops  # noqa: E402
+from numba_droi import ops, registry  # noqa: E402
 from numba_droi.autograd import Tensor  # noqa: E402
 
 
@@ -32,36 +32,37 @@ CONV_INPUT, CONV_WEIGHT, CONV_BIAS = random((2, 4, 5, 6), 1), random((6, 2, 3, 3
 CONV_OFFSET = away_from_integers((2, 2 * 2 * 9, 5, 3), 4)  # 2 offset groups; padding 1, stride (1, 2)
 CONV_MASK = random((2, 2 * 9, 5, 3), 5, 0.5, 1.5)
 
+def registry_case(operator):
+    """``(ours through the adapter, ours through functional, differentiable arrays, the others)`` of
+    the record's example."""
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    differentiable = operator.wanted(example.arrays)
+    others = [name for name in operator.arrays if name not in differentiable]
+
+    def call(function):
+        def run(*arrays):  # the differentiable arrays, then the others
+            given = dict(zip(differentiable + tuple(others), arrays))
+            return function(*operator.positional(given, example.options))
+        return run
+    return (call(nt.FUNCTIONS[operator.name]), call(getattr(F, operator.name)),
+            [example.arrays[name] for name in differentiable], [example.arrays[name] for name in others])
+
+
 # name -> (torch wrapper, our differentiable operator on the same arguments, differentiable arguments,
 #          the other array arguments): wrapper(*differentiable, *others)
-CASES = {
-    "roi_align": (lambda x, r: nt.roi_align(x, r, OUTPUT, 0.5, 2, True),
-                  lambda x, r: F.roi_align(x, r, OUTPUT, 0.5, 2, True), [FEATURES], [ROIS]),
+CASES = {operator.name: registry_case(operator) for operator in registry.OPERATORS}
+CASES.update({  # the peers' signatures
     "roi_align_adaptive": (lambda x, r: nt.roi_align(x, r, (2, 3), 0.5),
                            lambda x, r: F.roi_align(x, r, (2, 3), 0.5), [FEATURES], [ROIS]),
-    "roi_pool": (lambda x, r: nt.roi_pool(x, r, OUTPUT, 0.5),
-                 lambda x, r: F.roi_pool(x, r, OUTPUT, 0.5), [FEATURES], [ROIS]),
-    "ps_roi_pool": (lambda x, r: nt.ps_roi_pool(x, r, 2, 0.5),
-                    lambda x, r: F.ps_roi_pool(x, r, 2, 0.5), [FEATURES], [ROIS]),
-    "ps_roi_align": (lambda x, r: nt.ps_roi_align(x, r, 2, 0.5, 2),
-                     lambda x, r: F.ps_roi_align(x, r, 2, 0.5, 2), [FEATURES], [ROIS]),
-    "deform_roi_pool": (lambda x, o, m, r: nt.deform_roi_pool(x, r, o, OUTPUT, 0.5, 2, 0.1, m),
-                        lambda x, o, m, r: F.deform_roi_pool(x, r, o, OUTPUT, 0.5, 2, 0.1, m),
-                        [FEATURES, random((3, 2, OUTPUT, OUTPUT), 6), random((3, 1, OUTPUT, OUTPUT), 7, 0.5, 1.5)],
-                        [ROIS]),
     "deform_roi_pooling": (
         lambda x, t, r: nt.deform_roi_pooling(x, r, t, 0.5, OUTPUT, 2, False, 2, 2, 2, 0.2),
         lambda x, t, r: F.deform_psroi_pool(x, r, t, 0.5, 2, 2, OUTPUT, 2, 2, 0.2),
         [FEATURES, random((3, 4, 2, 2), 8)], [ROIS]),  # two classes of part offsets
-    "deform_conv2d": (
-        lambda x, o, w, b, m: nt.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
-        lambda x, o, w, b, m: F.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
-        [CONV_INPUT, CONV_OFFSET, CONV_WEIGHT, CONV_BIAS, CONV_MASK], []),
     "modulated_deform_conv2d": (
         lambda x, o, m, w, b: nt.modulated_deform_conv2d(x, o, m, w, b, (1, 2), 1, 1, 2, 2),
         lambda x, o, m, w, b: F.deform_conv2d(x, o, w, b, (1, 2), 1, 1, m),
         [CONV_INPUT, CONV_OFFSET, CONV_MASK, CONV_WEIGHT, CONV_BIAS], []),
-}
+})
 
 
 def gradcheck(function, inputs):
@@ -188,13 +189,16 @@ def randomise(module, seed):
 
 # name -> (module, its array arguments: the differentiable ones, then the boxes if any); a module with
 # an offset takes (input, rois, offset)
-MODULES = {
-    "RoIAlign": (lambda: nt.RoIAlign(OUTPUT, 0.5, 2, True), [FEATURES], [ROIS]),
-    "RoIPool": (lambda: nt.RoIPool(OUTPUT, 0.5), [FEATURES], [ROIS]),
-    "PSRoIPool": (lambda: nt.PSRoIPool(2, 0.5), [FEATURES], [ROIS]),
-    "PSRoIAlign": (lambda: nt.PSRoIAlign(2, 0.5, 2), [FEATURES], [ROIS]),
-    "DeformRoIPool": (lambda: nt.DeformRoIPool(OUTPUT, 0.5, 2),
-                      [FEATURES, random((3, 2, OUTPUT, OUTPUT), 6)], [ROIS]),
+def registry_module(operator):
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    differentiable = operator.wanted(example.arrays)
+    return (lambda: nt.MODULES[operator.name](**example.options),
+            [example.arrays[name] for name in differentiable],
+            [example.arrays[name] for name in operator.arrays if name not in differentiable])
+
+
+MODULES = {cls.__name__: registry_module(cls.operator) for cls in nt.MODULES.values()}
+MODULES.update({  # written by hand
     "DeformRoIPoolPack": (lambda: nt.DeformRoIPoolPack(2, 8, 6, 0.5, 2), [FEATURES], [ROIS]),
     "ModulatedDeformRoIPoolPack": (lambda: nt.ModulatedDeformRoIPoolPack(2, 8, 6, 0.5, 2), [FEATURES],
                                    [ROIS]),
@@ -210,7 +214,7 @@ MODULES = {
     "ModulatedDeformConv2dPack": (lambda: nt.ModulatedDeformConv2dPack(4, 6, 3, 1, 1, groups=2,
                                                                        deform_groups=2),
                                   [CONV_INPUT[:, :, :4, :4]], []),
-}
+})
 
 
 @pytest.mark.parametrize("name", MODULES)
