@@ -187,8 +187,9 @@ def accuracy(head, images, rois, labels, xp=np, chunk=256):
 def sampling_positions(pack, features, rois):
     """Where ``pack`` (a DeformRoIPoolPack) pools each bin, in the map's index coordinates (pixel
     ``i`` at ``i``): ``(regular, deformed)``, each ``(K, BINS, BINS, 2)`` holding the (x, y) of the bin
-    centres without and with the learned offset. SPEC.md's rule: ``aligned`` RoI Align geometry, the
-    bin moved by ``gamma * roi_size * offset``, so the mean of its samples moves by the same amount."""
+    centres without and with the learned offset. The rule of docs/operators.md: ``aligned`` RoI Align
+    geometry, the bin moved by ``gamma * roi_size * offset``, so the mean of its samples moves by the
+    same amount."""
     features, rois = _backend.as_array(features), _backend.as_array(rois)
     with numba_droi.no_grad():
         offset = _backend.to_numpy(pack._offset(pack._pooled_rows(features, rois)).data)

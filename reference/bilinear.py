@@ -1,4 +1,4 @@
-"""The three bilinear rules of SPEC.md, one sample at a time, on a 2-d ``(H, W)`` plane."""
+"""The three bilinear rules of docs/operators.md, one sample at a time, on a 2-d ``(H, W)`` plane."""
 import math
 
 import numpy as np
@@ -111,7 +111,7 @@ def _linear_gradient(plane, y, x, y0, y1, x0, x1):
 
 def b1_gradient(plane, y, x):
     """``(d b1/dy, d b1/dx)``: 0 outside the support and along an axis where b1 clamps (below 0, at
-    or beyond the last pixel); one-sided (from above) at integer coordinates."""
+    or beyond the last pixel); the derivative from above at integer coordinates."""
     height, width = plane.shape
     if not (plane.size and -1 <= y <= height and -1 <= x <= width):
         return 0.0, 0.0

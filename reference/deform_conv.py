@@ -1,4 +1,4 @@
-"""Deformable convolution v1/v2 as torchvision computes it: SPEC.md, section deform_conv2d."""
+"""Deformable convolution v1/v2 as torchvision computes it: docs/operators.md, deform_conv2d."""
 import numpy as np
 
 from .bilinear import b2, b2_gradient, b2_scatter

@@ -1,5 +1,5 @@
-"""Deformable PS RoI pooling (Dai et al. 2017) as MXNet's DeformablePSROIPooling computes it: SPEC.md,
-section deform_psroi_pool."""
+"""Deformable PS RoI pooling (Dai et al. 2017) as MXNet's DeformablePSROIPooling computes it: docs/operators.md,
+deform_psroi_pool."""
 import math
 
 import numpy as np
@@ -22,7 +22,7 @@ def _bins(features_shape, roi, trans_k, spatial_scale, output_dim, group_size, p
     x_end = (_round(float(roi[3])) + 1) * spatial_scale - 0.5
     y_end = (_round(float(roi[4])) + 1) * spatial_scale - 0.5
     roi_w, roi_h = max(x_end - x_start, 0.1), max(y_end - y_start, 0.1)
-    finite = all(math.isfinite(float(v)) for v in roi[1:])  # else no sample (SPEC: NaN/inf give 0)
+    finite = all(math.isfinite(float(v)) for v in roi[1:])  # else no sample: NaN/inf give 0
     bin_h, bin_w = roi_h / pooled_size, roi_w / pooled_size
     num_classes = 1 if no_trans else trans_k.shape[0] // 2
     bins = {}

@@ -1,5 +1,5 @@
 """Deformable RoI pooling (Dai et al. 2017) in RoI-Align form, modulated (DCNv2), as mmcv's
-deform_roi_pool computes it: SPEC.md, section deform_roi_pool."""
+deform_roi_pool computes it: docs/operators.md, deform_roi_pool."""
 import math
 
 import numpy as np

@@ -1,5 +1,5 @@
 """PS RoI Pool and PS RoI Align (R-FCN, Dai et al. 2016) as torchvision computes them, except where
-SPEC.md says we differ: SPEC.md, sections ps_roi_pool and ps_roi_align."""
+docs/operators.md says we differ: docs/operators.md, ps_roi_pool and ps_roi_align."""
 import numpy as np
 
 from .bilinear import b1, b1_scatter

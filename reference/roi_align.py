@@ -1,4 +1,4 @@
-"""RoI Align (Mask R-CNN, He et al. 2017) as torchvision computes it: SPEC.md, section roi_align."""
+"""RoI Align (Mask R-CNN, He et al. 2017) as torchvision computes it: docs/operators.md, roi_align."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""RoI Pool (Fast R-CNN, Girshick 2015) as torchvision computes it: SPEC.md, section roi_pool. The
+"""RoI Pool (Fast R-CNN, Girshick 2015) as torchvision computes it: docs/operators.md, roi_pool. The
 integer box geometry is shared with PS RoI Pool (reference/ps_roi.py)."""
 import math
 from fractions import Fraction

@@ -135,7 +135,7 @@ def check_gradients(features, rois, trans, options, on):
 
 def test_trans_gradient_is_zero_where_b3_clamps(cpu):
     """Samples with x in [-0.5, 0) are clamped to column 0: moving them in x changes nothing, and the
-    finite differences agree (MXNet's formula gives a non-zero gradient there)."""
+    finite differences agree (as MXNet, whose floor and ceil of the clamped x meet there)."""
     rng = np.random.default_rng(13)
     features = rng.standard_normal((1, 1, 6, 7))
     rois = np.array([[0, 0.0, 2, 0, 3]])  # x from -0.5, one pixel wide; y from 1.5

@@ -1,6 +1,6 @@
 """ps_roi_pool and ps_roi_align: against reference/ (float64) on both targets, gradients by finite
 differences, the cuda kernels' bodies compiled for the cpu at a detection size, the channel mapping,
-the differences from torchvision that SPEC.md chooses, bad inputs, and torchvision when installed."""
+the differences from torchvision that docs/operators.md chooses, bad inputs, and torchvision when installed."""
 import numpy as np
 import pytest
 
@@ -77,7 +77,7 @@ def test_each_bin_reads_its_own_channel(on, name):
 
 # -- the cuda kernels' bodies compiled for the cpu, at a detection size ----------------------------
 
-# -- where we differ from torchvision on purpose (SPEC.md) -----------------------------------------
+# -- where we differ from torchvision on purpose (docs/operators.md) -------------------------------
 
 def test_ps_roi_pool_bins_reach_the_last_row_and_column(on):
     """Bins are clipped to [0, H] in the forward as in the backward; torchvision's forward clips to
@@ -189,7 +189,7 @@ def test_backward_checks_its_arguments(no_launch, name):
         backward(name)(np.zeros((2, 2, 2, 2)), GOOD_ROIS, (1, 8, 4, 5))
 
 
-# -- torchvision, where SPEC.md says we match it ---------------------------------------------------
+# -- torchvision, where docs/operators.md says we match it -----------------------------------------
 
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("seed", range(10))

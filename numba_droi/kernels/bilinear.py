@@ -1,4 +1,4 @@
-"""The three bilinear sampling rules of SPEC.md, with their derivatives in the sample coordinate.
+"""The three bilinear sampling rules of docs/operators.md, with their derivatives in the sample coordinate.
 
 Plain Python, callable from the kernels of both targets (and from Python, as the CUDA simulator does).
 ``features`` is an ``(N, C, H, W)`` array; ``(y, x)`` a sample position in its pixel grid. Every constant goes through ``features.dtype.type`` so that float32 kernels do float32 arithmetic.
@@ -310,7 +310,8 @@ def b3_interpolate(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
 def b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b3_interpolate`` in the cell of ``b3_cell``: 0
     along an axis where floor and ceil meet, which is where B3 clamps (to 0 or the last pixel) and
-    at integer coordinates (one-sided)."""
+    at integer coordinates (where B3 is not differentiable, and 0 is neither one-sided derivative in
+    general)."""
     return b3_gradient_of_corners(features[n, c, y_low, x_low], features[n, c, y_low, x_high],
                                   features[n, c, y_high, x_low], features[n, c, y_high, x_high],
                                   y_low, x_low, y_high, x_high, ly, lx)
@@ -369,7 +370,7 @@ def b3_value(features, n, c, y, x):
 
 @jitable_inlined_on_cpu
 def b3_coordinate_gradient(features, n, c, y, x):
-    """Derivatives ``(d value/dy, d value/dx)`` of ``b3_value``: 0 where it clamps, one-sided (0) at
-    integer coordinates, where floor and ceil meet."""
+    """Derivatives ``(d value/dy, d value/dx)`` of ``b3_value``: 0 where it clamps, and 0 at integer
+    coordinates, where floor and ceil meet (see ``b3_cell_gradient``)."""
     y_low, x_low, y_high, x_high, ly, lx = b3_cell(features, y, x)
     return b3_cell_gradient(features, n, c, y_low, x_low, y_high, x_high, ly, lx)

@@ -1,17 +1,24 @@
-"""Deformable im2col and its adjoints: one source for the cpu and the cuda target.
+"""Deformable im2col and its adjoints, in three parts.
 
 The column array of a batch of ``nb`` images is ``columns[b, c * taps + tap, oy, ox]`` (``taps = kh *
 kw``, ``tap = i * kw + j``): the input of channel ``c`` sampled by rule B2 at the position of kernel tap
 ``(i, j)`` for output pixel ``(oy, ox)``, moved by the offset and multiplied by the mask of its offset
 group. A grouped matrix product with the weight turns it into the convolution's output (ops level).
 
-* ``deform_im2col_*`` fills ``columns``;
-* ``deform_im2col_backward_*`` is its adjoint in the input: scatters ``grad_columns`` into the
-  zero-filled ``grad_input`` (atomically on the GPU; on the cpu each parallel iteration owns one
-  ``(b, c)`` plane);
-* ``deform_im2col_coordinate_gradient_*`` gives the gradients of the offsets and the mask (of those
-  in use): each thread owns one ``(b, group, tap, oy, ox)`` and sums over the channels of its group,
-  so it writes only its own elements (no scatter, no atomics).
+* The body, shared by the targets: ``deform_sample`` (where a tap samples, and its modulation),
+  ``deform_im2col_element`` (one column element), ``deform_im2col_element_backward`` (the scatter of
+  its gradient into the input gradient, atomic on the GPU) and ``deform_coordinate_gradient`` (the
+  offset and mask gradients of one tap at one output pixel, a sum over the channels of its group).
+* The cuda schedule: ``deform_im2col_cuda`` fills ``columns``, ``deform_im2col_backward_cuda`` is its
+  adjoint in the input (the deterministic one a thread per ``(b, c)`` plane), and
+  ``deform_im2col_coordinate_gradient_cuda`` gives the offset and mask gradients (of those in use),
+  a thread per ``(b, group, tap, oy, ox)`` writing only its own elements (no atomics).
+* The cpu fast path: ``*_cpu`` drivers with the same loops ordered by planes: each parallel iteration
+  owns one contiguous plane of the array it writes, with the per-plane indices taken out of the pixel
+  loops.
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments, after the arrays: ``kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
 dilation_h, dilation_w`` (ints), then ``use_offset, use_mask`` (bools). Without offsets or without a
@@ -26,6 +33,8 @@ from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu
 from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
 from .roi_align import unravel_output_index
 
+
+# -- body: one column element and its gradients, from the definition -------------------------------
 
 @jitable_inlined_on_cpu
 def offset_groups(offset, mask, taps, use_offset, use_mask):
@@ -107,9 +116,9 @@ def deform_coordinate_gradient(grad_columns, input, offset, mask, b, g, tap, oy,
     return grad_y * modulation, grad_x * modulation, grad_mask
 
 
-# The cuda kernels give each thread one element of the array they loop over; the cpu drivers give
-# each parallel iteration one contiguous plane of the array they write, with the per-plane indices
-# taken out of the pixel loops.
+# The cuda kernels give each thread one element of the array they loop over.
+
+# -- cuda schedule ---------------------------------------------------------------------------------
 
 @cuda_kernel("F4 F4 F4 i i i i i i i i b b F4")
 def deform_im2col_cuda(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
@@ -180,6 +189,8 @@ def deform_im2col_coordinate_gradient_cuda(grad_columns, input, offset, mask, ke
         if use_mask:
             grad_mask[b, group_tap, oy, ox] = grad_m
 
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
 
 @cpu_driver
 def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,

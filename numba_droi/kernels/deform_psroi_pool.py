@@ -1,15 +1,26 @@
-"""Deformable position-sensitive RoI pooling kernels (MXNet ``DeformablePSROIPooling``): one source for
-both targets.
+"""Deformable position-sensitive RoI pooling kernels (MXNet's ``DeformablePSROIPooling``), in three parts.
 
-``deform_psroi_bin`` says where output element ``(k, c, ph, pw)`` samples; ``deform_psroi_bin_value``
-averages its in-range samples (rule B3), ``deform_psroi_bin_backward`` scatters its gradient into the
-input gradient, and ``deform_psroi_part_gradient`` sums the gradient of one per-class part offset over
-the channels and bins that use it.
+* The body, shared by the targets: ``deform_psroi_bin`` says where output element ``(k, c, ph, pw)``
+  samples; ``deform_psroi_bin_value`` averages its in-range samples (rule B3),
+  ``deform_psroi_bin_backward`` scatters its gradient into the input gradient (atomic on the GPU), and
+  ``deform_psroi_part_gradient`` sums the gradient of one per-class part offset over the channels and
+  bins that use it.
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element for the forward and the input
+  gradient, a thread per (box, class, part cell) for the trans gradient (looping over the channels and
+  bins that share the cell, so without atomics); the deterministic backward, a thread per (image,
+  output channel).
+* The cpu fast path: ``*_cpu`` drivers and the helpers above them, a parallel iteration per box for
+  the forward and the trans gradient, per (group, block of output channels) for the input gradient
+  (they write disjoint input channels), over a copy of the features with each group's channels last.
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, trans, spatial_scale, trans_std, group_size, part_size,
 sample_per_part, no_trans, output)``, the same with ``(grad_output, ..., grad_input)``, and ``(features,
 grad_output, rois, trans, spatial_scale, trans_std, group_size, part_size, sample_per_part,
-grad_trans)``; without offsets ``trans`` is a placeholder that is not read.
+grad_trans)``; without offsets ``trans`` is a placeholder that is not read. Every element of
+``grad_trans`` is written.
 """
 import math
 
@@ -22,6 +33,8 @@ from .bilinear import (b3_add_cell_channels, b3_cell, b3_coordinate_gradient, b3
                        b3_inside, b3_scatter, b3_scatter_cell_channels, b3_value)
 from .roi_align import channels_first, channels_last, unravel_output_index
 
+
+# -- body: one output element and its gradient, from the definition --------------------------------
 
 @jitable
 def round_half_away(value):
@@ -187,11 +200,7 @@ def trans_cells_shape(grad_trans):
     return grad_trans.shape[0], grad_trans.shape[1] // 2, grad_trans.shape[2], grad_trans.shape[3]
 
 
-# cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
-# one thread per (box, class, part cell) for the trans gradient, looping over the channels and bins
-# that share the cell, so it needs no atomics. cpu: a parallel iteration per box for the forward and
-# the trans gradient, per (group, block of output channels) for the input gradient (they write
-# disjoint input channels).
+# -- cuda schedule ---------------------------------------------------------------------------------
 
 @cuda_kernel("F4 F2 F4 f f i i i b F4")
 def deform_psroi_pool_forward_cuda(features, rois, trans, spatial_scale, trans_std, group_size,
@@ -247,6 +256,8 @@ def deform_psroi_pool_trans_grad_cuda(features, grad_output, rois, trans, spatia
         grad_trans[k, 2 * class_id, part_h, part_w] = grad_x
         grad_trans[k, 2 * class_id + 1, part_h, part_w] = grad_y
 
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
 
 @jitable
 def deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,

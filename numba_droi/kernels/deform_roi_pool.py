@@ -1,9 +1,20 @@
-"""Deformable RoI pooling kernels (RoI-Align form, optionally modulated): one source for both targets.
+"""Deformable RoI pooling kernels (RoI-Align form, optionally modulated), in three parts.
 
-A bin is roi_align's bin (``aligned=True``) whose box start is moved by the bin's offset:
-``deform_roi_pool_bin_box`` builds that moved box, and roi_align's ``roi_align_bin`` and
-``roi_align_bin_backward`` pool it and scatter its gradient. ``deform_roi_pool_bin_gradient`` gives the
-gradients of the bin's offset and mask, a sum over channels and samples.
+* The body, shared by the targets: a bin is roi_align's bin (``aligned=True``) whose box start is
+  moved by the bin's offset. ``deform_roi_pool_bin_box`` builds that moved box, roi_align's
+  ``roi_align_bin`` and ``roi_align_bin_backward`` pool it and scatter its gradient, and
+  ``deform_roi_pool_bin_gradient`` gives the gradients of the bin's offset and mask, a sum over
+  channels and samples.
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element for the forward and the input
+  gradient (atomic scatter), a thread per (box, bin) for the offset and mask gradients (looping over
+  channels: every thread of a bin would otherwise add into the same two offset elements, a worst case
+  for atomics); the deterministic backward, a thread per gradient plane.
+* The cpu fast path: ``*_cpu`` drivers and the helpers above them, a parallel iteration per box for
+  the forward and for the offset and mask gradients, per block of channels for the input gradient
+  (so that no two iterations write the same element), over channels-last copies.
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma, output)``,
 ``(grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_input)`` and
@@ -21,6 +32,8 @@ from .roi_align import (channels_first, channels_last, roi_align_bin, roi_align_
                         roi_align_bin_backward_channels_from_tables, roi_align_bin_channels_from_tables,
                         roi_align_box, roi_align_sample, unravel_output_index)
 
+
+# -- body: one output element and its gradient, from the definition --------------------------------
 
 @jitable
 def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio, gamma):
@@ -66,11 +79,7 @@ def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y,
     return scale_x * grad_x / count, scale_y * grad_y / count, weighted / count
 
 
-# cuda: one thread per output element for the forward and the input gradient (atomic scatter), and
-# one thread per (box, bin) for the offset and mask gradients, looping over channels: every thread of
-# a bin would otherwise add into the same two offset elements, a worst case for atomics.
-# cpu: a parallel iteration per box for the forward and for the offset and mask gradients, per block
-# of channels for the input gradient, so that no two iterations write the same element.
+# -- cuda schedule ---------------------------------------------------------------------------------
 
 @cuda_kernel("F4 F2 F4 F4 f i f F4")
 def deform_roi_pool_forward_cuda(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
@@ -126,6 +135,8 @@ def deform_roi_pool_backward_deterministic_cuda(grad_output, rois, offset, mask,
                     roi_align_bin_backward(mask[k, 0, ph, pw] * grad_output[k, c, ph, pw], grad_input,
                                            c, ph, pw, box, False)
 
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
 
 @jitable
 def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma):

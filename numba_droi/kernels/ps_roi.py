@@ -1,12 +1,19 @@
-"""Position-sensitive RoI Pool and RoI Align kernels (R-FCN): one source for the cpu and the cuda target.
+"""Position-sensitive RoI Pool and RoI Align kernels (R-FCN), in three parts.
 
-Output channel ``c`` at bin ``(ph, pw)`` reads input channel ``ps_input_channel(c, ph, pw, PH, PW)``.
-PS RoI Pool takes its geometry from RoI Pool's helpers (``pool_box`` without the +1, ``pool_window``)
-and averages the window; PS RoI Align is roi_align's ``roi_align_bin`` with ``aligned=True`` on the
-mapped channel. The cuda kernels give each thread one output element; the cpu drivers give each
-parallel iteration one input channel (which belongs to exactly one output channel and bin, so no two
-iterations write the same element), with every box's bins or samples tabulated once before; each
-iteration first goes through its channel's planes in order (``read_in_order``, ``zero_in_order``).
+* The body, shared by the targets: output channel ``c`` at bin ``(ph, pw)`` reads input channel
+  ``ps_input_channel(c, ph, pw, PH, PW)``. PS RoI Pool averages the window that RoI Pool's geometry
+  gives (``pool_box`` without the +1, ``pool_window``): ``ps_roi_pool_window`` and its scatter
+  ``ps_roi_pool_window_backward``; PS RoI Align is roi_align's body (``roi_align_bin``,
+  ``roi_align_bin_backward``) with ``aligned=True`` on the mapped channel.
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element; the deterministic backwards, a
+  thread per gradient plane.
+* The cpu fast path: ``*_cpu`` drivers, a parallel iteration per input channel (which belongs to
+  exactly one output channel and bin, so no two iterations write the same element), with every box's
+  bins or samples tabulated once before; each iteration first goes through its channel's planes in
+  order (``read_in_order``, ``zero_in_order``).
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, spatial_scale, output)`` and ``(grad_output, rois, spatial_scale,
 grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spatial_scale``.
@@ -23,6 +30,8 @@ from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_bac
 from .roi_pool import pool_box, pool_fill_bounds, pool_window
 
 
+# -- body: one output element and its gradient, from the definition --------------------------------
+
 @jitable
 def ps_input_channel(c, ph, pw, pooled_h, pooled_w):
     """The input channel that output channel ``c`` reads at bin ``(ph, pw)``."""
@@ -37,8 +46,6 @@ def ps_output_position(channel, pooled_h, pooled_w):
     c = c_ph // pooled_h
     return c, c_ph - c * pooled_h, channel - c_ph * pooled_w
 
-
-# -- PS RoI Pool -----------------------------------------------------------------------------------
 
 @jitable_inlined_on_cpu
 def ps_roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
@@ -64,6 +71,8 @@ def ps_roi_pool_window_backward(grad, grad_input, n, c, h_low, h_high, w_low, w_
         for w in range(w_low, w_high):
             add_4d(grad_input, n, c, h, w, grad, atomic)
 
+
+# -- cuda schedule ---------------------------------------------------------------------------------
 
 @cuda_kernel("F4 F2 f F4")
 def ps_roi_pool_forward_cuda(features, rois, spatial_scale, output):
@@ -110,44 +119,6 @@ def ps_roi_pool_backward_deterministic_cuda(grad_output, rois, spatial_scale, gr
                                         h_high, w_low, w_high, False)
 
 
-@cpu_driver
-def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
-    boxes, _, pooled_h, pooled_w = output.shape
-    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
-    for k in numba.prange(boxes):
-        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
-                         features.shape[3], bounds)
-    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
-    for channel in numba.prange(features.shape[1]):
-        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
-        for n in range(features.shape[0]):
-            read_in_order(planes[n * features.shape[1] + channel])
-        for k in range(boxes):
-            output[k, c, ph, pw] = ps_roi_pool_window(
-                features, int(rois[k, 0]), channel, bounds[k, 0, ph], bounds[k, 1, ph],
-                bounds[k, 2, pw], bounds[k, 3, pw])
-
-
-@cpu_driver
-def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
-    boxes, _, pooled_h, pooled_w = grad_output.shape
-    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
-    for k in numba.prange(boxes):
-        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
-                         grad_input.shape[3], bounds)
-    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for channel in numba.prange(grad_input.shape[1]):
-        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
-        for n in range(grad_input.shape[0]):
-            zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
-        for k in range(boxes):
-            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
-                                        bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
-                                        bounds[k, 3, pw])
-
-
-# -- PS RoI Align ----------------------------------------------------------------------------------
-
 @cuda_kernel("F4 F2 f i F4")
 def ps_roi_align_forward_cuda(features, rois, spatial_scale, sampling_ratio, output):
     pooled_h, pooled_w = output.shape[2], output.shape[3]
@@ -183,6 +154,44 @@ def ps_roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, s
                 continue
             box = roi_align_box(rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
             roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, channel, ph, pw, box, False)
+
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
+
+@cpu_driver
+def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
+    boxes, _, pooled_h, pooled_w = output.shape
+    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
+    for k in numba.prange(boxes):
+        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
+                         features.shape[3], bounds)
+    planes = features.reshape((-1, features.shape[2] * features.shape[3]))
+    for channel in numba.prange(features.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(features.shape[0]):
+            read_in_order(planes[n * features.shape[1] + channel])
+        for k in range(boxes):
+            output[k, c, ph, pw] = ps_roi_pool_window(
+                features, int(rois[k, 0]), channel, bounds[k, 0, ph], bounds[k, 1, ph],
+                bounds[k, 2, pw], bounds[k, 3, pw])
+
+
+@cpu_driver
+def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
+    boxes, _, pooled_h, pooled_w = grad_output.shape
+    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
+    for k in numba.prange(boxes):
+        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
+                         grad_input.shape[3], bounds)
+    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
+    for channel in numba.prange(grad_input.shape[1]):
+        c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
+        for n in range(grad_input.shape[0]):
+            zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
+        for k in range(boxes):
+            ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
+                                        bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
+                                        bounds[k, 3, pw])
 
 
 @cpu_driver

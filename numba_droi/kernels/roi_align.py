@@ -1,8 +1,17 @@
-"""RoI Align kernels: one source for the cpu and the cuda target.
+"""RoI Align kernels, in three parts.
 
-``roi_align_box`` computes a box's geometry, ``roi_align_bin`` one output element from it and
-``roi_align_bin_backward`` scatters that element's gradient into the input gradient (atomically on the
-GPU). The cuda kernels and cpu drivers below only decide which thread computes what.
+* The body, shared by the targets: ``roi_align_box`` (a box's geometry), ``roi_align_sample``,
+  ``roi_align_bin`` (one output element) and ``roi_align_bin_backward`` (the scatter of its gradient,
+  atomic on the GPU), written from the definition (docs/operators.md). PS RoI Align and deformable RoI
+  pooling use them too.
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element around the body (a grid-stride
+  loop); the deterministic backward, a thread per gradient plane.
+* The cpu fast path: ``*_cpu`` drivers and the helpers above them, which compute the body's values by
+  another schedule: every box's separable sampling grid tabulated once, the forward box by box over a
+  channels-last copy of the features, the backward channel by channel.
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, spatial_scale, sampling_ratio, aligned, output)`` and
 ``(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input)``, with ``spatial_scale`` of
@@ -24,6 +33,8 @@ from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1
 # are far smaller; torchvision has no such bound (and never finishes on such a box).
 MAX_SAMPLING_RATIO = 256
 
+
+# -- body: one output element and its gradient, from the definition --------------------------------
 
 @jitable
 def unravel_output_index(index, shape):
@@ -105,6 +116,8 @@ def roi_align_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
                        atomic)
 
 
+# -- cuda schedule ---------------------------------------------------------------------------------
+
 # The cuda kernels give each thread one output element.
 
 @cuda_kernel("F4 F2 f i b F4")
@@ -145,6 +158,8 @@ def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, samp
                 for pw in range(grad_output.shape[3]):
                     roi_align_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box, False)
 
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
 
 # Sample positions are separable (a bin's rows and columns), so the cpu drivers tabulate every box's
 # B1 row and column weights once, before the channels, and reuse them for all of them. The forward

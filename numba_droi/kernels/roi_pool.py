@@ -1,9 +1,18 @@
-"""RoI Pool kernels (Fast R-CNN max pooling): one source for the cpu and the cuda target.
+"""RoI Pool kernels (Fast R-CNN max pooling), in three parts.
 
-``pool_box`` and ``pool_bin`` give the integer geometry shared with PS RoI Pool (kernels/ps_roi.py):
-box corners rounded half away from zero, bins ``floor(i*bin) .. ceil((i+1)*bin)`` shifted by the box
-start and clipped to the map. ``roi_pool_window`` computes one output element and its argmax; the
-backward adds each output's gradient at its argmax (atomically on the GPU).
+* The body, shared by the targets: ``pool_box``, ``pool_bin`` and ``pool_window``, the integer
+  geometry it shares with PS RoI Pool (kernels/ps_roi.py): box corners rounded half away from zero,
+  bins ``floor(i*bin) .. ceil((i+1)*bin)`` shifted by the box start and clipped to the map;
+  ``roi_pool_window``, one output element and its argmax; ``roi_pool_scatter``, the backward's add of
+  an output's gradient at its argmax (atomic on the GPU).
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element; the deterministic backward, a
+  thread per gradient plane.
+* The cpu fast path: ``*_cpu`` drivers, ``pool_fill_bounds`` and ``roi_pool_window_channels``: the
+  forward box by box over a channels-last copy (each bin scanned once for every channel), the backward
+  channel by channel.
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, spatial_scale, output, argmax)`` and
 ``(grad_output, rois, argmax, grad_input)``, with ``spatial_scale`` of the features' dtype, ``argmax``
@@ -23,6 +32,8 @@ from .roi_align import channels_last, unravel_output_index
 # absurdly large (finite) box cannot overflow; it changes nothing for boxes of any real image.
 COORDINATE_LIMIT = 2 ** 30
 
+
+# -- body: one output element and its gradient, from the definition --------------------------------
 
 @jitable
 def round_half_away(value):
@@ -76,18 +87,6 @@ def pool_window(box, ph, pw, height, width):
     return h_low, h_high, w_low, w_high
 
 
-@jitable
-def pool_fill_bounds(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width, bounds):
-    """Box ``k``'s bins as ``pool_window`` gives them, for cpu drivers that reuse them across channels:
-    rows ``bounds[k, 0, ph] <= h < bounds[k, 1, ph]`` of bin row ``ph``, columns ``bounds[k, 2, pw]
-    <= w < bounds[k, 3, pw]`` of bin column ``pw`` (a window is a row range times a column range)."""
-    _, y_start, x_start, bin_h, bin_w = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
-    for ph in range(pooled_h):
-        bounds[k, 0, ph], bounds[k, 1, ph] = pool_bin(y_start, bin_h, ph, height)
-    for pw in range(pooled_w):
-        bounds[k, 2, pw], bounds[k, 3, pw] = pool_bin(x_start, bin_w, pw, width)
-
-
 @jitable_inlined_on_cpu
 def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
     """``(maximum, argmax)`` of ``features[n, c, h_low:h_high, w_low:w_high]``, scanned row-major with
@@ -105,27 +104,6 @@ def roi_pool_window(features, n, c, h_low, h_high, w_low, w_high):
 
 
 @jitable_inlined_on_cpu
-def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_low, w_high):
-    """``roi_pool_window`` of every channel of a channels-last image ``pixels[h*W + w, c]`` at once,
-    into ``best[c]`` and ``best_index[c]``: the same scan, so the same maximum and argmax."""
-    if h_high <= h_low or w_high <= w_low:
-        best[:] = best.dtype.type(0)
-        best_index[:] = -1
-    else:
-        start = h_low * width + w_low
-        best[:] = pixels[start]
-        best_index[:] = start
-        for h in range(h_low, h_high):
-            for w in range(w_low, w_high):
-                position = h * width + w
-                values = pixels[position]
-                for c in range(best.shape[0]):
-                    larger = values[c] > best[c]
-                    best[c] = values[c] if larger else best[c]
-                    best_index[c] = position if larger else best_index[c]
-
-
-@jitable_inlined_on_cpu
 def roi_pool_scatter(grad, grad_input, n, c, index, atomic=True):
     """Add ``grad`` at flat ``index = h*W + w`` of ``grad_input[n, c]`` (atomically on the GPU unless
     ``atomic`` is False); nothing for -1."""
@@ -134,6 +112,8 @@ def roi_pool_scatter(grad, grad_input, n, c, index, atomic=True):
         h = index // width
         add_4d(grad_input, n, c, h, index - h * width, grad, atomic)
 
+
+# -- cuda schedule ---------------------------------------------------------------------------------
 
 @cuda_kernel("F4 F2 f F4 J4")
 def roi_pool_forward_cuda(features, rois, spatial_scale, output, argmax):
@@ -171,10 +151,45 @@ def roi_pool_backward_deterministic_cuda(grad_output, rois, argmax, grad_input):
                                      False)
 
 
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
+
 # The cpu forward is box-outer over a channels-last copy of the features: each bin is scanned once
 # for all channels (every box's bins computed first). The cpu backward gives each parallel iteration
 # one channel, so that no two iterations write the same input-gradient element; it zeroes the
 # channel's planes again in order before the boxes add at their argmaxes (see zero_in_order).
+
+@jitable
+def pool_fill_bounds(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width, bounds):
+    """Box ``k``'s bins as ``pool_window`` gives them, for cpu drivers that reuse them across channels:
+    rows ``bounds[k, 0, ph] <= h < bounds[k, 1, ph]`` of bin row ``ph``, columns ``bounds[k, 2, pw]
+    <= w < bounds[k, 3, pw]`` of bin column ``pw`` (a window is a row range times a column range)."""
+    _, y_start, x_start, bin_h, bin_w = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
+    for ph in range(pooled_h):
+        bounds[k, 0, ph], bounds[k, 1, ph] = pool_bin(y_start, bin_h, ph, height)
+    for pw in range(pooled_w):
+        bounds[k, 2, pw], bounds[k, 3, pw] = pool_bin(x_start, bin_w, pw, width)
+
+
+@jitable_inlined_on_cpu
+def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_low, w_high):
+    """``roi_pool_window`` of every channel of a channels-last image ``pixels[h*W + w, c]`` at once,
+    into ``best[c]`` and ``best_index[c]``: the same scan, so the same maximum and argmax."""
+    if h_high <= h_low or w_high <= w_low:
+        best[:] = best.dtype.type(0)
+        best_index[:] = -1
+    else:
+        start = h_low * width + w_low
+        best[:] = pixels[start]
+        best_index[:] = start
+        for h in range(h_low, h_high):
+            for w in range(w_low, w_high):
+                position = h * width + w
+                values = pixels[position]
+                for c in range(best.shape[0]):
+                    larger = values[c] > best[c]
+                    best[c] = values[c] if larger else best[c]
+                    best_index[c] = position if larger else best_index[c]
+
 
 @cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):

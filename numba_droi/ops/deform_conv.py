@@ -135,7 +135,7 @@ def _matmul_into(weight, columns, groups, out):
 
 def im2col(input, kernel_size, stride=1, padding=0, dilation=1, offset=None, mask=None):
     """Deformable im2col: ``columns[n, c*kh*kw + i*kw + j, oy, ox] = mask * B2(input[n, c], y, x)``
-    with ``y = oy*stride_h - pad_h + i*dil_h + offset_y`` (rule B2 of SPEC.md; offsets and mask of the
+    with ``y = oy*stride_h - pad_h + i*dil_h + offset_y`` (rule B2 of docs/operators.md; offsets and mask of the
     channel's offset group, as ``deform_conv2d`` reads them; none given: offset 0, mask 1).
 
     Returns the ``(N, C*kh*kw, Ho, Wo)`` column array (all of it: no chunking here).
@@ -227,7 +227,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         x = ox*stride_w - pad_w + j*dil_w + offset[n, 2*(g*kh*kw + i*kw + j) + 1, oy, ox]
 
     with ``g`` the offset group of channel ``c`` (``G = offset.shape[1] // (2*kh*kw)`` groups of
-    ``C_in // G`` channels), weight groups ``C_in // weight.shape[1]`` and rule B2 of SPEC.md (zero
+    ``C_in // G`` channels), weight groups ``C_in // weight.shape[1]`` and rule B2 of docs/operators.md (zero
     outside ``(-1, H) x (-1, W)``, zero-padded corners). Computed as a deformable im2col followed by a
     grouped matrix product (the BLAS), in chunks of images.
 

@@ -71,10 +71,10 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     ``[-0.5, W-0.5] x [-0.5, H-0.5]`` and the mean is 0 without any). With ``no_trans`` there are no
     offsets and ``trans`` may be None: PS RoI pooling with sub-sampling.
 
-    Differences from MXNet: the trans gradient is the derivative of this forward also where B3 clamps
-    a sample into the map (MXNet's is not 0 there); batch indices, ``output_dim``, ``group_size`` and
-    the shape of ``trans`` are checked. Non-finite boxes or offsets, and offsets that move every
-    sample out of the map, give 0.
+    Differences from MXNet: batch indices, ``output_dim``, ``group_size`` and the shape of ``trans``
+    are checked. Non-finite boxes or offsets, and offsets that move every sample out of the map, give
+    0. The trans gradient is 0 along an axis where B3 clamps a sample into the map (the forward does
+    not depend on it there), and at integer sample coordinates, as MXNet's.
 
     Args:
         input: ``(N, output_dim * group_size**2, H, W)`` float32 or float64 features, NumPy or CuPy.

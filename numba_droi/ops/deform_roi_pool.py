@@ -32,7 +32,7 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
     ``roi_align(aligned=True)``; ``bin = roi_size / (PH, PW)`` and the sampling grid ``gh x gw``
     (``sampling_ratio`` if positive, else ``ceil(bin)``) are fixed by the box. Bin ``(ph, pw)`` is then
     moved by the normalised offset ``(dx, dy) = gamma * offset[k, :, ph, pw] * (roi_w, roi_h)`` (x
-    first) and averages ``gh * gw`` bilinear samples (rule B1 of SPEC.md), times the bin's mask::
+    first) and averages ``gh * gw`` bilinear samples (rule B1 of docs/operators.md), times the bin's mask::
 
         out[k, c, ph, pw] = mask[k, 0, ph, pw] / max(gh*gw, 1) * sum_{iy < gh, ix < gw} B1(input[n, c],
             y1 + dy + (ph + (iy + 0.5) / gh) * bin_h, x1 + dx + (pw + (ix + 0.5) / gw) * bin_w)

@@ -93,7 +93,7 @@ def ps_roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1)
     Always aligned: box ``k`` is scaled by ``spatial_scale`` and shifted by -0.5, with no minimum
     size; ``bin = roi_size / pooled_size``, ``gh = sampling_ratio`` if positive else ``ceil(bin_h)``
     (same for w). Output channel ``c`` at bin ``(ph, pw)`` samples input channel
-    ``ci = (c*PH + ph)*PW + pw`` (rule B1 of SPEC.md)::
+    ``ci = (c*PH + ph)*PW + pw`` (rule B1 of docs/operators.md)::
 
         out[k, c, ph, pw] = 1 / max(gh*gw, 1) * sum_{iy < gh, ix < gw} B1(input[n, ci],
                               y1 + (ph + (iy + 0.5) / gh) * bin_h, x1 + (pw + (ix + 0.5) / gw) * bin_w)

@@ -18,7 +18,7 @@ def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, al
 
     For box ``k = [n, x1, y1, x2, y2]`` scaled by ``spatial_scale`` (and shifted by -0.5 when
     ``aligned``), bin ``(ph, pw)`` of an ``output_size = (PH, PW)`` grid averages ``gh * gw`` bilinear
-    samples (rule B1 of SPEC.md) at the centres of a regular grid inside the bin::
+    samples (rule B1 of docs/operators.md) at the centres of a regular grid inside the bin::
 
         out[k, c, ph, pw] = 1 / max(gh*gw, 1) * sum_{iy < gh, ix < gw} B1(input[n, c],
                               y1 + (ph + (iy + 0.5) / gh) * bin_h, x1 + (pw + (ix + 0.5) / gw) * bin_w)

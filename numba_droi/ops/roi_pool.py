@@ -24,8 +24,9 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0):
 
     Boxes with NaN or inf coordinates give 0. Where several elements share the maximum, the first in
     row-major order is the one whose gradient flows (as torchvision). torchvision starts each
-    maximum at ``-FLT_MAX``; we start at the bin's first element, which differs only for bins whose
-    values are all ``<= -FLT_MAX`` or NaN.
+    maximum at ``-FLT_MAX``; we start at the bin's first element, which differs for bins whose values
+    are all ``<= -FLT_MAX`` and for a bin whose first element is NaN (which is then its maximum;
+    torchvision skips NaNs).
 
     Args:
         input: ``(N, C, H, W)`` float32 or float64 features, NumPy or CuPy.
