@@ -12,14 +12,13 @@ import os
 import sys
 
 import numba
-import numpy as np
 
 from numba_droi import registry
 from numba_droi.benchmark import (Setting, case, case_calls, machine_and_versions, timed_medians,
                                   torchvision_installed)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-OPERATORS = [operator.name for operator in registry.OPERATORS if "rois" in operator.arrays]  # those with boxes
+OPERATORS = [operator.name for operator in registry.OPERATORS if "rois" in operator.arrays]  # with boxes
 
 
 def measure(boxes_list, repeats, setting):

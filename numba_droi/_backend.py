@@ -273,20 +273,20 @@ def _thread_stride_cpu():
 
 
 @jitable
-def add_4d(array, i, j, k, l, value, atomic=True):
-    """``array[i, j, k, l] += value``: atomically on the GPU, unless ``atomic`` is False, for kernels
-    in which one thread owns every element it adds to (the deterministic backwards)."""
+def add_4d(array, i0, i1, i2, i3, value, atomic=True):
+    """``array[i0, i1, i2, i3] += value``: atomically on the GPU, unless ``atomic`` is False, for
+    kernels in which one thread owns every element it adds to (the deterministic backwards)."""
     if atomic:
-        kernel_api.atomic.add(array, (i, j, k, l), value)
+        kernel_api.atomic.add(array, (i0, i1, i2, i3), value)
     else:
-        array[i, j, k, l] += value
+        array[i0, i1, i2, i3] += value
 
 
 @for_cpu(add_4d)
-def _add_4d_cpu(array, i, j, k, l, value, atomic=True):
+def _add_4d_cpu(array, i0, i1, i2, i3, value, atomic=True):
     # A plain add: cpu drivers partition their work so that no two parallel iterations write the
     # same element.
-    array[i, j, k, l] += value
+    array[i0, i1, i2, i3] += value
 
 
 @functools.cache

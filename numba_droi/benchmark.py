@@ -296,8 +296,8 @@ def latency_table(rows, target):
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if target == "cuda" and _backend.gpu_available():
         machine += f", {_backend.gpu_description()['name']}"
-    return ("\n".join(lines) + f"\n\nTarget: {target}. Each first call (forward+backward, float32, the demo's "
-            f"(batch, channels, height, width, boxes) = {size} case) runs in a fresh process after "
+    return ("\n".join(lines) + f"\n\nTarget: {target}. Each first call (forward+backward, float32, the "
+            f"demo's (batch, channels, height, width, boxes) = {size} case) runs in a fresh process after "
             "`import numba_droi`; cold: an empty NUMBA_CACHE_DIR, warm: the same directory again. "
             "Numba's set-up: the part of the warm first call spent setting up Numba's cpu target, which "
             "a process pays once, at its first compiled or cached function. "

@@ -28,7 +28,8 @@ def is_forward(name):
 def operator_kernels():
     """``{cuda kernel name: operator name}`` for every cuda kernel of every operator of the registry,
     in the registry's order."""
-    return {kernel: operator.name for operator in registry.OPERATORS for kernel in sorted(operator.cuda_kernels)}
+    return {kernel: operator.name for operator in registry.OPERATORS
+            for kernel in sorted(operator.cuda_kernels)}
 
 
 def compile_all(out_dir, capabilities, progress=None):

@@ -322,8 +322,8 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
         raise ValueError(f"groups = {groups} does not match input channels {input.size(1)} and weight "
                          f"of shape {tuple(weight.shape)}")
     if offset.size(1) != 2 * deform_groups * taps:
-        raise ValueError(f"deform_groups = {deform_groups} needs offset.shape[1] = {2 * deform_groups * taps}, "
-                         f"got {offset.size(1)}")
+        raise ValueError(f"deform_groups = {deform_groups} needs offset.shape[1] = "
+                         f"{2 * deform_groups * taps}, got {offset.size(1)}")
     return FUNCTIONS["deform_conv2d"](input, offset, weight, bias, stride, padding, dilation, mask)
 
 

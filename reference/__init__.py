@@ -1,1 +1,2 @@
-"""Slow, obvious NumPy transcriptions of docs/operators.md in float64: the oracle the kernels are tested against."""
+"""Slow, obvious NumPy transcriptions of docs/operators.md in float64: the oracle the kernels are tested
+against."""

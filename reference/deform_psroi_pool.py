@@ -1,5 +1,5 @@
-"""Deformable PS RoI pooling (Dai et al. 2017) as MXNet's DeformablePSROIPooling computes it: docs/operators.md,
-deform_psroi_pool."""
+"""Deformable PS RoI pooling (Dai et al. 2017) as MXNet's DeformablePSROIPooling computes it:
+docs/operators.md, deform_psroi_pool."""
 import math
 
 import numpy as np

@@ -35,7 +35,8 @@ def ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale=1.0):
                 area = len(rows) * len(columns)
                 if area:
                     plane = grad_input[batch, input_channel(c, ph, pw, pooled_h, pooled_w)]
-                    plane[rows.start:rows.stop, columns.start:columns.stop] += grad_output[k, c, ph, pw] / area
+                    window = plane[rows.start:rows.stop, columns.start:columns.stop]
+                    window += grad_output[k, c, ph, pw] / area
     return grad_input
 
 

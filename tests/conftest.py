@@ -81,7 +81,7 @@ except ImportError:  # the property tests skip themselves
 else:
     _unhurried = dict(deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                             HealthCheck.function_scoped_fixture])  # the targets hold no state
+                                             HealthCheck.function_scoped_fixture])  # stateless targets
     settings.register_profile("fast", max_examples=6, derandomize=True, **_unhurried)
     settings.register_profile("slow", max_examples=300, **_unhurried)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

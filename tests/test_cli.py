@@ -57,7 +57,8 @@ def test_check_passes_every_operator_on_the_cpu_and_prints_a_row_each(cpu, capsy
     assert list(rows) == list(registry.BY_NAME)
     assert all(row[2:] == ["pass"] for row in rows.values())
     sizes = demo.SIZES["gradcheck"]
-    assert rows["roi_align"][1] == "x".join(str(sizes[key]) for key in ("batch", "channels", "height", "width"))
+    assert rows["roi_align"][1] == "x".join(str(sizes[key])
+                                            for key in ("batch", "channels", "height", "width"))
     assert rows["deform_roi_pool"][1].count(",") == 2  # features, offset, mask
 
 
@@ -83,7 +84,8 @@ def test_check_fails_an_operator_that_raises(cpu, monkeypatch, capsys):
 
 def test_info_prints_the_versions_it_claims(capsys):
     assert cli.main(["info"]) == 0
-    facts = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    facts = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
+                 for line in capsys.readouterr().out.splitlines())
     import numba_cuda
     expected = {"numba_droi": numba_droi.__version__, "numba": numba.__version__,
                 "numba-cuda": numba_cuda.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
@@ -123,7 +125,8 @@ def test_bench_with_torchvision_compares_with_it(cpu, capsys):
     rows = table_rows(out)
     assert [row[:2] for row in rows] == [["roi_align", "forward"], ["roi_align", "forward+backward"]]
     for _, _, ours, peer_name, peer, ratio in rows:
-        assert peer_name == "torchvision" and float(ratio) == pytest.approx(float(ours) / float(peer), rel=0.05)
+        assert peer_name == "torchvision"
+        assert float(ratio) == pytest.approx(float(ours) / float(peer), rel=0.05)
     assert f"torch {torch.__version__}" in out
 
 
@@ -145,7 +148,8 @@ def test_bench_measures_on_the_cuda_target(cuda, monkeypatch):
     launch = _backend.launch
     monkeypatch.setattr(_backend, "launch", lambda *args: launches.append(args[0]) or launch(*args))
     rows = benchmark.measure(["deform_roi_pool"], 1, benchmark.Setting("cuda"))
-    assert [row[:2] for row in rows] == [("deform_roi_pool", "forward"), ("deform_roi_pool", "forward+backward")]
+    assert [row[:2] for row in rows] == [("deform_roi_pool", "forward"),
+                                         ("deform_roi_pool", "forward+backward")]
     assert all(row[2] > 0 and row[3] == "numba_droi roi_align" and row[4] > 0 for row in rows)
     launched = {name for name, cuda_kernel in _backend.CUDA_KERNELS.items()
                 if any(cuda_kernel.kernel is k for k in launches)}

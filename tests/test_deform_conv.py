@@ -1,6 +1,7 @@
-"""deform_conv2d: against reference/ (float64) on both targets, gradients of every input by finite
-differences, an ordinary convolution at zero offsets, the im2col pieces on their own, the cuda kernels'
-bodies compiled for the cpu at a realistic size, torchvision, and bad inputs."""
+"""deform_conv2d, what is specific to it: a modulated convolution without offsets, the offset gradient near
+the border, an ordinary convolution at zero offsets, the im2col pieces on their own, chunks of images,
+bad offsets, its argument checks, and torchvision when installed. What every operator is tested for:
+tests/test_operators.py."""
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
-"""deform_psroi_pool: against reference/ (float64) on both targets, a value derived by hand, gradients
-(input, trans) by finite differences with samples kept off integer coordinates, also where B3 clamps,
-the cuda kernels' bodies compiled for the cpu at the R-FCN size, and bad inputs."""
+"""deform_psroi_pool, what is specific to it: more output channels than a cpu block against reference/, a
+value derived by hand, the trans gradient where B3 clamps, bad offsets and boxes, its argument checks,
+and a trans gradient that does not depend on what its array held. What every operator is tested for:
+tests/test_operators.py."""
 import math
 
 import numpy as np
@@ -43,7 +44,8 @@ def backward_options(options):
 
 
 def run_both(on, features, rois, trans, options, grad_output=None):
-    array = (lambda a: None if a is None else on.array(a))
+    def array(a):
+        return None if a is None else on.array(a)
     with on:
         output = on.numpy(numba_droi.deform_psroi_pool(array(features), array(rois), array(trans),
                                                        **options))

@@ -1,6 +1,7 @@
-"""deform_roi_pool: against reference/ (float64) on both targets, equal to roi_align without offsets,
-mmcv's published values, gradients (input, offset, mask) by finite differences, also in B1's border
-bands, the cuda kernels' bodies compiled for the cpu at a detection size, and bad inputs."""
+"""deform_roi_pool, what is specific to it: against reference/ at a larger map, equal to roi_align without
+offsets, mmcv's published values, the offset gradient in B1's border bands, the gradient check by
+directions of a large input, bad offsets, and its argument checks. What every operator is tested for:
+tests/test_operators.py."""
 import numpy as np
 import pytest
 
@@ -21,7 +22,8 @@ def random_case(rng, max_size=9, max_boxes=4, max_channels=3, plain=False):
     height, width = (int(v) for v in rng.integers(1, max_size + 1, 2))
     scale = float(rng.choice([1.0, 0.5, 1.3]))
     features = rng.standard_normal((batch, channels, height, width))
-    rois = example_rois(rng, rng.integers(0, 5, int(rng.integers(1, max_boxes + 1))), batch, height, width, scale)
+    rois = example_rois(rng, rng.integers(0, 5, int(rng.integers(1, max_boxes + 1))), batch, height, width,
+                        scale)
     pooled = tuple(int(v) for v in rng.integers(1, 4, 2))
     offset = rng.standard_normal((len(rois), 2) + pooled) if plain or rng.random() < 0.8 else None
     mask = rng.uniform(-0.5, 1.5, (len(rois), 1) + pooled) if plain or rng.random() < 0.6 else None
@@ -36,7 +38,8 @@ def backward_options(options):
 
 def run_both(on, features, rois, offset, mask, options, grad_output=None):
     """Forward, and backward for ``grad_output`` (random by default), on target ``on``."""
-    array = (lambda a: None if a is None else on.array(a))
+    def array(a):
+        return None if a is None else on.array(a)
     with on:
         output = on.numpy(numba_droi.deform_roi_pool(array(features), array(rois), array(offset),
                                                      mask=array(mask), **options))
@@ -199,7 +202,8 @@ GOOD_OFFSET = np.zeros((2, 2, 2, 2))
 @pytest.mark.parametrize("arguments, error, words", [
     (dict(rois=np.array([[0, 0, 0, 2, 2], [2, 1, 1, 3, 3.0]])), ValueError, "rois[1, 0] = 2.0"),
     (dict(rois=GOOD_ROIS[:, :4]), ValueError, "rois must have shape (K, 5)"),
-    (dict(offset=np.zeros((2, 2, 2, 3))), ValueError, "offset must have shape (2, 2, 2, 2), got (2, 2, 2, 3)"),
+    (dict(offset=np.zeros((2, 2, 2, 3))), ValueError,
+     "offset must have shape (2, 2, 2, 2), got (2, 2, 2, 3)"),
     (dict(offset=np.zeros((1, 2, 2, 2))), ValueError, "offset must have shape (2, 2, 2, 2)"),
     (dict(offset=np.zeros((2, 2, 2, 2), np.int64)), TypeError, "offset must be a floating array"),
     (dict(mask=np.zeros((2, 2, 2, 2))), ValueError, "mask must have shape (2, 1, 2, 2), got (2, 2, 2, 2)"),

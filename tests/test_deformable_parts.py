@@ -1,7 +1,7 @@
 """experiments/deformable_parts.py: its dataset is deterministic and puts the parts where the labels
 say, a few steps of training lower a deformable head's loss and move its offsets, and the figure
-plots the positions deform_roi_pool really samples (checked against the formula of docs/operators.md and against
-the operator itself on a coordinate ramp)."""
+plots the positions deform_roi_pool really samples (checked against the formula of docs/operators.md
+and against the operator itself on a coordinate ramp)."""
 import importlib.util
 import os
 
@@ -79,8 +79,9 @@ def test_the_figure_plots_the_positions_deform_roi_pool_samples(tmp_path):
     import matplotlib.image
     assert matplotlib.image.imread(path).shape[:2] == (round(3.3 * 50), 3 * 4 * 50)
 
-    # docs/operators.md, deform_roi_pool: aligned RoI Align geometry, x1' = x1 * scale - 0.5, bin_w = roi_w / PW;
-    # the bin (and so the centre of its samples) moves by gamma * roi_w * offset[k, 0] in x.
+    # docs/operators.md, deform_roi_pool: aligned RoI Align geometry, x1' = x1 * scale - 0.5,
+    # bin_w = roi_w / PW; the bin (and so the centre of its samples) moves by gamma * roi_w *
+    # offset[k, 0] in x.
     pack = head.pool
     with numba_droi.no_grad():
         offset = pack._offset(pack._pooled_rows(images, rois)).numpy().astype(np.float64)

@@ -299,7 +299,8 @@ def test_non_contiguous_inputs_give_what_contiguous_ones_give(cpu, operator):
     contiguous = results(operator, example, cpu)
     views = {name: None if a is None else strided(a) for name, a in example.arrays.items()}
     assert any(a is not None and not a.flags.c_contiguous for a in views.values())
-    given = results(operator, registry.Example(views, example.options), cpu, grad_output=strided(contiguous[2]))
+    given = results(operator, registry.Example(views, example.options), cpu,
+                    grad_output=strided(contiguous[2]))
     assert_equal(given[:2], contiguous[:2])
 
 
@@ -410,8 +411,8 @@ def test_a_gpu_array_beside_numpy_ones_is_refused_naming_it(case, monkeypatch):
         assert "grad_output on host" in str(raised.value)
 
 
-@pytest.mark.parametrize("operator", [operator for operator in registry.OPERATORS if "rois" in operator.arrays],
-                         ids=lambda operator: operator.name)
+@pytest.mark.parametrize("operator", [operator for operator in registry.OPERATORS
+                                      if "rois" in operator.arrays], ids=lambda operator: operator.name)
 @pytest.mark.parametrize("batch_index, shown", [(2, "2.0"), (-1, "-1.0"), (np.nan, "nan"), (np.inf, "inf")])
 def test_a_batch_index_outside_the_batch_is_refused_naming_the_row(no_launch, operator, batch_index, shown):
     example, _ = given_arrays(operator)

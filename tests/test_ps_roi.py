@@ -1,6 +1,7 @@
-"""ps_roi_pool and ps_roi_align: against reference/ (float64) on both targets, gradients by finite
-differences, the cuda kernels' bodies compiled for the cpu at a detection size, the channel mapping,
-the differences from torchvision that docs/operators.md chooses, bad inputs, and torchvision when installed."""
+"""ps_roi_pool and ps_roi_align, what is specific to them: against reference/ at a larger map, the channel
+mapping, the differences from torchvision that docs/operators.md chooses, non-finite boxes, their
+argument checks, and torchvision when installed. What every operator is tested for:
+tests/test_operators.py."""
 import numpy as np
 import pytest
 
@@ -57,7 +58,8 @@ def test_matches_reference_on_cpu_at_a_larger_size(cpu, name):
     options = dict(output_size=(3, 3), spatial_scale=0.25)
     if name == "ps_roi_align":
         options["sampling_ratio"] = -1
-    check_against_reference(cpu, name, features, example_rois(rng, rng.integers(0, 5, 24), 2, 30, 41, 0.25), options)
+    rois = example_rois(rng, rng.integers(0, 5, 24), 2, 30, 41, 0.25)
+    check_against_reference(cpu, name, features, rois, options)
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -94,7 +96,8 @@ def test_torchvision_ps_roi_pool_forward_skips_the_last_row_and_column():
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     features = np.random.default_rng(2).standard_normal((1, 4, 3, 3))
-    theirs = torchvision.ops.ps_roi_pool(torch.tensor(features), torch.tensor([[0, 0, 0, 3.0, 3]], dtype=torch.float64), 2)
+    box = torch.tensor([[0, 0, 0, 3.0, 3]], dtype=torch.float64)
+    theirs = torchvision.ops.ps_roi_pool(torch.tensor(features), box, 2)
     np.testing.assert_allclose(theirs[0, 0, 1, 1].item(), features[0, 3, 1, 1], rtol=1e-14)
 
 

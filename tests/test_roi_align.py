@@ -1,5 +1,7 @@
-"""roi_align: against reference/ (float64) on both targets, gradients by finite differences, the cuda
-kernels' bodies compiled for the cpu at a detection size, published values, and bad inputs."""
+"""roi_align, what is specific to it: against reference/ at a larger map with the adaptive grid,
+Detectron2's published values, the gradient check by directions of a large input, non-finite boxes, its
+argument checks, and torchvision when installed. What every operator is tested for:
+tests/test_operators.py."""
 import numpy as np
 import pytest
 

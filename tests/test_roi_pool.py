@@ -1,6 +1,7 @@
-"""roi_pool: against reference/ (float64, output and argmax) on both targets, gradients by finite
-differences, the cuda kernels' bodies compiled for the cpu at a detection size, rounding, bad inputs,
-and torchvision when it is installed."""
+"""roi_pool, what is specific to it: against reference/ (output and argmax) at a larger map, ties, rounding
+half away from zero, non-finite and huge boxes, its argument checks (the argmax), planes beyond 32-bit
+offsets, and torchvision when it is installed. What every operator is tested for:
+tests/test_operators.py."""
 import numba
 import numpy as np
 import pytest

@@ -1,8 +1,14 @@
-"""The three bilinear sampling rules of docs/operators.md, with their derivatives in the sample coordinate.
+"""The three bilinear sampling rules of docs/operators.md, with their derivatives in the sample
+coordinate.
 
 Plain Python, callable from the kernels of both targets (and from Python, as the CUDA simulator does).
-``features`` is an ``(N, C, H, W)`` array; ``(y, x)`` a sample position in its pixel grid. Every constant goes through ``features.dtype.type`` so that float32 kernels do float32 arithmetic.
-The rules are not interchangeable: each reproduces the border behaviour of the operators that use it.
+``features`` is an ``(N, C, H, W)`` array; ``(y, x)`` a sample position in its pixel grid. Every
+constant goes through ``features.dtype.type`` so that float32 kernels do float32 arithmetic. The rules
+are not interchangeable: each reproduces the border behaviour of the operators that use it.
+
+Each rule's value, derivative and scatter serve both targets' bodies; the forms on tabulated rows and
+columns (flat plane offsets) and on channels-last images, marked "cpu only", serve the cpu fast paths
+and give the same sums in the same order.
 """
 import math
 

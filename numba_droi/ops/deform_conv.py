@@ -135,8 +135,8 @@ def _matmul_into(weight, columns, groups, out):
 
 def im2col(input, kernel_size, stride=1, padding=0, dilation=1, offset=None, mask=None):
     """Deformable im2col: ``columns[n, c*kh*kw + i*kw + j, oy, ox] = mask * B2(input[n, c], y, x)``
-    with ``y = oy*stride_h - pad_h + i*dil_h + offset_y`` (rule B2 of docs/operators.md; offsets and mask of the
-    channel's offset group, as ``deform_conv2d`` reads them; none given: offset 0, mask 1).
+    with ``y = oy*stride_h - pad_h + i*dil_h + offset_y`` (rule B2 of docs/operators.md; offsets and
+    mask of the channel's offset group, as ``deform_conv2d`` reads them; none given: offset 0, mask 1).
 
     Returns the ``(N, C*kh*kw, Ho, Wo)`` column array (all of it: no chunking here).
     """
