@@ -74,6 +74,8 @@ class Operator:
                                  # call) in nn and the torch adapter; None: the layer is written by hand
     peers: dict                  # library -> the same operator's name there
     optional: tuple = ()         # arrays that may be None
+    offsets: tuple = ()          # arrays that move the samples (the adversarial tests fill them with
+                                 # NaN, inf and huge values)
     saving: Optional[Callable] = None
 
     @property
@@ -353,7 +355,7 @@ def _deform_roi_pool_benchmark(rng, boxes=512):
 DEFORM_ROI_POOL = Operator(
     name="deform_roi_pool", forward=ops.deform_roi_pool, backward=ops.deform_roi_pool_backward,
     arrays=("input", "rois", "offset", "mask"), differentiable=("input", "offset", "mask"),
-    optional=("offset", "mask"),
+    optional=("offset", "mask"), offsets=("offset",),
     gradients=_deform_roi_pool_gradients, output_shape=_pooled_shape,
     kernels=deform_roi_pool_kernels.KERNELS, reference="reference.deform_roi_pool",
     example=_deform_roi_pool_example,
@@ -406,6 +408,7 @@ def _deform_psroi_pool_benchmark(rng, boxes=512):
 DEFORM_PSROI_POOL = Operator(
     name="deform_psroi_pool", forward=ops.deform_psroi_pool, backward=ops.deform_psroi_pool_backward,
     arrays=("input", "rois", "trans"), differentiable=("input", "trans"), optional=("trans",),
+    offsets=("trans",),
     gradients=_deform_psroi_pool_gradients, output_shape=_deform_psroi_pool_shape,
     kernels=deform_psroi_pool_kernels.KERNELS, reference="reference.deform_psroi_pool",
     example=_deform_psroi_pool_example,
@@ -476,6 +479,7 @@ DEFORM_CONV2D = Operator(
     name="deform_conv2d", forward=ops.deform_conv2d, backward=ops.deform_conv2d_backward,
     arrays=("input", "offset", "weight", "bias", "mask"),
     differentiable=("input", "offset", "weight", "bias", "mask"), optional=("offset", "bias", "mask"),
+    offsets=("offset",),
     gradients=_deform_conv2d_gradients, output_shape=_deform_conv2d_shape,
     kernels=deform_conv_kernels.KERNELS, reference="reference.deform_conv",
     example=_deform_conv2d_example,

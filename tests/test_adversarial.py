@@ -100,7 +100,11 @@ def test_an_end_at_minus_infinity_is_not_clamped_to_a_finite_box(on):
     check_adversarial(BY_NAME["roi_align"], on, np.float64, huge=[], sampling_ratio=0, aligned=False)
 
 
-@roi_operators("roi_align", "ps_roi_align", "deform_roi_pool")
+ADAPTIVE = [operator for operator in ROI_OPERATORS if "sampling_ratio" in operator.options]
+adaptive_operators = pytest.mark.parametrize("operator", ADAPTIVE, ids=lambda operator: operator.name)
+
+
+@adaptive_operators
 def test_a_huge_box_on_cuda_takes_the_capped_adaptive_grid(cuda, cpu, operator):
     """A box 1e30 wide: 256 samples per bin along x (a 2-d cap would be slow in the simulator)."""
     huge = [[1, 1, 1e30, 3], [-1e30, 1, 1e30, 4]]
@@ -111,7 +115,7 @@ def test_a_huge_box_on_cuda_takes_the_capped_adaptive_grid(cuda, cpu, operator):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@roi_operators("roi_align", "ps_roi_align", "deform_roi_pool")
+@adaptive_operators
 def test_the_adaptive_grid_of_a_huge_box_is_capped_at_max_sampling_ratio(cpu, operator):
     example = adversarial_case(operator, huge=[[-1e30, -1e30, 1e30, 1e30], [0, 0, 1e30, 1e30]])
     count = len(example.arrays["rois"])
@@ -124,43 +128,43 @@ def test_the_adaptive_grid_of_a_huge_box_is_capped_at_max_sampling_ratio(cpu, op
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name, option", [("roi_align", "sampling_ratio"), ("ps_roi_align", "sampling_ratio"),
-                                          ("deform_roi_pool", "sampling_ratio"),
-                                          ("deform_psroi_pool", "sample_per_part")])
+SAMPLING = [(operator, option) for operator in registry.OPERATORS
+            for option in ("sampling_ratio", "sample_per_part") if option in operator.options]
+
+
+@pytest.mark.parametrize("operator, option", SAMPLING, ids=[f"{o.name}-{option}" for o, option in SAMPLING])
 @pytest.mark.parametrize("value", [MAX_SAMPLING_RATIO + 1, 10 ** 12])
-def test_a_huge_explicit_sampling_ratio_is_refused(cpu, name, option, value):
-    operator = BY_NAME[name]
+def test_a_huge_explicit_sampling_ratio_is_refused(cpu, operator, option, value):
     example = operator.example(np.random.default_rng(0))
     with pytest.raises(ValueError, match=f"{option} must be at most {MAX_SAMPLING_RATIO} .* got {value}"):
         operator.call(ops, example.arrays, dict(example.options, **{option: value}))
 
 
-# the array of offsets of each operator that takes them
-OFFSETS = {"deform_roi_pool": "offset", "deform_psroi_pool": "trans", "deform_conv2d": "offset"}
+BAD_OFFSETS = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e6]
 
 
-def bad_offsets(name, example):
-    """``example`` with non-finite and huge offsets: for all of boxes 0 to 5 (RoI operators), or for
-    one tap of six output pixels (deform_conv2d)."""
-    values = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e6]
-    offset = example.arrays[OFFSETS[name]].copy()
-    if name == "deform_conv2d":
-        for i, value in enumerate(values):  # one tap of one pixel each, y or x
-            offset[0, i % offset.shape[1], 0, i % offset.shape[3]] = value
-    else:
-        for k, value in enumerate(values):
-            offset[k % len(offset)] = value
-    return registry.Example(dict(example.arrays, **{OFFSETS[name]: offset}), example.options)
+def bad_offsets(operator, example):
+    """``example`` with non-finite and huge offsets: every offset of boxes 0 to 5 (operators with
+    boxes), or single elements spread over the offsets (the others)."""
+    arrays = dict(example.arrays)
+    for name in operator.offsets:
+        offset = arrays[name].copy()
+        if "rois" in operator.arrays:
+            for k, value in enumerate(BAD_OFFSETS):
+                offset[k % len(offset)] = value
+        else:
+            offset.reshape(-1)[np.linspace(0, offset.size - 1, len(BAD_OFFSETS)).astype(int)] = BAD_OFFSETS
+        arrays[name] = offset
+    return registry.Example(arrays, example.options)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("name", list(OFFSETS))
-def test_bad_offsets_run_through_every_kernel_in_bounds(on, name, dtype):
-    operator = BY_NAME[name]
-    size = {"pooled_size": 2} if name == "deform_psroi_pool" else {}
+@pytest.mark.parametrize("operator", [operator for operator in registry.OPERATORS if operator.offsets],
+                         ids=lambda operator: operator.name)
+def test_bad_offsets_run_through_every_kernel_in_bounds(on, operator, dtype):
     example = operator.example(np.random.default_rng(3), dtype, batch=1, channels=1, height=5, width=6,
-                               boxes=(0, 1) * 3 if "rois" in operator.arrays else None, **size)
-    output, grads = everything(operator, bad_offsets(name, example), on)
+                               boxes=(0, 1) * 3 if "rois" in operator.arrays else None)
+    output, grads = everything(operator, bad_offsets(operator, example), on)
     assert np.isfinite(output).all() and all(np.isfinite(g).all() for g in grads)
-    if name != "deform_conv2d":  # every sample of the boxes with bad offsets is outside: 0
+    if "rois" in operator.arrays:  # every sample of the boxes with bad offsets is outside: 0
         assert not output[:6].any()

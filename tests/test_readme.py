@@ -1,5 +1,6 @@
 """The README's Python examples run as written, and each shows what it claims: a gradient example
-leaves a gradient in ``x``, a training example records falling ``losses``."""
+leaves a gradient in ``x``, a training example records falling ``losses``; the tests that
+docs/operators.md names exist."""
 import pathlib
 import re
 
@@ -43,3 +44,13 @@ def test_readme_example_runs(cpu, index, tmp_path, monkeypatch):
     assert checks, f"README python block {index} defines none of {sorted(CHECKS)} to check"
     for check in checks:
         check(namespace)
+
+
+def test_the_tests_the_specification_names_exist():
+    """docs/operators.md pins each deliberate difference to a test by ``tests/<file>.py::<name>``."""
+    specification = README.parent / "docs" / "operators.md"
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", specification.read_text())
+    assert len(named) > 10
+    for path, name in named:
+        source = (README.parent / path).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"{path}::{name}"
