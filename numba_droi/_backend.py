@@ -151,8 +151,14 @@ def jitable_inlined_on_cpu(fn):
     return fn
 
 
-def cpu_driver(fn):
-    return numba.njit(parallel=True, cache=True, error_model="numpy")(fn)
+def cpu_driver(fn=None, *, reassociate=False):
+    """Compile a cpu driver: parallel, cached on disk. ``reassociate`` lets the compiler reorder the
+    driver's floating-point sums (the loops of a dot product are then vectorised), so that its results
+    equal the body's to rounding only (``@cpu_driver(reassociate=True)``)."""
+    if fn is None:
+        return functools.partial(cpu_driver, reassociate=reassociate)
+    return numba.njit(parallel=True, cache=True, error_model="numpy",
+                      fastmath={"reassoc"} if reassociate else False)(fn)
 
 
 # -- cpu memory order ------------------------------------------------------------------------------
@@ -287,6 +293,21 @@ def _add_4d_cpu(array, i0, i1, i2, i3, value, atomic=True):
     # A plain add: cpu drivers partition their work so that no two parallel iterations write the
     # same element.
     array[i0, i1, i2, i3] += value
+
+
+@jitable
+def add_1d(array, i, value, atomic=True):
+    """``array[i] += value`` of a 1-d array (a view, such as a column of a larger array), as
+    ``add_4d``."""
+    if atomic:
+        kernel_api.atomic.add(array, i, value)
+    else:
+        array[i] += value
+
+
+@for_cpu(add_1d)
+def _add_1d_cpu(array, i, value, atomic=True):
+    array[i] += value
 
 
 @functools.cache

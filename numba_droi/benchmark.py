@@ -28,18 +28,21 @@ def torchvision_installed():
 class Setting:
     """Where the cases run and against what. ``target`` 'cpu': NumPy arrays; 'cuda': CuPy arrays on
     the GPU (NumPy arrays on the simulated target under NUMBA_ENABLE_CUDASIM=1, for tests), torch
-    tensors on the GPU. ``torchvision``: compare with torchvision's operators (it must be installed),
-    run on as many threads as numba; else operators without a peer of our own are timed alone."""
+    tensors on the GPU. ``torchvision``: compare with torchvision's operators (it must be installed);
+    else operators without a peer of our own are timed alone. ``torch``: torch for peers written in
+    PyTorch (implied by ``torchvision``). torch runs on as many threads as numba."""
 
-    def __init__(self, target="cpu", torchvision=False):
+    def __init__(self, target="cpu", torchvision=False, torch=False):
         self.target = target
         self.gpu = target == "cuda" and not _backend.SIMULATED
         self.torch = self.torchvision = None
+        if torchvision or torch:
+            import torch as torch_module
+            self.torch = torch_module
+            torch_module.set_num_threads(numba.get_num_threads())
         if torchvision:
-            import torch
             import torchvision as torchvision_module
-            self.torch, self.torchvision = torch, torchvision_module
-            torch.set_num_threads(numba.get_num_threads())
+            self.torchvision = torchvision_module
 
     def array(self, array):
         """A NumPy array as an array of this target."""
@@ -62,12 +65,14 @@ class Setting:
 class Case:
     """One benchmark row pair: ``ours(*tensors)`` on Tensors made of ``inputs`` (the arrays that get
     gradients), and the ``peer`` named ``peer_name`` on ``peer_inputs`` (default: ``inputs``) as torch
-    tensors when the peer is torchvision, else as our Tensors."""
+    tensors when the peer is written in PyTorch (``torch_peer``; by default when it is torchvision),
+    else as our Tensors."""
 
-    def __init__(self, inputs, ours, peer_name=None, peer=None, peer_inputs=None):
+    def __init__(self, inputs, ours, peer_name=None, peer=None, peer_inputs=None, torch_peer=None):
         self.inputs, self.ours = inputs, ours
         self.peer_name, self.peer = peer_name, peer
         self.peer_inputs = inputs if peer_inputs is None else peer_inputs
+        self.torch_peer = peer_name == "torchvision" if torch_peer is None else torch_peer
 
 
 def case(name, setting, boxes=512):
@@ -109,7 +114,7 @@ def _timed(fn, setting):
 
 
 def _peer_tensors(case, setting):
-    if case.peer_name == "torchvision":
+    if case.torch_peer:
         return [setting.peer_tensor(a).requires_grad_(True) for a in case.peer_inputs]
     return [Tensor(setting.array(a), requires_grad=True) for a in case.peer_inputs]
 
@@ -156,7 +161,7 @@ def case_calls(case, setting):
     }
     if case.peer is not None:
         peer_xs = _peer_tensors(case, setting)
-        if case.peer_name == "torchvision":
+        if case.torch_peer:
             peer_grad = setting.torch.ones_like(case.peer(*peer_xs))
             calls[("forward", "peer")] = lambda: _no_grad(setting.torch, case.peer, _detached(peer_xs))
         else:

@@ -166,6 +166,29 @@ def sigmoid(input):
     return Sigmoid.apply(_tensor(input))
 
 
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, input, axis):
+        xp = _backend.array_module(input)
+        exponentials = xp.exp(input - input.max(axis=axis, keepdims=True))  # never overflows
+        output = exponentials / exponentials.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(output)
+        ctx.axis = axis
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return output * (grad_output - (grad_output * output).sum(axis=ctx.axis, keepdims=True)), None
+
+
+def softmax(input, axis=-1):
+    """``exp(input) / sum(exp(input))`` along ``axis``, computed after subtracting the maximum (stable
+    for large inputs), as ``torch.softmax``."""
+    input = _tensor(input)
+    return Softmax.apply(input, _axis(axis, input.ndim))
+
+
 class Linear(Function):
     @staticmethod
     def forward(ctx, input, weight, bias):

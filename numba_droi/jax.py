@@ -75,11 +75,18 @@ def _operator(operator):
 
         results = tuple(_like(a, a.shape) for name, a in zip(operator.arrays, arrays) if name in wanted)
         computed = dict(zip(wanted, _run(gradients, results, grad_output, *given)))
-        return tuple(computed[name] if name in computed else None if a is None else jnp.zeros_like(a)
+        return tuple(computed[name] if name in computed else None if a is None else _zero_cotangent(a)
                      for name, a in zip(operator.arrays, arrays))
 
     apply.defvjp(apply_forward, apply_backward)
     return apply
+
+
+def _zero_cotangent(array):
+    """The cotangent of an array that gets no gradient: zeros (JAX's float0 for an integer array)."""
+    if jnp.issubdtype(array.dtype, jnp.floating):
+        return jnp.zeros_like(array)
+    return np.zeros(array.shape, jax.dtypes.float0)
 
 
 def _named(operator, arrays, values):

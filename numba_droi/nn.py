@@ -509,3 +509,107 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
         mask_channels = prediction.shape[1] // 3
         offset, mask = functional.split(prediction, (2 * mask_channels, mask_channels), axis=1)
         return DeformConv2d.forward(self, input, offset, functional.sigmoid(mask))
+
+
+# -- attention ---------------------------------------------------------------------------------------
+
+def sampling_offset_ring(heads, levels, points, dtype=np.float32):
+    """The initial sampling offsets of Deformable DETR, ``(heads, levels, points, 2)`` ``(x, y)``: head
+    ``h`` points along the direction ``2*pi*h/heads`` (its larger coordinate scaled to 1), point ``i``
+    ``i + 1`` times as far, the same at every level."""
+    angles = np.arange(heads, dtype=np.float32) * np.float32(2 * math.pi / heads)
+    ring = np.stack([np.cos(angles), np.sin(angles)], -1)
+    ring = ring / np.abs(ring).max(-1, keepdims=True)
+    return (ring[:, None, None, :] * np.arange(1, points + 1)[None, None, :, None]
+            * np.ones((1, levels, 1, 1))).astype(dtype)
+
+
+def xavier_uniform(shape, rng=None, dtype=np.float32):
+    """Glorot's initialisation of a ``(fan_out, fan_in)`` weight: ``U(-a, a)``, ``a = sqrt(6 /
+    (fan_in + fan_out))``, as ``torch.nn.init.xavier_uniform_``."""
+    bound = math.sqrt(6 / (shape[0] + shape[1]))
+    return np.random.default_rng(rng).uniform(-bound, bound, shape).astype(dtype)
+
+
+class MSDeformAttn(Module):
+    """Multi-scale deformable attention with its projections, as Deformable DETR's ``MSDeformAttn``
+    (Zhu et al., 2020, https://arxiv.org/abs/2010.04159)::
+
+        value = value_proj(input_flatten), 0 where input_padding_mask   # (N, S, heads, d_model/heads)
+        offsets = sampling_offsets(query)                # (N, Lq, heads, levels, points, 2), (x, y)
+        weights = softmax over levels*points of attention_weights(query)
+        locations = reference_points + offsets / (W_l, H_l)          # reference_points (N, Lq, L, 2)
+                  = centre + offsets / points * size / 2             # or boxes (N, Lq, L, 4): cx, cy, w, h
+        out = output_proj(ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights))
+
+    Initialised as the paper: the offsets' weight 0 and their bias a ring of directions
+    (``sampling_offset_ring``), the attention weights' weight and bias 0 (uniform weights), the value
+    and output projections Glorot-uniform with bias 0; from ``rng``, in ``dtype``. The parameters have
+    Deformable DETR's names, so its state dicts load (as NumPy arrays).
+    """
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, rng=None, dtype=np.float32):
+        if d_model % n_heads:
+            raise ValueError(f"d_model = {d_model} must be a multiple of n_heads = {n_heads}")
+        rng = np.random.default_rng(rng)
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        points = n_heads * n_levels * n_points
+        self.sampling_offsets = Linear(d_model, points * 2, rng=rng, dtype=dtype)
+        self.sampling_offsets.weight.data[...] = 0
+        ring = sampling_offset_ring(n_heads, n_levels, n_points, dtype)
+        self.sampling_offsets.bias.data[...] = ring.ravel()
+        self.attention_weights = Linear(d_model, points, rng=rng, dtype=dtype)
+        self.attention_weights.weight.data[...] = 0
+        self.attention_weights.bias.data[...] = 0
+        self.value_proj = Linear(d_model, d_model, rng=rng, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, rng=rng, dtype=dtype)
+        for projection in (self.value_proj, self.output_proj):
+            projection.weight.data[...] = xavier_uniform((d_model, d_model), rng, dtype)
+            projection.bias.data[...] = 0
+
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index,
+                input_padding_mask=None):
+        """``query (N, Lq, d_model)``, ``reference_points (N, Lq, L, 2)`` normalised ``(x, y)`` or
+        ``(N, Lq, L, 4)`` boxes ``(cx, cy, w, h)``, ``input_flatten (N, S, d_model)`` the levels'
+        maps flattened and concatenated, ``input_spatial_shapes (L, 2)`` ``(H, W)``,
+        ``input_level_start_index (L,)``, ``input_padding_mask (N, S)`` True where padded, or None.
+        Returns ``(N, Lq, d_model)``."""
+        query, reference_points = functional._tensor(query), functional._tensor(reference_points)
+        images, queries = query.shape[:2]
+        heads, levels, points = self.n_heads, self.n_levels, self.n_points
+        shapes = _backend.to_numpy(_backend.as_array(input_spatial_shapes))
+        if shapes.shape != (levels, 2):
+            raise ValueError(f"input_spatial_shapes must have shape (n_levels, 2) = ({levels}, 2), got "
+                             f"{shapes.shape}")
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            xp = _backend.array_module(value.data)
+            keep = 1 - xp.asarray(input_padding_mask, dtype=value.dtype)
+            value = value * keep[..., None]
+        value = functional.reshape(value, (value.shape[0], value.shape[1], heads, self.d_model // heads))
+        offsets = functional.reshape(self.sampling_offsets(query),
+                                     (images, queries, heads, levels, points, 2))
+        weights = functional.softmax(functional.reshape(self.attention_weights(query),
+                                                        (images, queries, heads, levels * points)))
+        weights = functional.reshape(weights, (images, queries, heads, levels, points))
+        side = reference_points.shape[-1]
+        if side == 2:
+            normalizer = np.stack([shapes[:, 1], shapes[:, 0]], -1).astype(query.dtype)  # (W, H)
+            xp = _backend.array_module(query.data)
+            locations = (functional.reshape(reference_points, (images, queries, 1, levels, 1, 2))
+                         + offsets / xp.asarray(normalizer)[None, None, None, :, None, :])
+        elif side == 4:
+            centre, size = functional.split(reference_points, (2, 2), axis=3)
+            locations = (functional.reshape(centre, (images, queries, 1, levels, 1, 2))
+                         + offsets * (0.5 / points)
+                         * functional.reshape(size, (images, queries, 1, levels, 1, 2)))
+        else:
+            raise ValueError(f"reference_points' last axis must have 2 (x, y) or 4 (cx, cy, w, h) elements, "
+                             f"got {side}")
+        output = functional.ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations,
+                                           weights)
+        return self.output_proj(output)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
+                f"n_points={self.n_points}")

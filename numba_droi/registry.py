@@ -23,6 +23,7 @@ from . import ops
 from .kernels import deform_conv as deform_conv_kernels
 from .kernels import deform_psroi_pool as deform_psroi_pool_kernels
 from .kernels import deform_roi_pool as deform_roi_pool_kernels
+from .kernels import ms_deform_attn as ms_deform_attn_kernels
 from .kernels import ps_roi as ps_roi_kernels
 from .kernels import roi_align as roi_align_kernels
 from .kernels import roi_pool as roi_pool_kernels
@@ -164,7 +165,10 @@ def example_rois(rng, boxes, batch, height, width, scale):
 
 
 def _cast(arrays, dtype):
-    return {name: None if a is None else np.ascontiguousarray(a, dtype=dtype) for name, a in arrays.items()}
+    """The floating arrays of ``arrays`` in ``dtype`` (integer ones, such as spatial shapes, as they
+    are)."""
+    return {name: a if a is None or a.dtype.kind != "f" else np.ascontiguousarray(a, dtype=dtype)
+            for name, a in arrays.items()}
 
 
 def _features(rng, batch, channels, height, width):
@@ -492,6 +496,74 @@ DEFORM_CONV2D = Operator(
     peers={"torchvision": "deform_conv2d", "mmcv": "modulated_deform_conv2d"})
 
 
+# -- ms_deform_attn -----------------------------------------------------------------------------------
+
+def _levels(sizes):
+    """``(spatial_shapes, level_start_index)`` of levels of ``sizes`` ``(H, W)``."""
+    shapes = np.array(sizes, np.int64).reshape(-1, 2)
+    areas = shapes[:, 0] * shapes[:, 1]
+    return shapes, np.concatenate([[0], np.cumsum(areas)[:-1]]).astype(np.int64)
+
+
+def _ms_deform_attn_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=None,
+                            scale=None, heads=2, levels=2, points=2, queries=3, spread=0.2):
+    """``channels`` channels per head; level ``l``'s map is ``height x width`` halved ``l`` times
+    (rounded up); locations in ``[-spread, 1 + spread]``, so some sample outside the map. The example
+    takes no boxes."""
+    shapes, starts = _levels([(-(-height // 2 ** k), -(-width // 2 ** k)) for k in range(levels)])
+    arrays = dict(value=rng.standard_normal((batch, int((shapes[:, 0] * shapes[:, 1]).sum()), heads,
+                                             channels)),
+                  spatial_shapes=shapes, level_start_index=starts,
+                  sampling_locations=rng.uniform(-spread, 1 + spread,
+                                                 (batch, queries, heads, levels, points, 2)),
+                  attention_weights=rng.uniform(0.1, 1.0, (batch, queries, heads, levels, points)))
+    return Example(_cast(arrays, dtype), {})
+
+
+# Deformable DETR's feature pyramid for an 800x1200 image: strides 8 to 64.
+DETR_LEVELS = ((100, 150), (50, 75), (25, 38), (13, 19))
+
+
+def detr_case(rng, queries=300, batch=2, heads=8, channels=32, points=4, dtype=np.float32):
+    """Deformable DETR's attention: 8 heads of 32 channels over its four levels, 4 points per level
+    and head; ``queries`` queries (300: the decoder's; ``None``: one per pixel, the encoder's) with
+    softmax-normalised weights."""
+    shapes, starts = _levels(DETR_LEVELS)
+    rows = int((shapes[:, 0] * shapes[:, 1]).sum())
+    queries = rows if queries is None else queries
+    logits = rng.standard_normal((batch, queries, heads, len(shapes) * points))
+    weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return Example(dict(value=rng.standard_normal((batch, rows, heads, channels)).astype(dtype),
+                        spatial_shapes=shapes, level_start_index=starts,
+                        sampling_locations=rng.uniform(0, 1, (batch, queries, heads, len(shapes), points,
+                                                              2)).astype(dtype),
+                        attention_weights=weights.reshape(batch, queries, heads, len(shapes), points)
+                        .astype(dtype)), {})
+
+
+def _ms_deform_attn_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.ms_deform_attn_backward(
+        grad_output, arrays["value"], arrays["spatial_shapes"], arrays["level_start_index"],
+        arrays["sampling_locations"], arrays["attention_weights"], wanted=wanted)
+    return dict(zip(("value", "sampling_locations", "attention_weights"), grads))
+
+
+MS_DEFORM_ATTN = Operator(
+    name="ms_deform_attn", forward=ops.ms_deform_attn, backward=ops.ms_deform_attn_backward,
+    arrays=("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"),
+    differentiable=("value", "sampling_locations", "attention_weights"),
+    offsets=("sampling_locations",),
+    gradients=_ms_deform_attn_gradients,
+    output_shape=lambda shapes, options: (shapes["value"][0], shapes["attention_weights"][1],
+                                          shapes["value"][2] * shapes["value"][3]),
+    kernels=ms_deform_attn_kernels.KERNELS, reference="reference.ms_deform_attn",
+    example=_ms_deform_attn_example,
+    choices=dict(heads=(1, 2), levels=(1, 2, 3), points=(1, 2, 3), queries=(1, 2, 4), spread=(0.0, 0.3)),
+    benchmark=lambda rng, boxes=None: (detr_case(rng), None),  # the decoder's size; no peer in torchvision
+    module=None,  # the layers with projections are nn.MSDeformAttn and the torch adapter's
+    peers={"Deformable DETR": "MSDeformAttnFunction", "mmcv": "MultiScaleDeformableAttnFunction"})
+
+
 OPERATORS = (ROI_ALIGN, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN, DEFORM_ROI_POOL, DEFORM_PSROI_POOL,
-             DEFORM_CONV2D)
+             DEFORM_CONV2D, MS_DEFORM_ATTN)
 BY_NAME = {operator.name: operator for operator in OPERATORS}

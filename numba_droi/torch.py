@@ -198,7 +198,8 @@ globals().update((cls.__name__, cls) for cls in MODULES.values())
 __all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
            + ["DeformConv2d", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
               "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
-              "DeformRoIPooling"])
+              "DeformRoIPooling", "multi_scale_deformable_attn", "MultiScaleDeformableAttention",
+              "ms_deform_attn_grid_sample"])
 
 
 # -- layers written by hand ------------------------------------------------------------------------------
@@ -439,3 +440,123 @@ class DeformRoIPooling(nn.Module):
                 f"out_channels={self.out_channels}, no_trans={self.no_trans}, "
                 f"group_size={self.group_size}, part_size={self.part_size}, "
                 f"sample_per_part={self.sample_per_part}, trans_std={self.trans_std}")
+
+
+# -- multi-scale deformable attention, as mmcv --------------------------------------------------------------
+
+def multi_scale_deformable_attn(value, value_spatial_shapes, value_level_start_index, sampling_locations,
+                                attention_weights, im2col_step=64):
+    """``numba_droi.ms_deform_attn`` on tensors with the arguments of mmcv's
+    ``MultiScaleDeformableAttnFunction`` (``im2col_step`` is accepted and has no effect);
+    differentiable in value, sampling_locations and attention_weights."""
+    return FUNCTIONS["ms_deform_attn"](value, value_spatial_shapes, value_level_start_index,
+                                       sampling_locations, attention_weights)
+
+
+def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights):
+    """The same attention in plain PyTorch, level by level with ``torch.nn.functional.grid_sample``
+    (``padding_mode="zeros"``, ``align_corners=False``): the formulation that Deformable DETR and mmcv
+    ship as their fallback, here as the peer our operator is tested and measured against. It builds a
+    ``(N*M, D, Lq, L*P)`` tensor of samples."""
+    images, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    sizes = [int(height) * int(width) for height, width in spatial_shapes]
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, ((height, width), rows) in enumerate(zip(spatial_shapes.tolist(), value.split(sizes, dim=1))):
+        maps = rows.flatten(2).transpose(1, 2).reshape(images * heads, channels, height, width)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
+        samples.append(torch.nn.functional.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros",
+                                                       align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(images * heads, 1, queries, levels * points)
+    output = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(images, heads * channels, queries).transpose(1, 2)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Multi-scale deformable attention with its projections (Deformable DETR, Zhu et al., 2020,
+    https://arxiv.org/abs/2010.04159), as ``mmcv.ops.MultiScaleDeformableAttention``: the same
+    arguments, submodules (``sampling_offsets``, ``attention_weights``, ``value_proj``,
+    ``output_proj``, ``dropout``), parameter names and initialisation, so mmcv's checkpoints load;
+    ``norm_cfg`` and ``init_cfg`` are accepted and unused.
+
+    ``forward(query, key=None, value=None, identity=None, query_pos=None, key_padding_mask=None,
+    reference_points=None, spatial_shapes=None, level_start_index=None)``: ``value`` defaults to
+    ``query`` and ``identity`` to ``query`` (before ``query_pos`` is added to it); ``(num_query, bs,
+    embed_dims)`` tensors unless ``batch_first``; ``reference_points`` ``(bs, num_query, num_levels,
+    2)`` normalised ``(x, y)`` or ``(..., 4)`` boxes ``(cx, cy, w, h)``; returns ``dropout(output_proj(
+    attention)) + identity``.
+    """
+
+    def __init__(self, embed_dims=256, num_heads=8, num_levels=4, num_points=4, im2col_step=64,
+                 dropout=0.1, batch_first=False, norm_cfg=None, init_cfg=None, value_proj_ratio=1.0):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f"embed_dims must be divisible by num_heads, but got {embed_dims} and "
+                             f"{num_heads}")
+        self.norm_cfg, self.init_cfg = norm_cfg, init_cfg
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first = batch_first
+        self.im2col_step, self.embed_dims = im2col_step, embed_dims
+        self.num_levels, self.num_heads, self.num_points = num_levels, num_heads, num_points
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        value_dims = int(embed_dims * value_proj_ratio)
+        self.value_proj = nn.Linear(embed_dims, value_dims)
+        self.output_proj = nn.Linear(value_dims, embed_dims)
+        self.init_weights()
+
+    def init_weights(self):
+        """Offsets: weight 0, bias the ring of directions of Deformable DETR; attention weights 0;
+        the projections Glorot-uniform with bias 0."""
+        from .nn import sampling_offset_ring
+        nn.init.zeros_(self.sampling_offsets.weight)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(torch.from_numpy(sampling_offset_ring(
+                self.num_heads, self.num_levels, self.num_points).ravel()))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for projection in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
+
+    def forward(self, query, key=None, value=None, identity=None, query_pos=None, key_padding_mask=None,
+                reference_points=None, spatial_shapes=None, level_start_index=None, **kwargs):
+        if value is None:
+            value = query
+        if identity is None:
+            identity = query
+        if query_pos is not None:
+            query = query + query_pos
+        if not self.batch_first:
+            query, value = query.permute(1, 0, 2), value.permute(1, 0, 2)
+        batch, queries, _ = query.shape
+        rows = value.shape[1]
+        given = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+        if given != rows:
+            raise ValueError(f"spatial_shapes give {given} rows, the value has {rows}")
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(batch, rows, self.num_heads, -1)
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        offsets = self.sampling_offsets(query).view(batch, queries, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(batch, queries, heads, levels * points).softmax(-1)
+        weights = weights.view(batch, queries, heads, levels, points)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normalizer[None, None, None, :, None, :])
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"Last dim of reference_points must be 2 or 4, but get "
+                             f"{reference_points.shape[-1]} instead.")
+        output = multi_scale_deformable_attn(value, spatial_shapes, level_start_index,
+                                             locations.to(value.dtype), weights.to(value.dtype))
+        output = self.output_proj(output)
+        if not self.batch_first:
+            output = output.permute(1, 0, 2)
+        return self.dropout(output) + identity
+

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy.special import expit, logsumexp
+from scipy.special import softmax as scipy_softmax
 
 from numba_droi import functional as F
 from numba_droi.autograd import Tensor
@@ -160,6 +161,21 @@ def test_sigmoid_matches_scipy_is_stable_and_checks():
         out = F.sigmoid(extreme).data
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expit(extreme.astype(np.float64)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_matches_scipy_is_stable_and_checks(axis):
+    a = leaf((3, 4, 2), -4, 4)
+    np.testing.assert_allclose(F.softmax(a, axis).data, scipy_softmax(a.data, axis=axis), rtol=1e-14)
+    assert gradcheck(lambda t: F.softmax(t, axis) * np.arange(24.0).reshape(3, 4, 2), [a])
+    extreme = np.array([[-1000.0, 0.0, 1000.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow
+        out = F.softmax(extreme).data
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0, 0, 1]])
+    with pytest.raises(ValueError, match="axis"):
+        F.softmax(a, 3)
 
 
 @pytest.mark.parametrize("input_shape", [(5, 3), (2, 4, 3), (3,)], ids=str)

@@ -209,10 +209,17 @@ def b2_corner(features, n, c, y, x):
 
 @jitable_inlined_on_cpu
 def b2_cell(features, y, x):
-    """``(inside, y_low, x_low, ly, lx)`` of rule B2 at ``(y, x)``: whether ``-1 < y < H`` and
-    ``-1 < x < W`` (False for NaN), the top-left corner ``floor`` and the fractions past it."""
-    f = features.dtype.type
-    if not (y > f(-1) and y < f(features.shape[2]) and x > f(-1) and x < f(features.shape[3])):
+    """``b2_cell_of`` in the planes of ``(N, C, H, W)`` features."""
+    return b2_cell_of(features.shape[2], features.shape[3], y, x)
+
+
+@jitable_inlined_on_cpu
+def b2_cell_of(height, width, y, x):
+    """``(inside, y_low, x_low, ly, lx)`` of rule B2 at ``(y, x)`` in a ``height x width`` map:
+    whether ``-1 < y < H`` and ``-1 < x < W`` (False for NaN), the top-left corner ``floor`` and the
+    fractions past it."""
+    f = type(y)
+    if not (y > f(-1) and y < f(height) and x > f(-1) and x < f(width)):
         return False, 0, 0, f(0), f(0)
     y_low = int(math.floor(y))
     x_low = int(math.floor(x))
@@ -220,15 +227,30 @@ def b2_cell(features, y, x):
 
 
 @jitable_inlined_on_cpu
-def b2_interpolate(features, n, c, y_low, x_low, ly, lx):
-    """The bilinear value of ``features[n, c]`` in the cell of ``b2_cell``; corners outside count 0."""
-    f = features.dtype.type
+def b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx):
+    """The bilinear value in a cell of ``b2_cell`` from its corner values (0 for those outside the
+    map) and its fractions."""
+    f = type(ly)
     hy = f(1) - ly
     hx = f(1) - lx
-    return (hy * hx * b2_corner(features, n, c, y_low, x_low)
-            + hy * lx * b2_corner(features, n, c, y_low, x_low + 1)
-            + ly * hx * b2_corner(features, n, c, y_low + 1, x_low)
-            + ly * lx * b2_corner(features, n, c, y_low + 1, x_low + 1))
+    return hy * hx * v_ll + hy * lx * v_lh + ly * hx * v_hl + ly * lx * v_hh
+
+
+@jitable_inlined_on_cpu
+def b2_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, ly, lx):
+    """``(d value/dy, d value/dx)`` of ``b2_combine`` in its cell."""
+    f = type(ly)
+    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh)
+    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl)
+    return dy, dx
+
+
+@jitable_inlined_on_cpu
+def b2_interpolate(features, n, c, y_low, x_low, ly, lx):
+    """The bilinear value of ``features[n, c]`` in the cell of ``b2_cell``; corners outside count 0."""
+    return b2_combine(b2_corner(features, n, c, y_low, x_low), b2_corner(features, n, c, y_low, x_low + 1),
+                      b2_corner(features, n, c, y_low + 1, x_low),
+                      b2_corner(features, n, c, y_low + 1, x_low + 1), ly, lx)
 
 
 @jitable_inlined_on_cpu
@@ -247,13 +269,10 @@ def b2_coordinate_gradient(features, n, c, y, x):
     inside, y_low, x_low, ly, lx = b2_cell(features, y, x)
     if not inside:
         return f(0), f(0)
-    v_ll = b2_corner(features, n, c, y_low, x_low)
-    v_lh = b2_corner(features, n, c, y_low, x_low + 1)
-    v_hl = b2_corner(features, n, c, y_low + 1, x_low)
-    v_hh = b2_corner(features, n, c, y_low + 1, x_low + 1)
-    dy = (f(1) - lx) * (v_hl - v_ll) + lx * (v_hh - v_lh)
-    dx = (f(1) - ly) * (v_lh - v_ll) + ly * (v_hh - v_hl)
-    return dy, dx
+    return b2_gradient_of_corners(
+        b2_corner(features, n, c, y_low, x_low), b2_corner(features, n, c, y_low, x_low + 1),
+        b2_corner(features, n, c, y_low + 1, x_low), b2_corner(features, n, c, y_low + 1, x_low + 1),
+        ly, lx)
 
 
 @jitable_inlined_on_cpu

@@ -10,14 +10,15 @@ from ..kernels.roi_align import MAX_SAMPLING_RATIO
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def features(array, name="input", ndim=4):
-    """``array`` as a C-contiguous float32/float64 array of ``ndim`` dimensions."""
+def features(array, name="input", ndim=4, layout="(N, C, H, W)"):
+    """``array`` as a C-contiguous float32/float64 array of ``ndim`` dimensions (named ``layout`` in
+    the error); feature planes ``(N, C, H, W)`` are bounded by ``plane``."""
     array = _backend.as_array(array)
     if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(array.shape)}")
+        raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {tuple(array.shape)}")
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
-    if ndim == 4:
+    if layout == "(N, C, H, W)":
         plane(array.shape, name)
     return _backend.array_module(array).ascontiguousarray(array)
 

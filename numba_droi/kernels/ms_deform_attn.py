@@ -1,0 +1,345 @@
+"""Multi-scale deformable attention kernels (Deformable DETR), in three parts.
+
+``value[n, s, m, d]`` holds the levels' maps flattened row-major and concatenated: level ``l`` of
+``spatial_shapes[l] = (H_l, W_l)`` starts at ``s = level_start_index[l]``. Output element ``(n, q, m,
+d)`` sums, over the levels ``l`` and points ``p``, ``attention_weights[n, q, m, l, p]`` times the value
+of channel ``d`` of head ``m`` sampled by rule B2 at ``y = loc_y * H_l - 0.5``, ``x = loc_x * W_l -
+0.5`` (``(loc_x, loc_y) = sampling_locations[n, q, m, l, p]``, normalised: 0 to 1 spans the map).
+
+* The body, shared by the targets, on views of one query's and one head's data (fewer live strides
+  in a cuda thread): ``msda_sample`` (where a point samples, and its B2 cell), ``msda_cell_rows`` (the
+  value rows of the cell's corners, and whether each lies in the map), ``msda_element`` (one output
+  element), ``msda_element_backward`` (the scatter of its gradient into the value gradient, atomic on
+  the GPU) and ``msda_point_gradient`` (the gradients of one point's location and attention weight,
+  sums over the head's channels).
+* The cuda schedule: ``*_cuda`` kernels, a thread per output element for the forward and the value
+  gradient, a thread per ``(n, q, m, l, p)`` for the location and weight gradients (looping over the
+  channels, so without atomics); the deterministic value gradient, a thread per ``(n, m, d)`` column
+  of the value gradient, which it owns.
+* The cpu fast path: ``*_cpu`` drivers, a parallel iteration per ``(n, m)`` (image and head), whose
+  value rows stay in cache while its queries sample them and whose value gradient it owns; each
+  sample's cell computed once for all the head's channels (contiguous in ``value``).
+
+The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
+the cpu fast path to give their outputs bit for bit and their gradients to rounding.
+
+Kernel arguments: ``(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+output)``, ``(grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+grad_value)`` and ``(value, grad_output, spatial_shapes, level_start_index, sampling_locations,
+attention_weights, grad_locations, grad_weights)``; ``output`` and ``grad_output`` are ``(N, Lq, M,
+D)``, ``spatial_shapes`` and ``level_start_index`` int64, ``grad_value`` zero-filled; the other
+gradients are written whole.
+"""
+import numba
+import numpy as np
+
+from .._backend import add_1d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start, \
+    thread_stride
+from .bilinear import b2_cell_of, b2_combine, b2_gradient_of_corners
+from .roi_align import unravel_output_index
+
+
+# -- body: one output element and its gradient, from the definition --------------------------------
+#
+# ``locations = sampling_locations[n, q, m]`` (L, P, 2) and ``weights = attention_weights[n, q, m]``
+# (L, P) are one query's and head's points; ``column = value[n, :, m, d]`` one channel's rows,
+# ``pixels = value[n, :, m, :]`` all the head's.
+
+@jitable_inlined_on_cpu
+def msda_sample(spatial_shapes, locations, level, p):
+    """Where point ``p`` of level ``level`` samples: ``(inside, y_low, x_low, ly, lx, height,
+    width)``, the B2 cell of ``(loc_y * H - 0.5, loc_x * W - 0.5)`` in the level's map."""
+    f = locations.dtype.type
+    height = np.int32(spatial_shapes[level, 0])
+    width = np.int32(spatial_shapes[level, 1])
+    x = locations[level, p, 0] * f(width) - f(0.5)
+    y = locations[level, p, 1] * f(height) - f(0.5)
+    inside, y_low, x_low, ly, lx = b2_cell_of(height, width, y, x)
+    return inside, np.int32(y_low), np.int32(x_low), ly, lx, height, width
+
+
+@jitable_inlined_on_cpu
+def msda_cell_rows(start, height, width, y_low, x_low):
+    """The value rows of a B2 cell's corners in the level that starts at row ``start``, each with
+    whether it lies in the map: ``(row_ll, in_ll, row_lh, in_lh, row_hl, in_hl, row_hh, in_hh)`` (a
+    cell of ``b2_cell_of`` has ``-1 <= y_low <= H - 1``, the same for x)."""
+    top = y_low >= 0
+    bottom = y_low < height - 1
+    left = x_low >= 0
+    right = x_low < width - 1
+    row = start + y_low * width + x_low
+    return (row, top and left, row + 1, top and right, row + width, bottom and left, row + width + 1,
+            bottom and right)
+
+
+@jitable_inlined_on_cpu
+def msda_corners(column, start, height, width, y_low, x_low):
+    """The four corner values of a B2 cell in ``column`` (``ll, lh, hl, hh``), 0 outside the map."""
+    f = column.dtype.type
+    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(start, height, width, y_low,
+                                                                        x_low)
+    return (column[r_ll] if in_ll else f(0), column[r_lh] if in_lh else f(0),
+            column[r_hl] if in_hl else f(0), column[r_hh] if in_hh else f(0))
+
+
+@jitable
+def msda_element(column, spatial_shapes, level_start_index, locations, weights):
+    """Output element ``(n, q, m, d)``: the attention-weighted sum of the samples of every level and
+    point in ``column = value[n, :, m, d]``."""
+    total = column.dtype.type(0)
+    for level in range(weights.shape[0]):
+        start = np.int32(level_start_index[level])
+        for p in range(weights.shape[1]):
+            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+            if inside:
+                v_ll, v_lh, v_hl, v_hh = msda_corners(column, start, height, width, y_low, x_low)
+                total += weights[level, p] * b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
+    return total
+
+
+@jitable
+def msda_element_backward(grad, grad_column, spatial_shapes, level_start_index, locations, weights,
+                          atomic=True):
+    """Scatter ``grad``, the gradient of ``msda_element``, into ``grad_column = grad_value[n, :, m,
+    d]`` with each sample's B2 corner weights (atomically on the GPU unless ``atomic`` is False),
+    nothing for corners outside the map."""
+    f = grad_column.dtype.type
+    for level in range(weights.shape[0]):
+        start = np.int32(level_start_index[level])
+        for p in range(weights.shape[1]):
+            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+            if inside:
+                g = weights[level, p] * grad
+                hy = f(1) - ly
+                hx = f(1) - lx
+                r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(start, height, width,
+                                                                                    y_low, x_low)
+                if in_ll:
+                    add_1d(grad_column, r_ll, hy * hx * g, atomic)
+                if in_lh:
+                    add_1d(grad_column, r_lh, hy * lx * g, atomic)
+                if in_hl:
+                    add_1d(grad_column, r_hl, ly * hx * g, atomic)
+                if in_hh:
+                    add_1d(grad_column, r_hh, ly * lx * g, atomic)
+
+
+@jitable
+def msda_point_gradient(pixels, grad_row, spatial_shapes, level_start_index, locations, weights, level,
+                        p):
+    """``(d/d loc_x, d/d loc_y, d/d weight)`` of ``sum(grad_output * output)`` for point ``p`` of level
+    ``level``, from ``pixels = value[n, :, m, :]`` and ``grad_row = grad_output[n, q, m, :]``; 0 for a
+    sample outside its support. All three are linear in the corner values, so they come from the sums
+    over the head's channels of ``grad_row`` times each corner's values."""
+    f = pixels.dtype.type
+    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+    if not inside:
+        return f(0), f(0), f(0)
+    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
+        np.int32(level_start_index[level]), height, width, y_low, x_low)
+    s_ll = f(0)
+    s_lh = f(0)
+    s_hl = f(0)
+    s_hh = f(0)
+    for d in range(pixels.shape[1]):
+        g = grad_row[d]
+        if in_ll:
+            s_ll += g * pixels[r_ll, d]
+        if in_lh:
+            s_lh += g * pixels[r_lh, d]
+        if in_hl:
+            s_hl += g * pixels[r_hl, d]
+        if in_hh:
+            s_hh += g * pixels[r_hh, d]
+    dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
+    weight = weights[level, p]
+    return weight * f(width) * dx, weight * f(height) * dy, b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+
+
+# -- cuda schedule ---------------------------------------------------------------------------------
+
+@cuda_kernel("F4 I2 I1 F6 F5 F4")
+def ms_deform_attn_forward_cuda(value, spatial_shapes, level_start_index, sampling_locations,
+                                attention_weights, output):
+    for index in range(thread_start(), output.size, thread_stride()):
+        n, q, m, d = unravel_output_index(index, output.shape)
+        output[n, q, m, d] = msda_element(value[n, :, m, d], spatial_shapes, level_start_index,
+                                          sampling_locations[n, q, m], attention_weights[n, q, m])
+
+
+@cuda_kernel("F4 I2 I1 F6 F5 F4")
+def ms_deform_attn_backward_cuda(grad_output, spatial_shapes, level_start_index, sampling_locations,
+                                 attention_weights, grad_value):
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        n, q, m, d = unravel_output_index(index, grad_output.shape)
+        msda_element_backward(grad_output[n, q, m, d], grad_value[n, :, m, d], spatial_shapes,
+                              level_start_index, sampling_locations[n, q, m], attention_weights[n, q, m])
+
+
+@cuda_kernel("F4 I2 I1 F6 F5 F4")
+def ms_deform_attn_backward_deterministic_cuda(grad_output, spatial_shapes, level_start_index,
+                                               sampling_locations, attention_weights, grad_value):
+    # One thread per column grad_value[n, :, m, d], which only the queries of image n and head m add
+    # to: it walks them in order and adds without atomics (the order of the cpu driver).
+    heads, channels = grad_value.shape[2], grad_value.shape[3]
+    for column in range(thread_start(), grad_value.shape[0] * heads * channels, thread_stride()):
+        n = column // (heads * channels)
+        m = column // channels - n * heads
+        d = column - (n * heads + m) * channels
+        for q in range(grad_output.shape[1]):
+            msda_element_backward(grad_output[n, q, m, d], grad_value[n, :, m, d], spatial_shapes,
+                                  level_start_index, sampling_locations[n, q, m], attention_weights[n, q, m],
+                                  False)
+
+
+@cuda_kernel("F4 F4 I2 I1 F6 F5 F6 F5")
+def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes, level_start_index,
+                                             sampling_locations, attention_weights, grad_locations,
+                                             grad_weights):
+    for index in range(thread_start(), grad_weights.size, thread_stride()):
+        n, q, m, point = unravel_output_index(index, (grad_weights.shape[0], grad_weights.shape[1],
+                                                      grad_weights.shape[2],
+                                                      grad_weights.shape[3] * grad_weights.shape[4]))
+        level = point // grad_weights.shape[4]
+        p = point - level * grad_weights.shape[4]
+        grad_x, grad_y, grad_weight = msda_point_gradient(
+            value[n, :, m, :], grad_output[n, q, m, :], spatial_shapes, level_start_index,
+            sampling_locations[n, q, m], attention_weights[n, q, m], level, p)
+        grad_locations[n, q, m, level, p, 0] = grad_x
+        grad_locations[n, q, m, level, p, 1] = grad_y
+        grad_weights[n, q, m, level, p] = grad_weight
+
+
+# -- cpu fast path: the body's values by another schedule ------------------------------------------
+#
+# A sample's cell is computed once for all the head's channels, whose values are contiguous rows of
+# ``value`` (and of the value gradient); a corner outside the map reads a row of zeros (writes a
+# scratch row), so that the loops over the channels have no branch and are vectorised. The same
+# products and sums as the body's, per channel.
+
+@jitable_inlined_on_cpu
+def msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh):
+    """The channels of head ``m`` at the four corners of a cell of ``msda_cell_rows``, as contiguous
+    rows of ``value[n]`` (which the compiler knows to be contiguous), ``zeros`` for those outside the
+    map."""
+    return (value[n, r_ll, m] if in_ll else zeros, value[n, r_lh, m] if in_lh else zeros,
+            value[n, r_hl, m] if in_hl else zeros, value[n, r_hh, m] if in_hh else zeros)
+
+
+@cpu_driver
+def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, output):
+    images, queries, heads, channels = output.shape
+    for owner in numba.prange(images * heads):
+        n = owner // heads
+        m = owner - n * heads
+        total = np.empty(channels, value.dtype)
+        zeros = np.zeros(channels, value.dtype)
+        for q in range(queries):
+            locations = sampling_locations[n, q, m]
+            weights = attention_weights[n, q, m]
+            total[:] = 0
+            for level in range(weights.shape[0]):
+                start = np.int32(level_start_index[level])
+                for p in range(weights.shape[1]):
+                    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
+                                                                              level, p)
+                    if not inside:
+                        continue
+                    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
+                        start, height, width, y_low, x_low)
+                    v_ll, v_lh, v_hl, v_hh = msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl,
+                                                       in_hl, r_hh, in_hh)
+                    weight = weights[level, p]
+                    for d in range(channels):
+                        total[d] += weight * b2_combine(v_ll[d], v_lh[d], v_hl[d], v_hh[d], ly, lx)
+            for d in range(channels):
+                output[n, q, m, d] = total[d]
+
+
+@cpu_driver
+def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, sampling_locations,
+                                attention_weights, grad_value):
+    # Per (image, head): the columns grad_value[n, :, m, :] are its own. Queries, levels and points in
+    # order: every element gets the adds of msda_element_backward in the same order.
+    images, queries, heads, channels = grad_output.shape
+    f = grad_value.dtype.type
+    for owner in numba.prange(images * heads):
+        n = owner // heads
+        m = owner - n * heads
+        scratch = np.empty(channels, grad_value.dtype)
+        for q in range(queries):
+            locations = sampling_locations[n, q, m]
+            weights = attention_weights[n, q, m]
+            grad_row = grad_output[n, q, m]
+            for level in range(weights.shape[0]):
+                start = np.int32(level_start_index[level])
+                for p in range(weights.shape[1]):
+                    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
+                                                                              level, p)
+                    if not inside:
+                        continue
+                    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
+                        start, height, width, y_low, x_low)
+                    g_ll, g_lh, g_hl, g_hh = msda_rows(grad_value, n, m, scratch, r_ll, in_ll, r_lh, in_lh,
+                                                       r_hl, in_hl, r_hh, in_hh)
+                    hy = f(1) - ly
+                    hx = f(1) - lx
+                    weight = weights[level, p]
+                    for d in range(channels):
+                        g = weight * grad_row[d]
+                        g_ll[d] += hy * hx * g
+                        g_lh[d] += hy * lx * g
+                        g_hl[d] += ly * hx * g
+                        g_hh[d] += ly * lx * g
+
+
+@cpu_driver(reassociate=True)
+def ms_deform_attn_location_weight_grad_cpu(value, grad_output, spatial_shapes, level_start_index,
+                                            sampling_locations, attention_weights, grad_locations,
+                                            grad_weights):
+    # msda_point_gradient's sums over the channels, from the corner rows; vectorised, in another order.
+    images, queries, heads, levels, points = grad_weights.shape
+    f = value.dtype.type
+    for owner in numba.prange(images * heads):
+        n = owner // heads
+        m = owner - n * heads
+        zeros = np.zeros(value.shape[3], value.dtype)
+        for q in range(queries):
+            locations = sampling_locations[n, q, m]
+            weights = attention_weights[n, q, m]
+            grad_row = grad_output[n, q, m]
+            for level in range(levels):
+                start = np.int32(level_start_index[level])
+                for p in range(points):
+                    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
+                                                                              level, p)
+                    s_ll = f(0)
+                    s_lh = f(0)
+                    s_hl = f(0)
+                    s_hh = f(0)
+                    if inside:
+                        r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
+                            start, height, width, y_low, x_low)
+                        v_ll, v_lh, v_hl, v_hh = msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh,
+                                                           r_hl, in_hl, r_hh, in_hh)
+                        for d in range(value.shape[3]):
+                            g = grad_row[d]
+                            s_ll += g * v_ll[d]
+                            s_lh += g * v_lh[d]
+                            s_hl += g * v_hl[d]
+                            s_hh += g * v_hh[d]
+                    dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
+                    weight = weights[level, p]
+                    grad_locations[n, q, m, level, p, 0] = weight * f(width) * dx
+                    grad_locations[n, q, m, level, p, 1] = weight * f(height) * dy
+                    grad_weights[n, q, m, level, p] = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+
+
+KERNELS = {
+    "forward": {"cpu": ms_deform_attn_forward_cpu, "cuda": ms_deform_attn_forward_cuda},
+    "backward": {"cpu": ms_deform_attn_backward_cpu, "cuda": ms_deform_attn_backward_cuda,
+                 "cuda_deterministic": ms_deform_attn_backward_deterministic_cuda},
+    "location_weight_grad": {"cpu": ms_deform_attn_location_weight_grad_cpu,
+                             "cuda": ms_deform_attn_location_weight_grad_cuda},
+}
