@@ -5,9 +5,10 @@ Batch 2, 8 heads of 32 channels, 4 levels of 100x150, 50x75, 25x38 and 13x19 (an
 strides 8 to 64), 4 points per level and head, float32: the encoder (every pixel a query, 19947) and
 the decoder (300 queries). Forward and forward+backward (gradients of the value, the locations and the
 weights), both sides on the same threads, medians of interleaved repeats in one process; and the peak
-memory each adds to its process (the peak resident set size minus the resident set size before the
-call, Linux's VmHWM reset through /proc/self/clear_refs), each measured in a fresh process after a
-warm-up call. Saves experiments/results/bench_ms_deform_attn_cpu.md and .png.
+memory of a call: how far it lifts its process's resident set above what the process holds between
+calls (the inputs and the previous call's gradients, alike on both sides), Linux's VmHWM reset through
+/proc/self/clear_refs, each measured in a fresh process after a warm-up call. Saves
+experiments/results/bench_ms_deform_attn_cpu.md and .png.
 
     python experiments/bench_ms_deform_attn.py [--threads 2] [--repeats 5] [--no-save]
 """
@@ -62,7 +63,8 @@ def _rss_kib(field):
 
 
 def peak_in_this_process(case, direction, side):
-    """MiB the call adds to this process's resident set at its peak, after a warm-up call."""
+    """MiB the call lifts this process's resident set by at its peak, after a warm-up call (whose
+    gradients the call frees as it makes its own)."""
     from numba_droi import benchmark
     setting = benchmark.Setting("cpu", torch=True)
     fn = calls(case, setting)[direction, side]

@@ -203,7 +203,8 @@ def machine_and_versions(threads, setting=None):
     setting = setting or Setting()
     torch, torchvision = setting.torch, setting.torchvision
     versions = (f"numba_droi {numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}"
-                + (f", torch {torch.__version__}, torchvision {torchvision.__version__}" if torch else ""))
+                + (f", torch {torch.__version__}" if torch else "")
+                + (f", torchvision {torchvision.__version__}" if torchvision else ""))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
     if setting.gpu:
         machine += f"; {_backend.gpu_description()['name']}, cupy {_backend.cupy.__version__}"

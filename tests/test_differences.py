@@ -1,6 +1,6 @@
 """Where numba_droi computes something other than its peer on purpose (docs/operators.md, section
-"Deliberate differences from torchvision, mmcv and MXNet"), for the differences that no other test
-pins exactly.
+"Deliberate differences from torchvision, mmcv, MXNet and Deformable DETR"), for the differences that
+no other test pins exactly.
 
 Each test builds a tiny input on which our operator and the peer give different numbers, and checks
 our number against a value derived by hand in the test (never against the code under test). The peers
