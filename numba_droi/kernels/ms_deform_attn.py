@@ -43,7 +43,8 @@ from .roi_align import unravel_output_index
 #
 # ``locations = sampling_locations[n, q, m]`` (L, P, 2) and ``weights = attention_weights[n, q, m]``
 # (L, P) are one query's and head's points; ``column = value[n, :, m, d]`` one channel's rows,
-# ``pixels = value[n, :, m, :]`` all the head's.
+# ``pixels = value[n, :, m, :]`` all the head's. Rows, levels and points are counted in int32: fewer
+# registers in a cuda thread.
 
 @jitable_inlined_on_cpu
 def msda_sample(spatial_shapes, locations, level, p):
@@ -87,9 +88,9 @@ def msda_element(column, spatial_shapes, level_start_index, locations, weights):
     """Output element ``(n, q, m, d)``: the attention-weighted sum of the samples of every level and
     point in ``column = value[n, :, m, d]``."""
     total = column.dtype.type(0)
-    for level in range(weights.shape[0]):
+    for level in range(np.int32(weights.shape[0])):
         start = np.int32(level_start_index[level])
-        for p in range(weights.shape[1]):
+        for p in range(np.int32(weights.shape[1])):
             inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
             if inside:
                 v_ll, v_lh, v_hl, v_hh = msda_corners(column, start, height, width, y_low, x_low)
@@ -104,9 +105,9 @@ def msda_element_backward(grad, grad_column, spatial_shapes, level_start_index, 
     d]`` with each sample's B2 corner weights (atomically on the GPU unless ``atomic`` is False),
     nothing for corners outside the map."""
     f = grad_column.dtype.type
-    for level in range(weights.shape[0]):
+    for level in range(np.int32(weights.shape[0])):
         start = np.int32(level_start_index[level])
-        for p in range(weights.shape[1]):
+        for p in range(np.int32(weights.shape[1])):
             inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
             if inside:
                 g = weights[level, p] * grad
