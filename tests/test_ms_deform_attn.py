@@ -41,6 +41,21 @@ def test_values_derived_by_hand(on):
     np.testing.assert_allclose(results, expected, rtol=1e-14, atol=1e-14)
 
 
+def test_non_finite_locations_sample_nothing(on):
+    """A NaN, infinite or huge location adds 0 (and reads nothing outside the maps: the simulator
+    raises on any out-of-range index); its gradients are 0."""
+    plane = np.arange(6.0).reshape(2, 3)
+    with on:
+        for location in [(np.nan, 0.5), (0.5, np.inf), (-np.inf, 0.5), (1e30, 0.5), (0.5, -1e30)]:
+            assert on.numpy(single_point(on.array(plane), location, 2.0)) == 0.0
+        arrays = dict(value=on.array(plane.reshape(1, 6, 1, 1)), spatial_shapes=on.array(np.array([[2, 3]])),
+                      level_start_index=on.array(np.array([0])),
+                      sampling_locations=on.array(np.array([np.nan, 0.5]).reshape(1, 1, 1, 1, 1, 2)),
+                      attention_weights=on.array(np.ones((1, 1, 1, 1, 1))))
+        grads = numba_droi.ms_deform_attn_backward(on.array(np.ones((1, 1, 1))), **arrays)
+    assert all(not on.numpy(grad).any() for grad in grads)
+
+
 def test_x_comes_before_y_in_the_locations():
     plane = np.arange(6.0).reshape(2, 3)
     # x = 1.5 / 3 -> column 1, y = 0.25 -> row 0: value 1 (with x and y swapped it would be row 0.5)
