@@ -11,21 +11,29 @@ Python finds operators only as methods of the class, and this layer must not imp
 They broadcast as NumPy does; each input's gradient is summed over the axes it was broadcast along.
 """
 import contextlib
+import threading
 
 from . import _backend
 
-_grad_enabled = True
+# Whether gradients are recorded is a setting of each thread, as in PyTorch: a thread inside no_grad
+# (a gradient check, an evaluation loop) leaves the others recording.
+_grad_mode = threading.local()
+
+
+def is_grad_enabled():
+    """Whether ``Function.apply`` records the calls of this thread (False inside ``no_grad``)."""
+    return getattr(_grad_mode, "enabled", True)
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Inside the block, Function.apply records nothing: outputs never require gradients."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Inside the block, Function.apply records nothing in this thread: outputs never require
+    gradients. Other threads are not affected."""
+    previous, _grad_mode.enabled = is_grad_enabled(), False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 class Tensor:
@@ -121,12 +129,21 @@ class Tensor:
             raise ValueError(f"grad must have shape {self.shape}, got {tuple(grad.shape)}")
 
         grads = {id(self): grad}
+        # A leaf's .grad is its own array: not the caller's grad, nor another leaf's (a Function may
+        # pass its grad_output on, or a view of it, to several inputs).
+        handed_out = [grad]
         for tensor in _reverse_topological_order(self):
             grad = grads.pop(id(tensor), None)
             if grad is None:
                 continue
             if tensor.is_leaf:
-                tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+                if tensor.grad is not None:
+                    tensor.grad = tensor.grad + grad
+                    continue
+                if any(xp.may_share_memory(grad, other) for other in handed_out):
+                    grad = grad.copy()
+                tensor.grad = grad
+                handed_out.append(grad)
                 continue
             node = tensor._node
             input_grads = node.function.backward(node.ctx, grad)
@@ -216,7 +233,8 @@ class Function:
     @classmethod
     def apply(cls, *args):
         # Under no_grad nothing is recorded, so forward may skip what only a backward would need.
-        needs_input_grad = tuple(_grad_enabled and isinstance(a, Tensor) and a.requires_grad
+        enabled = is_grad_enabled()
+        needs_input_grad = tuple(enabled and isinstance(a, Tensor) and a.requires_grad
                                  for a in args)
         ctx = Context(needs_input_grad)
         output = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args))

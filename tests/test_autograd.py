@@ -101,3 +101,44 @@ def test_tensor_properties():
     assert t.shape == (2, 3) and t.dtype == np.float32 and t.ndim == 2 and t.size == 6
     assert t.grad is None and t.is_leaf and not t.detach().requires_grad
     assert "requires_grad=True" in repr(t)
+
+
+def test_no_grad_is_a_setting_of_each_thread():
+    """One thread inside no_grad while another records: the other's outputs still require gradients
+    and its gradients are right."""
+    import threading
+    inside, done = threading.Event(), threading.Event()
+
+    def evaluating():
+        with numba_droi.no_grad():
+            inside.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=evaluating)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        y = Sum.apply(Multiply.apply(x, x))
+        assert y.requires_grad
+        y.backward()
+        np.testing.assert_array_equal(x.grad, [2.0, 4.0])
+    finally:
+        done.set()
+        thread.join()
+    with numba_droi.no_grad():
+        assert not Multiply.apply(x, x).requires_grad
+
+
+def test_each_leaf_gets_its_own_gradient_array():
+    """c = a + b passes its gradient on to both: a.grad, b.grad and the caller's grad are three
+    arrays, so that changing one in place changes no other."""
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    grad = np.array([1.0, 2.0, 3.0])
+    (a + b).backward(grad)
+    a.grad *= 10
+    np.testing.assert_array_equal(b.grad, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(grad, [1.0, 2.0, 3.0])
+    leaf = Tensor(np.ones(3), requires_grad=True)
+    leaf.backward(grad)  # a leaf as the root
+    assert not np.shares_memory(leaf.grad, grad)
