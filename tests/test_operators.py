@@ -306,6 +306,27 @@ def test_non_contiguous_inputs_give_what_contiguous_ones_give(cpu, operator):
 
 
 @OPERATORS
+def test_read_only_inputs_run_the_kernels_compiled_for_writable_ones(cpu, operator):
+    """Numba types a read-only array apart from a writable one: given as they are, read-only inputs
+    (a memory map, ``np.frombuffer``) would compile every kernel again."""
+    example = operator.example(np.random.default_rng(140))
+    writable = results(operator, example, cpu)
+    drivers = [stage["cpu"] for stage in operator.kernels.values()]
+    compiled = [len(driver.signatures) for driver in drivers]
+    read_only = {}
+    for name, array in example.arrays.items():
+        if array is not None:
+            array = array.copy()
+            array.setflags(write=False)
+        read_only[name] = array
+    grad_output = writable[2].copy()
+    grad_output.setflags(write=False)
+    given = results(operator, registry.Example(read_only, example.options), cpu, grad_output=grad_output)
+    assert [len(driver.signatures) for driver in drivers] == compiled
+    assert_equal(given[:2], writable[:2])
+
+
+@OPERATORS
 @DTYPES
 def test_inputs_are_not_modified(on, operator, dtype):
     """Atomic and deterministic backwards alike."""
@@ -417,7 +438,8 @@ def test_a_gpu_array_beside_numpy_ones_is_refused_naming_it(case, monkeypatch):
 
 @pytest.mark.parametrize("operator", [operator for operator in registry.OPERATORS
                                       if "rois" in operator.arrays], ids=lambda operator: operator.name)
-@pytest.mark.parametrize("batch_index, shown", [(2, "2.0"), (-1, "-1.0"), (np.nan, "nan"), (np.inf, "inf")])
+@pytest.mark.parametrize("batch_index, shown", [(2, "2.0"), (-1, "-1.0"), (-0.5, "-0.5"), (np.nan, "nan"),
+                                                (np.inf, "inf")])
 def test_a_batch_index_outside_the_batch_is_refused_naming_the_row(no_launch, operator, batch_index, shown):
     example, _ = given_arrays(operator)
     grad_output = np.zeros(operator.output_shape({n: None if a is None else a.shape

@@ -35,3 +35,17 @@ def test_rois_of_another_float_dtype_are_cast_to_the_features_dtype(cpu, operato
     output = operator.call(ops, given, example.options)
     assert output.dtype == features
     np.testing.assert_array_equal(output, operator.call(ops, cast, example.options))
+
+
+@ROI_OPERATORS
+def test_the_batch_index_is_read_from_the_rois_as_given(cpu, operator):
+    """float64 rois with index 0.99999999 pool from image 0, though float32 features would round it to
+    1; the caller's rois are left as they are."""
+    example = operator.example(np.random.default_rng(1), np.float32, boxes=(0, 0))
+    rois = example.arrays["rois"].astype(np.float64)
+    rois[:, 0] = [0.99999999, 1.5]
+    given = rois.copy()
+    output = operator.call(ops, dict(example.arrays, rois=rois), example.options)
+    exact = dict(example.arrays, rois=np.concatenate([[[0], [1]], rois[:, 1:]], 1).astype(np.float32))
+    np.testing.assert_array_equal(output, operator.call(ops, exact, example.options))
+    np.testing.assert_array_equal(rois, given)

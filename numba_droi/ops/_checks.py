@@ -20,7 +20,7 @@ def features(array, name="input", ndim=4, layout="(N, C, H, W)"):
         raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
     if layout == "(N, C, H, W)":
         plane(array.shape, name)
-    return _backend.array_module(array).ascontiguousarray(array)
+    return contiguous(array)
 
 
 # Kernels index a feature plane with 32-bit offsets (roi_pool's argmax, the cpu drivers' tables).
@@ -35,25 +35,42 @@ def plane(shape, name):
 
 
 def rois(boxes, features_array, name="rois", features_name="input"):
-    """``boxes`` as a C-contiguous ``(K, 5)`` array of the features' dtype whose batch indices
-    ``int(boxes[k, 0])`` all lie in ``[0, N)``. ``features_name`` names the argument the features came
-    from (a backward's ``grad_output``) in the error for arrays on different devices."""
+    """``boxes`` as a C-contiguous ``(K, 5)`` array of the features' dtype whose batch indices all lie
+    in ``[0, N)``; box ``k`` reads image ``int(boxes[k, 0])`` of the boxes as given (a float64 index
+    just below 1 is image 0, even where the features' float32 would round it to 1). ``features_name``
+    names the argument the features came from (a backward's ``grad_output``) in the error for arrays
+    on different devices."""
     _backend.target_of(features_array, boxes, names=(features_name, name))
-    boxes = _backend.as_array(boxes)
-    if boxes.ndim != 2 or boxes.shape[1] != 5:
+    given = _backend.as_array(boxes)
+    if given.ndim != 2 or given.shape[1] != 5:
         raise ValueError(f"{name} must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
-                         f"got {tuple(boxes.shape)}")
-    if boxes.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating array, got {boxes.dtype}")
-    xp = _backend.array_module(boxes)
-    boxes = xp.ascontiguousarray(boxes, dtype=features_array.dtype)
-    batch = boxes[:, 0]
-    valid = (batch > -1) & (batch < features_array.shape[0])  # int() truncates toward zero; NaN fails
-    if boxes.shape[0] and not bool(valid.all()):
+                         f"got {tuple(given.shape)}")
+    if given.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating array, got {given.dtype}")
+    xp = _backend.array_module(given)
+    batch = given[:, 0]
+    valid = (batch >= 0) & (batch < features_array.shape[0])  # NaN fails
+    if given.shape[0] and not bool(valid.all()):
         row = int(xp.flatnonzero(~valid)[0])
         raise ValueError(f"{name}[{row}, 0] = {float(batch[row])} is not a batch index in "
                          f"[0, {features_array.shape[0]})")
+    boxes = contiguous(given, features_array.dtype)
+    images = xp.trunc(batch)
+    if bool((xp.trunc(boxes[:, 0]) != images).any()):  # the cast moved an index to another image
+        boxes = boxes.copy() if boxes is given else boxes
+        boxes[:, 0] = images
     return boxes
+
+
+def contiguous(array, dtype=None):
+    """``array`` as a C-contiguous array of ``dtype`` (default: its own) that the kernels can be given:
+    read-only NumPy arrays (a memory map, ``np.frombuffer``) are copied, since Numba compiles every
+    kernel again for them."""
+    xp = _backend.array_module(array)
+    result = xp.ascontiguousarray(array, dtype=dtype)
+    if xp is np and not result.flags.writeable:
+        result = result.copy()
+    return result
 
 
 def pair(value, name, minimum=1):
@@ -105,7 +122,7 @@ def per_bin(array, features_array, shape, name):
     if array.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array, got {array.dtype}")
     same_shape(array, shape, name)
-    return _backend.array_module(array).ascontiguousarray(array, dtype=features_array.dtype)
+    return contiguous(array, features_array.dtype)
 def position_sensitive_channels(channels, pooled_h, pooled_w, name="input.shape[1]"):
     """Output channels of a position-sensitive op: ``channels // (PH*PW)``; ValueError unless
     ``channels`` is a multiple of ``PH*PW``."""

@@ -27,7 +27,7 @@ def _array(value, name, ndim, layout, dtype):
         raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {tuple(array.shape)}")
     if array.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array, got {array.dtype}")
-    return _backend.array_module(array).ascontiguousarray(array, dtype=dtype)
+    return _checks.contiguous(array, dtype)
 
 
 class _Geometry:

@@ -37,7 +37,7 @@ def _levels(spatial_shapes, level_start_index, value):
         raise ValueError(f"level_start_index must be the start rows of the levels, {expected.tolist()}, "
                          f"got {starts.tolist()}")
     xp = _backend.array_module(value)
-    return xp.asarray(shapes, dtype=np.int64), xp.asarray(starts, dtype=np.int64)
+    return tuple(_checks.contiguous(xp.asarray(levels), np.int64) for levels in (shapes, starts))
 
 
 def _points(array, value, shape, name, layout):
@@ -48,7 +48,7 @@ def _points(array, value, shape, name, layout):
         raise TypeError(f"{name} must be a floating array, got {array.dtype}")
     if array.ndim != len(shape) or tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {layout} = {tuple(shape)}, got {tuple(array.shape)}")
-    return _backend.array_module(array).ascontiguousarray(array, dtype=value.dtype)
+    return _checks.contiguous(array, value.dtype)
 
 
 def _arguments(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):

@@ -98,7 +98,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     if argmax.size and not bool(((argmax >= -1) & (argmax < plane)).all()):
         raise ValueError(f"argmax values must lie in [-1, H*W) = [-1, {plane}): not the argmax of a "
                          f"roi_pool of this input_shape")
-    argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
+    argmax = _checks.contiguous(argmax, np.int32)
     target = _backend.target_of(grad_output)
     if grad_input.size:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
