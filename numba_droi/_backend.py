@@ -11,6 +11,7 @@ import collections
 import contextlib
 import functools
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -157,8 +158,28 @@ def cpu_driver(fn=None, *, reassociate=False):
     equal the body's to rounding only (``@cpu_driver(reassociate=True)``)."""
     if fn is None:
         return functools.partial(cpu_driver, reassociate=reassociate)
-    return numba.njit(parallel=True, cache=True, error_model="numpy",
-                      fastmath={"reassoc"} if reassociate else False)(fn)
+    return _cached(lambda cache: numba.njit(parallel=True, cache=cache, error_model="numpy",
+                                            fastmath={"reassoc"} if reassociate else False), fn)
+
+
+def _cached(decorator, fn):
+    """``decorator(cache=True)(fn)``, compiling to an on-disk cache; without one (a warning, once)
+    where Numba finds no writable cache directory (a read-only install without a writable home or
+    NUMBA_CACHE_DIR), so that the package still imports and runs."""
+    try:
+        return decorator(True)(fn)
+    except RuntimeError as error:
+        if "no locator available" not in str(error):
+            raise
+        global _warned_about_cache
+        if not _warned_about_cache:
+            _warned_about_cache = True
+            warnings.warn("numba_droi: no writable directory for Numba's kernel cache (set NUMBA_CACHE_DIR "
+                          "to one); kernels compile again in every process", RuntimeWarning, stacklevel=3)
+        return decorator(False)(fn)
+
+
+_warned_about_cache = False
 
 
 # -- cpu memory order ------------------------------------------------------------------------------
@@ -185,6 +206,11 @@ def _read_kept(typingctx, array, index):
         builder.asm(ir.FunctionType(ir.VoidType(), [byte.type]), "", "r", [byte], side_effect=True)
         return context.get_dummy_value()
     return types.none(array, index), codegen
+
+
+if numba.config.DISABLE_JIT:  # an intrinsic has no Python form
+    def _read_kept(array, index):
+        pass
 
 
 @jitable
@@ -219,7 +245,7 @@ def cuda_kernel(argument_spec):
     float dtype, ``i`` an int64, ``b`` a bool.
     """
     def compile_kernel(fn):
-        kernel = cuda.jit(cache=True)(fn)
+        kernel = _cached(lambda cache: cuda.jit(cache=cache), fn)
         CUDA_KERNELS[fn.__name__] = CudaKernel(kernel, argument_spec, fn)
         return kernel
     return compile_kernel
@@ -239,17 +265,40 @@ def kernel_argument_types(argument_spec, dtype):
     return tuple(types)
 
 
+class _PythonKernelAPI:
+    """What the helpers ask of ``numba.cuda``, in plain Python (NUMBA_DISABLE_JIT=1, where cpu drivers
+    run as Python and call the helpers' generic versions): one thread that walks the whole grid-stride
+    loop, plain adds."""
+
+    class atomic:
+        @staticmethod
+        def add(array, index, value):
+            array[index] += value
+
+    @staticmethod
+    def grid(ndim):
+        return 0
+
+    @staticmethod
+    def gridsize(ndim):
+        return 1
+
+
 if SIMULATED:
     from numba.cuda.simulator.kernel import _get_kernel_context
 
     class _SimulatedKernelAPI:
         """The simulator swaps in a per-launch fake ``cuda`` module only in the globals of functions
-        it was handed; this forwards to that module for helpers in this module."""
+        it was handed; this forwards to that module for helpers in this module (outside a simulated
+        launch, which only plain Python cpu drivers reach, to ``_PythonKernelAPI``)."""
 
         def __getattr__(self, name):
-            return getattr(_get_kernel_context(), name)
+            context = _get_kernel_context()
+            return getattr(_PythonKernelAPI if context is None else context, name)
 
     kernel_api = _SimulatedKernelAPI()
+elif numba.config.DISABLE_JIT:
+    kernel_api = _PythonKernelAPI
 else:
     kernel_api = cuda
 
