@@ -11,6 +11,7 @@ import collections
 import contextlib
 import functools
 import math
+import threading
 import warnings
 
 import numba
@@ -404,13 +405,35 @@ def launch(kernel, size, *args):
 
 
 def run(target_name, kernel, size, *args):
-    """Run a kernel of ``target_name`` over ``size`` elements: a cpu driver directly, a cuda kernel
-    through ``launch``."""
+    """Run a kernel of ``target_name`` over ``size`` elements: a cpu driver directly (see
+    ``run_cpu_driver``), a cuda kernel through ``launch``."""
     if target_name == "cpu":
         if size:
-            kernel(*args)
+            run_cpu_driver(kernel, *args)
     else:
         launch(kernel, size, *args)
+
+
+# Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB loads) aborts the
+# process when parallel functions run from two threads at once; the omp and tbb layers do not. Until
+# the layer is known (after the first parallel run) and wherever it is workqueue, the cpu drivers of
+# different threads take turns.
+_drivers_take_turns = True
+_driver_turn = threading.Lock()
+
+
+def run_cpu_driver(driver, *args):
+    """``driver(*args)``, safe to call from several threads under every threading layer."""
+    global _drivers_take_turns
+    if not _drivers_take_turns:
+        driver(*args)
+        return
+    with _driver_turn:
+        driver(*args)
+        try:
+            _drivers_take_turns = numba.threading_layer() == "workqueue"
+        except ValueError:  # no parallel region has run yet
+            pass
 
 
 # -- PTX without a GPU -----------------------------------------------------------------------------

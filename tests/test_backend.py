@@ -50,3 +50,34 @@ def test_kernel_argument_types_follow_the_spec():
 def test_every_cuda_kernel_is_registered_with_a_spec():
     import numba_droi.kernels.roi_align  # noqa: F401
     assert {"roi_align_forward_cuda", "roi_align_backward_cuda"} <= set(_backend.CUDA_KERNELS)
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_operators_run_from_several_threads_at_once_under_every_threading_layer(layer):
+    """Numba's workqueue layer aborts the process on concurrent parallel calls: the cpu drivers take
+    turns under it; the results are the same in every thread."""
+    import os
+    import subprocess
+    import sys
+    script = """
+import threading, numpy as np, numba, numba_droi
+x = np.random.default_rng(0).random((2, 8, 20, 20))
+rois = np.array([[0, 1, 1, 15, 15], [1, 5, 5, 18, 10]] * 20, float)
+expected = numba_droi.roi_align(x, rois, 3, 1.0, 2, True)
+failures = []
+def work():
+    for _ in range(20):
+        out = numba_droi.roi_align(x, rois, 3, 1.0, 2, True)
+        numba_droi.roi_align_backward(out, rois, x.shape, 1.0, 2, True)
+        failures.extend([] if np.array_equal(out, expected) else ["mismatch"])
+threads = [threading.Thread(target=work) for _ in range(4)]
+[thread.start() for thread in threads]
+[thread.join() for thread in threads]
+print(numba.threading_layer(), len(failures))
+"""
+    environment = dict(os.environ, NUMBA_THREADING_LAYER=layer, NUMBA_ENABLE_CUDASIM="0")
+    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    used, failures = result.stdout.split()
+    assert failures == "0" and (used == "workqueue") == (layer == "workqueue")
