@@ -401,7 +401,7 @@ def launch(kernel, size, *args):
         kernel[blocks, threads](*args)
     else:
         stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
-        kernel[blocks, threads, stream](*args)
+        _call(kernel, kernel[blocks, threads, stream], args)
 
 
 def run(target_name, kernel, size, *args):
@@ -426,14 +426,41 @@ def run_cpu_driver(driver, *args):
     """``driver(*args)``, safe to call from several threads under every threading layer."""
     global _drivers_take_turns
     if not _drivers_take_turns:
-        driver(*args)
+        _call(driver, driver, args)
         return
     with _driver_turn:
-        driver(*args)
+        _call(driver, driver, args)
         try:
             _drivers_take_turns = numba.threading_layer() == "workqueue"
         except ValueError:  # no parallel region has run yet
             pass
+
+
+def _call(dispatcher, function, args):
+    """``function(*args)`` of a compiled ``dispatcher`` (a cpu driver, or a configured cuda kernel):
+    an unreadable on-disk cache entry (a truncated file) is dropped and the kernel compiled again (a
+    warning says so), and a failed allocation names the kernel."""
+    try:
+        return function(*args)
+    except MemoryError as error:
+        raise MemoryError(f"{dispatcher.__name__} could not allocate its working arrays ({error}): the "
+                          "inputs are too large for the memory available") from error
+    except Exception as error:
+        if not _raised_by_the_cache(error):
+            raise
+        warnings.warn(f"numba_droi: the on-disk cache of {dispatcher.__name__} was unreadable "
+                      f"({type(error).__name__}: {error}); compiling it again", RuntimeWarning, stacklevel=4)
+        dispatcher._cache.flush()  # Numba's cache of this function (its index emptied, then rewritten)
+        return function(*args)
+
+
+def _raised_by_the_cache(error):
+    frames = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code.co_filename)
+        traceback = traceback.tb_next
+    return any(frame.replace("\\", "/").endswith("numba/core/caching.py") for frame in frames)
 
 
 # -- PTX without a GPU -----------------------------------------------------------------------------

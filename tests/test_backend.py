@@ -1,4 +1,4 @@
-"""Which target an array runs on, and the kernel argument specs."""
+"""Which target an array runs on, the kernel argument specs, and how the cpu drivers are called."""
 import numba
 import numpy as np
 import pytest
@@ -81,3 +81,10 @@ print(numba.threading_layer(), len(failures))
     assert result.returncode == 0, result.stderr[-2000:]
     used, failures = result.stdout.split()
     assert failures == "0" and (used == "workqueue") == (layer == "workqueue")
+
+
+def test_a_failed_allocation_names_the_kernel():
+    def roi_align_forward_cpu(*args):
+        raise MemoryError()
+    with pytest.raises(MemoryError, match="roi_align_forward_cpu could not allocate its working arrays"):
+        _backend.run_cpu_driver(roi_align_forward_cpu, 1)

@@ -252,6 +252,8 @@ MASK = np.zeros((2, 18, 4, 4))
     (dict(weight=np.zeros((6, 3, 3, 3))), ValueError, "weight.shape[1] = 3 must divide the 4 input channels"),
     (dict(weight=np.zeros((5, 2, 3, 3))), ValueError, "weight.shape[0] = 5 must be a multiple of groups = 2"),
     (dict(weight=np.zeros((6, 0, 3, 3))), ValueError, "weight.shape[1] = 0"),
+    (dict(input=np.zeros((2, 0, 6, 6)), weight=np.zeros((0, 2, 3, 3))), ValueError,
+     "weight.shape[1] = 2 must divide the 0 input channels"),
     (dict(weight=np.zeros((6, 2, 3))), ValueError, "weight must have 4 dimensions"),
     (dict(weight=np.zeros((6, 2, 7, 3))), ValueError, "the output would be empty"),
     (dict(bias=np.zeros(5)), ValueError, "bias must have shape (6,)"),
@@ -279,6 +281,24 @@ def test_bad_arguments_are_named(no_launch, changes, error, words):
 def test_backward_checks_the_gradient_shape(no_launch):
     with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 6, 4, 4\)"):
         numba_droi.deform_conv2d_backward(np.zeros((2, 6, 4, 3)), X, OFFSET, W, mask=MASK)
+
+
+def test_col2im_refuses_an_input_shape_that_is_not_ints(no_launch):
+    with pytest.raises(TypeError, match=r"input_shape must be four ints"):
+        numba_droi.col2im(np.zeros((2, 36, 4, 4)), (2, 4, 6.0, 6), 3)
+
+
+def test_without_output_channels_every_gradient_is_zero(on):
+    """C_out = 0: the output is empty, nothing reaches the input, offsets or mask."""
+    rng = np.random.default_rng(3)
+    x, offset, mask = (on.array(rng.standard_normal(a.shape)) for a in (X, OFFSET, MASK))
+    weight = on.array(np.zeros((0, 2, 3, 3)))
+    with on:
+        assert numba_droi.deform_conv2d(x, offset, weight, mask=mask).shape == (2, 0, 4, 4)
+        grads = numba_droi.deform_conv2d_backward(on.array(np.zeros((2, 0, 4, 4))), x, offset, weight,
+                                                  mask=mask)
+    for grad, like in zip(grads, (x, offset, weight, np.zeros(0), mask)):
+        assert grad.shape == like.shape and not on.numpy(grad).any()
 
 
 # -- torchvision -----------------------------------------------------------------------------------

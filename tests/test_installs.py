@@ -1,7 +1,8 @@
 """The package imports and runs where Python or Numba run unusually: with docstrings stripped
 (``python -OO``), from a read-only install without a writable home (no directory for Numba's kernel
-cache), and with Numba's compiler off (``NUMBA_DISABLE_JIT=1``, the usual way to debug kernels), where
-every operator still matches reference/."""
+cache), with a damaged kernel cache (files cut short by a full disk or a killed process), and with
+Numba's compiler off (``NUMBA_DISABLE_JIT=1``, the usual way to debug kernels), where every operator
+still matches reference/."""
 import os
 import pathlib
 import shutil
@@ -66,3 +67,18 @@ def test_every_operator_runs_with_numbas_compiler_off():
     result = run(EVERY_OPERATOR_AGAINST_THE_REFERENCE, environment={"NUMBA_DISABLE_JIT": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "every operator matches" in result.stdout
+
+
+def test_a_damaged_kernel_cache_is_compiled_again(tmp_path):
+    """Every cached kernel file cut to half its length: the second process warns, compiles again and
+    gives the right result."""
+    environment = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    assert run(ROI_ALIGN, environment=environment).returncode == 0
+    cached = list(tmp_path.rglob("*.nbc"))
+    assert cached
+    for path in cached:
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    result = run(ROI_ALIGN, environment=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) == 2.5
+    assert "was unreadable" in result.stderr and "compiling it again" in result.stderr

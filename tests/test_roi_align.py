@@ -136,6 +136,8 @@ def test_backward_checks_the_gradient_shape(no_launch):
         numba_droi.roi_align_backward(np.zeros((2, 3, 2, 2)), GOOD_ROIS, (2, 3, 4))
     with pytest.raises(ValueError, match=r"rois\[1, 0\]"):
         numba_droi.roi_align_backward(np.zeros((2, 3, 2, 2)), GOOD_ROIS, (1, 3, 4, 5))
+    with pytest.raises(TypeError, match=r"input_shape must be four ints .*, got \(2, 3, 4.7, 5\)"):
+        numba_droi.roi_align_backward(np.zeros((2, 3, 2, 2)), GOOD_ROIS, (2, 3, 4.7, 5))
 
 
 @pytest.mark.parametrize("seed", range(10))

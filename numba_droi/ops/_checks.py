@@ -1,6 +1,7 @@
 """Argument checks shared by the operators. Each runs on the host before any kernel launch and names
 the argument and the bad value in its message."""
 import numbers
+import operator
 
 import numpy as np
 
@@ -133,12 +134,17 @@ def position_sensitive_channels(channels, pooled_h, pooled_w, name="input.shape[
     return channels // bins
 
 
-def input_shape(shape):
-    """``shape`` as a tuple of four non-negative ints ``(N, C, H, W)``."""
-    shape = tuple(int(v) for v in shape)
+def input_shape(shape, plane_bound=True):
+    """``shape`` as a tuple of four non-negative ints ``(N, C, H, W)`` (a float such as 12.7 is refused,
+    not truncated), its planes bounded by ``plane`` unless not ``plane_bound``."""
+    try:
+        shape = tuple(operator.index(v) for v in shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be four ints (N, C, H, W), got {tuple(shape)}") from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
-    plane(shape, "input_shape")
+    if plane_bound:
+        plane(shape, "input_shape")
     return shape
 
 

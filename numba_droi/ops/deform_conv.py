@@ -86,9 +86,9 @@ def _weight(weight, input):
     """Checked weight and the number of weight groups ``C_in // weight.shape[1]``."""
     weight = _array(weight, "weight", 4, "(C_out, C_in/groups, kh, kw)", input.dtype)
     channels = input.shape[1]
-    if weight.shape[1] == 0 or channels % weight.shape[1]:
+    if weight.shape[1] == 0 or channels % weight.shape[1] or channels < weight.shape[1]:
         raise ValueError(f"weight.shape[1] = {weight.shape[1]} must divide the {channels} input "
-                         f"channels (groups = C_in // weight.shape[1])")
+                         f"channels (groups = C_in // weight.shape[1], at least 1)")
     groups = channels // weight.shape[1]
     if weight.shape[0] % groups:
         raise ValueError(f"weight.shape[0] = {weight.shape[0]} must be a multiple of groups = {groups} "
@@ -157,7 +157,7 @@ def col2im(grad_columns, input_shape, kernel_size, stride=1, padding=0, dilation
     """The adjoint of ``im2col`` in its input: the gradient of ``sum(grad_columns * im2col(input,
     ...))`` with respect to ``input`` of shape ``input_shape``."""
     grad_columns = _checks.features(grad_columns, "grad_columns")
-    input_shape = _input_shape(input_shape)
+    input_shape = _checks.input_shape(input_shape, plane_bound=False)
     xp = _backend.array_module(grad_columns)
     grad_input = xp.zeros(input_shape, grad_columns.dtype)
     _backend.target_of(grad_columns, offset, mask, names=("grad_columns", "offset", "mask"))
@@ -184,13 +184,6 @@ def grouped_matmul(weight, columns):
                                                columns.dtype)
     _matmul_into(weight, columns, columns.shape[1] // per_group, out)
     return out
-
-
-def _input_shape(shape):
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {shape}")
-    return shape
 
 
 def _arguments(input, offset, weight, bias, stride, padding, dilation, mask):
@@ -304,8 +297,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     grad_mask = xp.zeros_like(mask) if mask is not None and want_coordinates else None
     grad_weight = xp.zeros_like(weight) if want_weight else None
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
-    if not (want_input or want_weight or want_coordinates):
-        return grad_input, None, grad_weight, grad_bias, None
+    if not (want_input or want_weight or want_coordinates) or weight.shape[0] == 0:
+        # (no output channel: no gradient reaches the input, the offsets or the mask)
+        return (grad_input, grad_offset if "offset" in wanted else None, grad_weight, grad_bias,
+                grad_mask if "mask" in wanted else None)
     chunk = _chunk(input, geometry)
     buffer = xp.empty((chunk, input.shape[1] * geometry.taps) + geometry.output, input.dtype)
     weight_t = _grouped(weight.reshape(weight.shape[0], -1), groups, 0).swapaxes(1, 2)
