@@ -1,36 +1,45 @@
-"""Gradient checking by finite differences (SciPy's ``scipy.differentiate``), in float64."""
+"""Gradient checking by central finite differences, in float64."""
+import warnings
+
 import numpy as np
-from scipy import differentiate
 
 from . import _backend
 from .autograd import Tensor, no_grad
-
 
 class GradcheckError(AssertionError):
     """The backward of a function disagrees with its finite differences."""
 
 
-def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, max_full_size=1024,
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, max_full_size=10_000,
               n_directions=4, seed=0):
-    """Check the backward of ``fn`` against central finite differences of its forward.
+    """Check the backward of ``fn`` against central finite differences of its forward,
+    ``(f(x + eps e) - f(x - eps e)) / (2 eps)``.
 
-    ``fn(*inputs)`` must return a Tensor; every Tensor of ``inputs`` with ``requires_grad`` is checked
-    (other arguments are passed through). The check runs on float64 copies of the inputs.
+    ``fn(*inputs)`` must return a float64 Tensor; every Tensor of ``inputs`` with ``requires_grad`` is
+    checked and must be float64 (a ``TypeError`` says why otherwise); other arguments are passed through.
 
-    * When the checked inputs hold at most ``max_full_size`` elements, the whole Jacobian ``J`` is
-      estimated by finite differences (one central difference per input element) and compared with
-      the backward's ``u^T J`` for every one-hot ``u`` (up to 16 outputs) or for 4 random ``u``.
-    * Otherwise ``n_directions`` random pairs ``(u, v)`` compare ``u^T J v`` from the backward with the
-      derivative of ``t -> <u, fn(x + t v)>`` at 0.
+    * When the checked inputs hold at most ``max_full_size`` elements (10 000 by default), every input
+      element gets its own central difference (two evaluations of ``fn``), giving ``u^T J`` for every
+      one-hot cotangent ``u`` (outputs of at most 16 elements) or for 4 random ones; each is compared
+      element by element with the backward's ``u^T J``. An error in a single element of a gradient is
+      caught.
+    * Above that, ``n_directions`` random pairs ``(u, v)`` compare the backward's ``u^T J v`` with the
+      derivative of ``t -> <u, fn(x + t v)>`` at 0, and a ``RuntimeWarning`` says that this is weaker:
+      an error in one of ``n`` elements moves ``u^T J v`` by about ``1 / sqrt(n)`` of its size, and passes
+      when that is below the tolerance. Errors spread over the gradient (a wrong factor, a wrong
+      formula) are caught.
 
     An element fails when ``|analytic - numeric| > atol + rtol * |numeric|``. Returns True, or raises
     ``GradcheckError`` naming the worst element (returns False when ``raise_exception`` is False).
     """
     single = isinstance(inputs, Tensor)
-    inputs = [_float64(a) for a in ([inputs] if single else list(inputs))]
+    inputs = list([inputs] if single else inputs)
     checked = [i for i, a in enumerate(inputs) if isinstance(a, Tensor) and a.requires_grad]
     if not checked:
         raise ValueError("gradcheck needs at least one input Tensor with requires_grad=True")
+    for i in checked:
+        if inputs[i].dtype != np.float64:
+            raise TypeError(_not_float64(f"input {i}", inputs[i].dtype, eps))
     rng = np.random.default_rng(seed)
 
     def evaluate(replacements):
@@ -42,7 +51,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         with no_grad():
             return _backend.to_numpy(fn(*arguments).data).ravel()
 
-    output_size = evaluate({}).size
+    output = evaluate({})
+    if output.dtype != np.float64:
+        raise TypeError(_not_float64("fn's output", output.dtype, eps))
 
     def vector_jacobian(u):
         """Backward's ``u^T J`` for each checked input, as flat NumPy arrays."""
@@ -54,43 +65,45 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         return [np.zeros(inputs[i].size) if inputs[i].grad is None
                 else _backend.to_numpy(inputs[i].grad).ravel() for i in checked]
 
+    def central_difference(at):
+        """The derivative at 0 of ``t -> at(t)`` (a NumPy array)."""
+        return (at(eps) - at(-eps)) / (2 * eps)
+
     failures = []  # (excess over tolerance, description)
-    if sum(inputs[i].size for i in checked) <= max_full_size:
-        cotangents = (np.eye(output_size) if output_size <= 16
-                      else rng.standard_normal((4, output_size)))
+    size = sum(inputs[i].size for i in checked)
+    if size <= max_full_size:
+        cotangents = np.eye(output.size) if output.size <= 16 else rng.standard_normal((4, output.size))
+        analytic = [vector_jacobian(u) for u in cotangents]
         for position, i in enumerate(checked):
             x0 = _backend.to_numpy(inputs[i].data).ravel()
+            if x0.size == 0:
+                continue
 
-            def columns(x, i=i):  # scipy passes (n_in, ...): one evaluation per point
-                points = x.reshape(x.shape[0], -1)
-                values = [evaluate({i: points[:, j]}) for j in range(points.shape[1])]
-                return np.stack(values, axis=-1).reshape((output_size,) + x.shape[1:])
+            def moved(t, element):
+                x = x0.copy()
+                x[element] += t
+                return cotangents @ evaluate({i: x})
 
-            jacobian = differentiate.jacobian(columns, x0, order=2, maxiter=1, initial_step=eps,
-                                              tolerances=dict(atol=0, rtol=0)).df
-            for row, u in enumerate(cotangents):
-                analytic = vector_jacobian(u)[position]
-                numeric = u @ jacobian.reshape(output_size, -1)
-                excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
+            numeric = np.stack([central_difference(lambda t: moved(t, k)) for k in range(x0.size)], axis=1)
+            for row in range(len(cotangents)):
+                error = np.abs(analytic[row][position] - numeric[row])
+                excess = error - (atol + rtol * np.abs(numeric[row]))
                 worst = int(np.argmax(excess))
                 element = tuple(int(v) for v in np.unravel_index(worst, inputs[i].shape))
                 failures.append((excess[worst], f"input {i}, element {element} (cotangent {row}): "
-                                 f"backward {float(analytic[worst])!r}, "
-                                 f"finite differences {float(numeric[worst])!r}"))
+                                 f"backward {float(analytic[row][position][worst])!r}, "
+                                 f"finite differences {float(numeric[row][worst])!r}"))
     else:
+        warnings.warn(f"gradcheck: {size} checked elements, above max_full_size = {max_full_size}: "
+                      f"{n_directions} random directions catch errors spread over the gradient but can "
+                      "miss an error in a few elements; raise max_full_size to check every element",
+                      RuntimeWarning, stacklevel=2)
         for direction in range(n_directions):
-            u = rng.standard_normal(output_size)
+            u = rng.standard_normal(output.size)
             v = {i: rng.standard_normal(inputs[i].size) for i in checked}
             x0 = {i: _backend.to_numpy(inputs[i].data).ravel() for i in checked}
             analytic = sum(g @ v[i] for g, i in zip(vector_jacobian(u), checked))
-
-            def along(t):
-                flat = np.ravel(t)
-                values = [u @ evaluate({i: x0[i] + s * v[i] for i in checked}) for s in flat]
-                return np.reshape(values, np.shape(t))
-
-            numeric = differentiate.derivative(along, 0.0, order=2, maxiter=1, initial_step=eps,
-                                               tolerances=dict(atol=0, rtol=0)).df
+            numeric = central_difference(lambda t: u @ evaluate({i: x0[i] + t * v[i] for i in checked}))
             excess = abs(analytic - numeric) - (atol + rtol * abs(numeric))
             failures.append((excess, f"direction {direction}: backward u.J.v = {float(analytic)!r}, "
                              f"finite differences {float(numeric)!r}"))
@@ -105,9 +118,12 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     return False
 
 
-def _float64(value):
-    if not isinstance(value, Tensor):
-        return value
-    xp = _backend.array_module(value.data)
-    data = value.data.astype(xp.float64) if value.dtype.kind == "f" else value.data
-    return Tensor(data, requires_grad=value.requires_grad)
+def _not_float64(what, dtype, eps):
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return f"gradcheck: {what} is {dtype}, not float64: only float arrays have gradients"
+    rounding = np.finfo(dtype).eps / eps
+    return (f"gradcheck: {what} is {dtype}, not float64: in {dtype} a central difference with step "
+            f"eps = {eps:g} is off by about {rounding:.0%} of the function's size (rounding error "
+            f"{np.finfo(dtype).eps:.1e} / eps), far above rtol, and the backward would be blamed; check "
+            "on float64 copies (.astype(numpy.float64))")

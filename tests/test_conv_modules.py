@@ -190,18 +190,19 @@ def test_modulated_pack_reads_offsets_from_the_first_two_thirds_and_the_mask_fro
     np.testing.assert_allclose(module(input).data, expected, rtol=1e-12, atol=1e-13)
 
 
-def through(module, *inputs):
-    """``(fn, parameters)``: fn(*parameters) runs ``module(*inputs)`` with those parameters in place."""
+def through(module, *fixed):
+    """``(fn, parameters)``: fn(x, *parameters) runs ``module(x, *fixed)`` with those parameters in
+    place."""
     names = [name for name, _ in module.named_parameters()]
 
-    def fn(*parameters):
+    def fn(x, *parameters):
         for name, parameter in zip(names, parameters):
             owner = module
             *path, attribute = name.split(".")
             for part in path:
                 owner = getattr(owner, part)
             setattr(owner, attribute, parameter)
-        return module(*inputs)
+        return module(x, *fixed)
     return fn, [parameter for _, parameter in module.named_parameters()]
 
 
@@ -209,8 +210,8 @@ def through(module, *inputs):
 def test_conv_pack_gradients_check_on_cpu(cpu, cls):
     module = perturb(conv_pack(cls, bias=True))
     x = Tensor(random((1, 2, 4, 5)), requires_grad=True)
-    fn, parameters = through(module, x)
-    assert gradcheck(lambda x, *parameters: fn(*parameters), [x] + parameters)
+    fn, parameters = through(module)
+    assert gradcheck(fn, [x] + parameters)
 
 
 @pytest.mark.parametrize("cls", CONV_PACKS)
@@ -265,8 +266,8 @@ def test_psroi_pack_moves_by_the_pooled_offset_map():
 def test_psroi_pack_gradients_check_on_cpu(cpu):
     module = perturb(ps_pack(in_channels=8, offset_classes=1), scale=0.5)
     x = Tensor(random((1, 8, 5, 6)), requires_grad=True)  # feeds the offsets and the pooling
-    fn, parameters = through(module, x, ROIS[[0, 2]])
-    assert gradcheck(lambda x, *parameters: fn(*parameters), [x] + parameters)
+    fn, parameters = through(module, ROIS[[0, 2]])
+    assert gradcheck(fn, [x] + parameters)
 
 
 def test_psroi_pack_is_the_same_on_both_targets(cuda, cpu):

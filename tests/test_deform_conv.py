@@ -136,6 +136,7 @@ def test_offset_gradient_at_minus_one_is_the_left_derivative(cpu):
         assert numba_droi.deform_conv2d(input, moved, weight)[0, 0, 0, 0] != 0
 
 
+@pytest.mark.filterwarnings("ignore:gradcheck. .* random directions")
 def test_gradcheck_of_a_larger_case_by_directions(cpu):
     rng = np.random.default_rng(5)
     arrays, options = random_case(rng, max_size=12, max_channels=6, use_offset=True, use_mask=True,

@@ -160,6 +160,7 @@ def test_offset_gradient_is_the_derivative_in_the_border_bands(cpu, band_y):
     assert grad_offset[0, 1, 0, 0] == 0  # y is clamped: the value does not depend on it
 
 
+@pytest.mark.filterwarnings("ignore:gradcheck. .* random directions")
 def test_gradcheck_of_a_large_input_by_directions(cpu):
     features, rois, offset, mask, options = smooth_case(7, max_size=9, max_boxes=4)
     inputs = [Tensor(np.tile(features, (1, 3, 2, 2)), requires_grad=True),

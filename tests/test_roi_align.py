@@ -60,6 +60,7 @@ def test_published_detectron2_values(on, aligned, first_row):
 
 # -- gradients by finite differences --------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:gradcheck. .* random directions")
 def test_gradcheck_of_a_large_input_by_directions(cpu):
     rng = np.random.default_rng(5)
     features = rng.standard_normal((2, 8, 20, 24))
