@@ -15,9 +15,9 @@ latency_cpu.md).
 import argparse
 import os
 
-import numba
 import numpy as np
 
+import numba_droi
 from numba_droi.benchmark import Setting, latency, latency_table, measure, table, torchvision_installed
 from numba_droi.registry import BY_NAME
 
@@ -59,9 +59,9 @@ def main(argv=None):
     parser.add_argument("--latency", action="store_true",
                         help="first calls in fresh processes, cold and warm kernel cache")
     args = parser.parse_args(argv)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    numba_droi.set_num_threads(args.threads)
     if args.latency:
-        os.environ["NUMBA_NUM_THREADS"] = str(numba.get_num_threads())  # for the fresh processes
+        os.environ["NUMBA_NUM_THREADS"] = str(numba_droi.get_num_threads())  # for the fresh processes
         text = latency_table(latency(args.only or list(BY_NAME), "cpu"), "cpu")
         print(text)
         if not (args.no_save or args.only):

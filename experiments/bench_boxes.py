@@ -11,8 +11,7 @@ import argparse
 import os
 import sys
 
-import numba
-
+import numba_droi
 from numba_droi import registry
 from numba_droi.benchmark import (Setting, case, case_calls, machine_and_versions, timed_medians,
                                   torchvision_installed)
@@ -80,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    numba_droi.set_num_threads(args.threads)
     setting = Setting("cpu", torchvision=torchvision_installed())
     rows = measure(args.boxes, args.repeats, setting)
     text = table(rows, args.threads, setting)

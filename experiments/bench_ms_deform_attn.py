@@ -19,8 +19,9 @@ import os
 import subprocess
 import sys
 
-import numba
 import numpy as np
+
+import numba_droi
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CASES = {"encoder": None, "decoder": 300}  # queries: one per pixel, or 300
@@ -139,12 +140,12 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.add_argument("--peak", nargs=3, metavar=("CASE", "PASS", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    numba_droi.set_num_threads(args.threads)
     if args.peak:
         print(json.dumps(peak_in_this_process(*args.peak)))
         return None
     from numba_droi import benchmark
-    os.environ["NUMBA_NUM_THREADS"] = str(numba.get_num_threads())  # for the memory processes
+    os.environ["NUMBA_NUM_THREADS"] = str(numba_droi.get_num_threads())  # for the memory processes
     setting = benchmark.Setting("cpu", torch=True)
     medians = measure_times(args.repeats, setting)
     peaks = measure_memory()

@@ -12,7 +12,7 @@ own operations and ``gradcheck`` to test them. Training: ``numba_droi.nn`` (modu
 ``numba_droi.optim`` (SGD, Adam).
 """
 from . import functional, nn, ops, optim, registry
-from ._backend import available_targets, target
+from ._backend import available_targets, get_num_threads, set_num_threads, target
 from ._backend import are_deterministic_algorithms_enabled, deterministic, use_deterministic_algorithms
 from .autograd import Function, Tensor, no_grad
 from .gradcheck import GradcheckError, gradcheck
@@ -22,4 +22,5 @@ globals().update((name, getattr(ops, name)) for name in ops.__all__)
 __version__ = "0.1.0"
 __all__ = ["Function", "GradcheckError", "Tensor", "available_targets", "functional", "gradcheck",
            "nn", "no_grad", "optim", "registry", "target", "use_deterministic_algorithms",
-           "are_deterministic_algorithms_enabled", "deterministic"] + ops.__all__
+           "are_deterministic_algorithms_enabled", "deterministic", "get_num_threads",
+           "set_num_threads"] + ops.__all__

@@ -2,15 +2,22 @@
 
 This is the only module that imports ``numba.cuda`` or ``cupy``. Everything else asks it.
 
-* **cpu**: NumPy arrays; kernel bodies compiled with ``numba.njit``, drivers with ``parallel=True``.
+* **cpu**: NumPy arrays; kernel bodies compiled with ``numba.njit``; the cpu drivers are Python
+  functions that run compiled loops over slices of their work on this module's threads
+  (``parallel_for``).
 * **cuda**: CuPy arrays, or any array exposing ``__cuda_array_interface__``; ``numba.cuda`` kernels
   launched on CuPy's current stream. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's
   simulator, and ``target("cuda")`` routes NumPy arrays to them.
 """
+import ast
 import collections
 import contextlib
 import functools
+import inspect
+import itertools
 import math
+import os
+import textwrap
 import threading
 import warnings
 
@@ -19,6 +26,7 @@ import numpy as np
 from llvmlite import ir
 from numba import cuda
 from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload, register_jitable
 
 try:
@@ -143,32 +151,104 @@ def for_cpu(generic):
     return register
 
 
-def jitable_inlined_on_cpu(fn):
-    """``jitable``, and inlined (at the Numba IR level) into cpu drivers: for small helpers called once
-    per element in cpu loops, where the call (with the reference counting of its array arguments, which
-    parallel threads contend for) costs more than the work. The cuda target calls it as any
-    ``jitable`` (numba-cuda cannot inline such overloads, and needn't: LLVM inlines device functions)."""
+def jitable_inlined_on_cpu(fn=None, *, by_numba=False):
+    """``jitable``, and inlined into the cpu functions that call it: for small helpers called once per
+    element in cpu loops, where the call, with the reference counting of its array arguments (atomic
+    adds that parallel threads contend for), costs more than the work. The helper is compiled without
+    reference counting and LLVM inlines it, which costs little to compile; it must then neither
+    allocate nor return an array (a view included). ``by_numba=True`` inlines it in Numba's IR instead
+    (much slower to compile, at every call site, and again at each level of by_numba helpers
+    calling each other): for helpers that return views, and for the channels-last inner loops, which
+    LLVM vectorises better that way, called from the LLVM-inlined helpers that use them. The cuda target calls it as any
+    ``jitable`` (LLVM inlines device functions)."""
+    if fn is None:
+        return functools.partial(jitable_inlined_on_cpu, by_numba=by_numba)
     jitable(fn)
-    overload(fn, target="cpu", strict=False, inline="always")(lambda *args: fn)
+    options = dict(inline="always") if by_numba else dict(jit_options={"_nrt": False, "forceinline": True})
+    overload(fn, target="cpu", strict=False, **options)(lambda *args: fn)
     return fn
 
 
-def cpu_driver(fn=None, *, reassociate=False):
-    """Compile a cpu driver: parallel, cached on disk. ``reassociate`` lets the compiler reorder the
-    driver's floating-point sums (the loops of a dot product are then vectorised), so that its results
-    equal the body's to rounding only (``@cpu_driver(reassociate=True)``)."""
+def cpu_function(fn=None, *, reassociate=False):
+    """Compile a cpu function: serial, without the GIL, cached on disk. The cpu drivers call them;
+    ``parallel_for`` runs those whose first two arguments are ``start, stop`` (a slice of a loop's
+    iterations) on several threads. ``reassociate`` lets the compiler reorder the function's
+    floating-point sums (the loops of a dot product are then vectorised), so that its results equal
+    the body's to rounding only (``@cpu_function(reassociate=True)``).
+
+    What is compiled is ``fn`` with its array arguments replaced by ``_borrowed`` views on entry:
+    without a reference count, so that the views it takes of them in its loops (a row, a plane) cost
+    no atomic count updates, which threads working on the same arrays would contend for."""
     if fn is None:
-        return functools.partial(cpu_driver, reassociate=reassociate)
-    return _cached(lambda cache: numba.njit(parallel=True, cache=cache, error_model="numpy",
-                                            fastmath={"reassoc"} if reassociate else False), fn)
+        return functools.partial(cpu_function, reassociate=reassociate)
+    compiled = _cached(lambda cache: numba.njit(nogil=True, cache=cache, error_model="numpy",
+                                                fastmath={"reassoc"} if reassociate else False),
+                       _borrowing_its_arguments(fn))
+    CPU_FUNCTIONS[f"{fn.__module__}.{fn.__qualname__}"] = compiled
+    return compiled
+
+
+def _borrowing_its_arguments(fn):
+    """``fn`` made again from its source with ``name = _borrowed(name)`` for each argument first: the
+    same file, lines and module globals (so that Numba's cache and tracebacks point at the source)."""
+    source = textwrap.dedent(inspect.getsource(fn))
+    tree = ast.parse(source)
+    definition = tree.body[0]
+    definition.decorator_list = []
+    arguments = definition.args
+    if arguments.vararg or arguments.kwarg or arguments.kwonlyargs or arguments.defaults:
+        raise TypeError(f"cpu function {fn.__name__} must take plain positional arguments")
+    first = definition.body[0]
+    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    borrow = [ast.parse(f"{a.arg} = _borrowed({a.arg})").body[0] for a in arguments.args]
+    at = definition.body[1 if docstring else 0]
+    for statement in borrow:
+        ast.copy_location(statement, at)
+        for node in ast.walk(statement):
+            ast.copy_location(node, at)
+    definition.body[1 if docstring else 0:1 if docstring else 0] = borrow
+    ast.increment_lineno(tree, fn.__code__.co_firstlineno - 1)
+    fn.__globals__.setdefault("_borrowed", _borrowed)  # the module's globals, which Numba reads at compile
+    namespace = {}
+    exec(compile(tree, inspect.getsourcefile(fn), "exec"), fn.__globals__, namespace)
+    borrowing = functools.update_wrapper(namespace[fn.__name__], fn, updated=())
+    del borrowing.__wrapped__
+    return borrowing
+
+
+@intrinsic
+def _borrowed(typingctx, value):
+    """An array as a view without a reference count (whose views have none either), valid while the
+    array lives; any other value as it is."""
+    def codegen(context, builder, signature, args):
+        if not isinstance(value, types.Array):
+            return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+        array = context.make_array(value)(context, builder, args[0])
+        view = context.make_array(value)(context, builder)
+        for field in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(view, field, getattr(array, field))
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+    return value(value), codegen
+
+
+if numba.config.DISABLE_JIT:  # an intrinsic has no Python form
+    def _borrowed(value):
+        return value
+
+
+# Every cpu function, by module and name: what ``warmup`` compiles and the tests count.
+CPU_FUNCTIONS = {}
 
 
 def _cached(decorator, fn):
-    """``decorator(cache=True)(fn)``, compiling to an on-disk cache; without one (a warning, once)
-    where Numba finds no writable cache directory (a read-only install without a writable home or
-    NUMBA_CACHE_DIR), so that the package still imports and runs."""
+    """``decorator(cache=True)(fn)``, compiling to an on-disk cache that recovers from damaged files
+    (``_RecoveringCache``); without one (a warning, once) where Numba finds no writable cache
+    directory (a read-only install without a writable home or NUMBA_CACHE_DIR), so that the package
+    still imports and runs."""
     try:
-        return decorator(True)(fn)
+        compiled = decorator(True)(fn)
     except RuntimeError as error:
         if "no locator available" not in str(error):
             raise
@@ -178,9 +258,204 @@ def _cached(decorator, fn):
             warnings.warn("numba_droi: no writable directory for Numba's kernel cache (set NUMBA_CACHE_DIR "
                           "to one); kernels compile again in every process", RuntimeWarning, stacklevel=3)
         return decorator(False)(fn)
+    cache = getattr(compiled, "_cache", None)
+    if cache is not None and not isinstance(cache, numba.core.caching.NullCache):
+        cache.__class__ = _recovering(type(cache))
+        if isinstance(compiled, numba.core.registry.CPUDispatcher):
+            _compile_in_turn(compiled)
+    return compiled
+
+
+def _compile_in_turn(dispatcher):
+    """Make processes that share the on-disk cache compile ``dispatcher`` in turn (a file lock beside
+    its cache index): the first compiles and saves, the others wait and then load what it saved,
+    instead of each compiling it again (four processes starting together on an empty cache would
+    otherwise each compile everything, on the same cores)."""
+    compile_for_args = dispatcher._compile_for_args  # what Numba calls when no compiled version fits
+
+    def in_turn(*args, **kwargs):
+        with _file_lock(dispatcher._cache._cache_file._index_path + ".lock"):
+            return compile_for_args(*args, **kwargs)
+    dispatcher._compile_for_args = in_turn
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """An exclusive lock of the file ``path`` held by this process inside the block (none where files
+    cannot be locked: no fcntl, a read-only directory)."""
+    try:
+        import fcntl
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:  # closing the file releases the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 _warned_about_cache = False
+
+
+@functools.cache
+def _recovering(cache_class):
+    """``cache_class`` (Numba's on-disk cache of one function), made to survive damaged files (cut
+    short by a full disk or a killed process): an unreadable entry is dropped and the function
+    compiled again, an entry that cannot be written is skipped, each with a warning."""
+    class RecoveringCache(cache_class):
+        def load_overload(self, *args, **kwargs):
+            try:
+                return super().load_overload(*args, **kwargs)
+            except Exception as error:
+                warnings.warn(f"numba_droi: the on-disk cache of {self._py_func.__name__} was unreadable "
+                              f"({type(error).__name__}: {error}); compiling it again", RuntimeWarning)
+                try:
+                    self.flush()  # an empty index: the next save writes a good one
+                except OSError:
+                    pass
+                return None
+
+        def save_overload(self, *args, **kwargs):
+            try:
+                super().save_overload(*args, **kwargs)
+            except Exception as error:
+                warnings.warn(f"numba_droi: could not write the on-disk cache of {self._py_func.__name__} "
+                              f"({type(error).__name__}: {error})", RuntimeWarning)
+    RecoveringCache.__name__ = RecoveringCache.__qualname__ = f"Recovering{cache_class.__name__}"
+    return RecoveringCache
+
+
+# -- cpu threads -----------------------------------------------------------------------------------
+#
+# The cpu drivers run their loops on a pool of Python threads, each calling a compiled function
+# (without the GIL) on a slice of the iterations, rather than on Numba's parallel loops: compiling a
+# parallel loop costs seconds (its body is typed and compiled twice), and Numba's threading layers
+# have their own failure modes (workqueue aborts on calls from two threads, OpenMP's pool does not
+# survive a fork).
+
+_threads = max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads():
+    """The number of threads the cpu operators use (default: ``NUMBA_NUM_THREADS``, the cores)."""
+    return _threads
+
+
+def set_num_threads(threads):
+    """Use ``threads`` threads for the cpu operators (1: run in the calling thread only)."""
+    global _threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    _threads = threads
+
+
+class _Helpers:
+    """Threads that help the calling thread with one ``parallel_for`` at a time: each waits on its
+    own lock, which the caller releases to hand it a task (a lock handover wakes a thread faster than
+    a queue)."""
+
+    def __init__(self):
+        self.busy = threading.Lock()  # held by the thread whose parallel_for the helpers run
+        self.wakes, self.tasks, self.done = [], [], threading.Semaphore(0)
+
+    def run(self, work, helpers):
+        """``work()`` in this thread and in ``helpers`` helper threads; the first error raised."""
+        while len(self.wakes) < helpers:
+            self._start_one()
+        errors = []
+
+        def task():
+            try:
+                work()
+            except BaseException as error:  # re-raised in the calling thread
+                errors.append(error)
+        for i in range(helpers):
+            self.tasks[i] = task
+            self.wakes[i].release()
+        try:
+            work()
+        finally:
+            for _ in range(helpers):
+                self.done.acquire()
+        if errors:
+            raise errors[0]
+
+    def _start_one(self):
+        wake = threading.Lock()
+        wake.acquire()
+        self.wakes.append(wake)
+        self.tasks.append(None)
+        index = len(self.tasks) - 1
+        threading.Thread(target=self._serve, args=(index,), daemon=True, name=f"numba_droi-{index}").start()
+
+    def _serve(self, index):
+        while True:
+            self.wakes[index].acquire()
+            try:
+                self.tasks[index]()
+            finally:
+                self.tasks[index] = None
+                self.done.release()
+
+
+_helpers = _Helpers()
+
+
+def _forget_helpers():
+    """In a forked child the parent's helper threads are gone: start new ones when needed."""
+    global _helpers
+    _helpers = _Helpers()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def parallel_for(loop, iterations, *args):
+    """Run ``loop(start, stop, *args)`` (a ``cpu_function``) over ``0 <= i < iterations`` in slices on
+    ``get_num_threads()`` threads, the calling thread among them; return when all are done. The
+    iterations must write disjoint elements (the cpu target has no atomics). While another thread's
+    ``parallel_for`` has the helper threads, the calling thread runs all the slices itself."""
+    threads = min(_threads, iterations)
+    if threads <= 1 or not _helpers.busy.acquire(blocking=False):
+        if iterations > 0:
+            _call(loop, 0, iterations, args)
+        return
+    try:
+        bounds = _guided_slices(iterations, threads)
+        chunks = len(bounds) - 1
+        taken = itertools.count()  # next() is atomic under the GIL
+
+        def work():
+            while (j := next(taken)) < chunks:
+                _call(loop, bounds[j], bounds[j + 1], args)
+        _helpers.run(work, threads - 1)
+    finally:
+        _helpers.busy.release()
+
+
+def _guided_slices(iterations, threads):
+    """Slice bounds ``[0, ..., iterations]`` for threads that take slices in turn: each slice half a
+    thread's share of what is left, so that the first are large and the last small (a thread that
+    started late, or runs slower on a busy machine, finishes about with the others), but at least
+    an eighth of a thread's share (each slice costs a call, and a turn of the GIL)."""
+    smallest = -(-iterations // (8 * threads))
+    bounds = [0]
+    while bounds[-1] < iterations:
+        left = iterations - bounds[-1]
+        bounds.append(bounds[-1] + min(left, max(smallest, -(-left // (2 * threads)))))
+    return bounds
+
+
+def _call(loop, start, stop, args):
+    try:
+        loop(start, stop, *args)
+    except MemoryError as error:
+        raise MemoryError(f"{loop.__name__} could not allocate its working arrays ({error}): the inputs "
+                          "are too large for the memory available") from error
 
 
 # -- cpu memory order ------------------------------------------------------------------------------
@@ -401,66 +676,17 @@ def launch(kernel, size, *args):
         kernel[blocks, threads](*args)
     else:
         stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
-        _call(kernel, kernel[blocks, threads, stream], args)
+        kernel[blocks, threads, stream](*args)
 
 
 def run(target_name, kernel, size, *args):
-    """Run a kernel of ``target_name`` over ``size`` elements: a cpu driver directly (see
-    ``run_cpu_driver``), a cuda kernel through ``launch``."""
+    """Run a kernel of ``target_name`` over ``size`` elements: a cpu driver (a Python function that
+    runs compiled loops, see ``parallel_for``) directly, a cuda kernel through ``launch``."""
     if target_name == "cpu":
         if size:
-            run_cpu_driver(kernel, *args)
+            kernel(*args)
     else:
         launch(kernel, size, *args)
-
-
-# Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB loads) aborts the
-# process when parallel functions run from two threads at once; the omp and tbb layers do not. Until
-# the layer is known (after the first parallel run) and wherever it is workqueue, the cpu drivers of
-# different threads take turns.
-_drivers_take_turns = True
-_driver_turn = threading.Lock()
-
-
-def run_cpu_driver(driver, *args):
-    """``driver(*args)``, safe to call from several threads under every threading layer."""
-    global _drivers_take_turns
-    if not _drivers_take_turns:
-        _call(driver, driver, args)
-        return
-    with _driver_turn:
-        _call(driver, driver, args)
-        try:
-            _drivers_take_turns = numba.threading_layer() == "workqueue"
-        except ValueError:  # no parallel region has run yet
-            pass
-
-
-def _call(dispatcher, function, args):
-    """``function(*args)`` of a compiled ``dispatcher`` (a cpu driver, or a configured cuda kernel):
-    an unreadable on-disk cache entry (a truncated file) is dropped and the kernel compiled again (a
-    warning says so), and a failed allocation names the kernel."""
-    try:
-        return function(*args)
-    except MemoryError as error:
-        raise MemoryError(f"{dispatcher.__name__} could not allocate its working arrays ({error}): the "
-                          "inputs are too large for the memory available") from error
-    except Exception as error:
-        if not _raised_by_the_cache(error):
-            raise
-        warnings.warn(f"numba_droi: the on-disk cache of {dispatcher.__name__} was unreadable "
-                      f"({type(error).__name__}: {error}); compiling it again", RuntimeWarning, stacklevel=4)
-        dispatcher._cache.flush()  # Numba's cache of this function (its index emptied, then rewritten)
-        return function(*args)
-
-
-def _raised_by_the_cache(error):
-    frames = []
-    traceback = error.__traceback__
-    while traceback is not None:
-        frames.append(traceback.tb_frame.f_code.co_filename)
-        traceback = traceback.tb_next
-    return any(frame.replace("\\", "/").endswith("numba/core/caching.py") for frame in frames)
 
 
 # -- PTX without a GPU -----------------------------------------------------------------------------

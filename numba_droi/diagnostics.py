@@ -54,9 +54,8 @@ def info(out=print):
               ("CUDA simulator", "on (NUMBA_ENABLE_CUDASIM=1)" if _backend.SIMULATED else "off")]
     gpu = _backend.gpu_description()
     facts += [(f"GPU {key}", value) for key, value in gpu.items()] if gpu else [("GPU", "none")]
-    facts += [("numba threads", f"{numba.get_num_threads()} (of NUMBA_NUM_THREADS="
-                                f"{numba.config.NUMBA_NUM_THREADS}; threading layer "
-                                f"{numba.config.THREADING_LAYER})"),
+    facts += [("cpu threads", f"{_backend.get_num_threads()} (NUMBA_NUM_THREADS="
+                              f"{numba.config.NUMBA_NUM_THREADS}; numba_droi.set_num_threads)"),
               ("kernel cache", numba.config.CACHE_DIR or "__pycache__ next to the kernel sources")]
     width = max(len(key) for key, _ in facts)
     for key, value in facts:

@@ -1,4 +1,9 @@
-"""Which target an array runs on, the kernel argument specs, and how the cpu drivers are called."""
+"""Which target an array runs on, the kernel argument specs, and how the cpu functions run on
+threads."""
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -52,15 +57,8 @@ def test_every_cuda_kernel_is_registered_with_a_spec():
     assert {"roi_align_forward_cuda", "roi_align_backward_cuda"} <= set(_backend.CUDA_KERNELS)
 
 
-@pytest.mark.parametrize("layer", ["workqueue", "default"])
-def test_operators_run_from_several_threads_at_once_under_every_threading_layer(layer):
-    """Numba's workqueue layer aborts the process on concurrent parallel calls: the cpu drivers take
-    turns under it; the results are the same in every thread."""
-    import os
-    import subprocess
-    import sys
-    script = """
-import threading, numpy as np, numba, numba_droi
+THREADED_SCRIPT = """
+import os, threading, numpy as np, numba, numba_droi
 x = np.random.default_rng(0).random((2, 8, 20, 20))
 rois = np.array([[0, 1, 1, 15, 15], [1, 5, 5, 18, 10]] * 20, float)
 expected = numba_droi.roi_align(x, rois, 3, 1.0, 2, True)
@@ -73,18 +71,57 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(4)]
 [thread.start() for thread in threads]
 [thread.join() for thread in threads]
-print(numba.threading_layer(), len(failures))
+child = os.fork()  # the parent's worker threads do not exist in the child
+if child == 0:
+    os._exit(0 if np.array_equal(numba_droi.roi_align(x, rois, 3, 1.0, 2, True), expected) else 1)
+_, status = os.waitpid(child, 0)
+try:
+    numba.threading_layer()
+    layer = "started"
+except ValueError:  # no Numba parallel region ran
+    layer = "none"
+print(len(failures), os.waitstatus_to_exitcode(status), layer)
 """
-    environment = dict(os.environ, NUMBA_THREADING_LAYER=layer, NUMBA_ENABLE_CUDASIM="0")
-    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
-                            timeout=600)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_operators_run_from_several_threads_at_once_and_after_a_fork():
+    """Four threads call operators at once under Numba's workqueue threading layer (which aborts on
+    concurrent parallel regions: the operators use none), then a forked child runs one (the worker
+    threads do not survive a fork); the results are the same everywhere."""
+    environment = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_ENABLE_CUDASIM="0",
+                       NUMBA_NUM_THREADS="3")
+    result = subprocess.run([sys.executable, "-c", THREADED_SCRIPT], env=environment, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    used, failures = result.stdout.split()
-    assert failures == "0" and (used == "workqueue") == (layer == "workqueue")
+    assert result.stdout.split() == ["0", "0", "none"]
 
 
-def test_a_failed_allocation_names_the_kernel():
-    def roi_align_forward_cpu(*args):
+def test_the_thread_count_is_a_setting_and_checked():
+    previous = numba_droi.get_num_threads()
+    try:
+        numba_droi.set_num_threads(3)
+        assert numba_droi.get_num_threads() == 3
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="threads must be a positive int"):
+                numba_droi.set_num_threads(bad)
+    finally:
+        numba_droi.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_for_runs_every_iteration_once(threads, monkeypatch):
+    monkeypatch.setattr(_backend, "_threads", threads)
+    counts = np.zeros(1000, np.int64)
+
+    def loop(start, stop, counts):
+        counts[start:stop] += 1
+    _backend.parallel_for(loop, counts.size, counts)
+    assert np.all(counts == 1)
+
+
+def test_a_failed_allocation_names_the_function():
+    def _roi_align_forward_boxes(start, stop):
         raise MemoryError()
-    with pytest.raises(MemoryError, match="roi_align_forward_cpu could not allocate its working arrays"):
-        _backend.run_cpu_driver(roi_align_forward_cpu, 1)
+    with pytest.raises(MemoryError, match="_roi_align_forward_boxes could not allocate its working arrays"):
+        _backend.parallel_for(_roi_align_forward_boxes, 1)

@@ -119,7 +119,7 @@ def b1_scatter_rows(grad_plane, row_low, row_high, hy, ly, x_low, x_high, hx, lx
 # and is vectorised. Per channel, the same products and sums in the same order as
 # b1_interpolate_rows, so the same values bit for bit.
 
-@jitable_inlined_on_cpu
+@jitable_inlined_on_cpu(by_numba=True)
 def b1_add_rows_channels(total, pixels, first, row_low, row_high, hy, ly, x_low, x_high, hx, lx):
     """``total[j] += b1_interpolate_rows(plane of channel first + j, ...)`` for every ``j <
     len(total)``, from a channels-last image ``pixels``; cpu only."""
@@ -131,7 +131,7 @@ def b1_add_rows_channels(total, pixels, first, row_low, row_high, hy, ly, x_low,
         total[j] += w_ll * v_ll[c] + w_lh * v_lh[c] + w_hl * v_hl[c] + w_hh * v_hh[c]
 
 
-@jitable_inlined_on_cpu
+@jitable_inlined_on_cpu(by_numba=True)
 def b1_scatter_rows_channels(grad_pixels, first, last, grads, row_low, row_high, hy, ly, x_low, x_high,
                              hx, lx):
     """``b1_scatter_rows(grads[c - first])`` into channel ``c`` of a channels-last gradient, for every

@@ -25,11 +25,10 @@ dilation_h, dilation_w`` (ints), then ``use_offset, use_mask`` (bools). Without 
 mask the corresponding array argument is any array of the right dtype and rank (e.g. shape
 ``(0, 0, 0, 0)``) that the kernel never reads: no zero offset array is materialised.
 """
-import numba
 import numpy as np
 
-from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
-                        thread_stride)
+from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+                        thread_start, thread_stride)
 from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
 from .roi_align import unravel_output_index
 
@@ -192,18 +191,27 @@ def deform_im2col_coordinate_gradient_cuda(grad_columns, input, offset, mask, ke
 
 # -- cpu fast path: the body's values by another schedule ------------------------------------------
 
-@cpu_driver
 def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                       dilation_h, dilation_w, use_offset, use_mask, columns):
     # Per (image, offset group, tap), the B2 cell of every output pixel is computed once and reused
     # for all the group's channels (the same helpers as deform_im2col_element, in another order).
+    taps = kernel_h * kernel_w
+    parallel_for(_deform_im2col_planes, columns.shape[0] * offset_groups(offset, mask, taps, use_offset,
+                                                                         use_mask) * taps,
+                 input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                 dilation_w, use_offset, use_mask, columns)
+
+
+@cpu_function
+def _deform_im2col_planes(start, stop, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                          pad_w, dilation_h, dilation_w, use_offset, use_mask, columns):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     f = input.dtype.type
     taps = kernel_h * kernel_w
-    images, _, out_h, out_w = columns.shape
+    out_h, out_w = columns.shape[2], columns.shape[3]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
-    for plane in numba.prange(images * group_taps):
+    for plane in range(start, stop):
         b = plane // group_taps
         group_tap = plane - b * group_taps
         g = group_tap // taps
@@ -231,17 +239,25 @@ def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
                         fractions[oy, ox, 1])
 
 
-@cpu_driver
 def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
                                grad_input):
     # Each iteration owns the plane grad_input[b, c]: only the rows of channel c scatter into it.
+    parallel_for(_deform_im2col_backward_planes, grad_input.shape[0] * grad_input.shape[1], grad_columns,
+                 offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                 use_offset, use_mask, grad_input)
+
+
+@cpu_function
+def _deform_im2col_backward_planes(start, stop, grad_columns, offset, mask, kernel_h, kernel_w, stride_h,
+                                   stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
+                                   grad_input):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
-    images, channels = grad_input.shape[:2]
-    out_h, out_w = grad_columns.shape[2:]
+    channels = grad_input.shape[1]
+    out_h, out_w = grad_columns.shape[2], grad_columns.shape[3]
     per_group = channels // offset_groups(offset, mask, taps, use_offset, use_mask)
-    for plane in numba.prange(images * channels):
+    for plane in range(start, stop):
         b = plane // channels
         c = plane - b * channels
         g = c // per_group
@@ -254,18 +270,27 @@ def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, s
                     b2_scatter(grad_input, b, c, y, x, grad)
 
 
-@cpu_driver
 def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w,
                                           stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                           use_offset, use_mask, grad_offset, grad_mask):
     # Each iteration owns one (image, group, tap): its two offset planes and its mask plane, which
     # must be zero-filled. It sums over the group's channels in the order of
     # deform_coordinate_gradient, plane by plane (contiguous reads), then applies the mask.
+    images, group_taps, _, _ = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    parallel_for(_deform_im2col_coordinate_gradient_planes, images * group_taps, grad_columns, input,
+                 offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                 use_offset, use_mask, grad_offset, grad_mask)
+
+
+@cpu_function
+def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, offset, mask, kernel_h,
+                                              kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                              dilation_w, use_offset, use_mask, grad_offset, grad_mask):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
-    images, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    _, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
     per_group = input.shape[1] // (group_taps // taps)
-    for plane in numba.prange(images * group_taps):
+    for plane in range(start, stop):
         b = plane // group_taps
         group_tap = plane - b * group_taps
         g = group_tap // taps

@@ -24,11 +24,10 @@ grad_trans)``; without offsets ``trans`` is a placeholder that is not read. Ever
 """
 import math
 
-import numba
 import numpy as np
 
-from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
-                        thread_stride)
+from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+                        thread_start, thread_stride)
 from .bilinear import (b3_add_cell_channels, b3_cell, b3_coordinate_gradient, b3_gradient_of_corners,
                        b3_inside, b3_scatter, b3_scatter_cell_channels, b3_value)
 from .roi_align import channels_first, channels_last, unravel_output_index
@@ -301,15 +300,21 @@ def deform_psroi_samples_tables(features, classes, pooled_size, sample_per_part)
 # channels last (``channels_last(features, group_size**2)``): the channels that one bin of a box reads,
 # one per output channel, are then adjacent, so the bin is computed for all of them at once.
 
-@cpu_driver
 def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_std, group_size,
                                   part_size, sample_per_part, no_trans, output):
+    parallel_for(_deform_psroi_pool_forward_boxes, rois.shape[0], features,
+                 channels_last(features, group_size * group_size), rois, trans, spatial_scale, trans_std,
+                 group_size, part_size, sample_per_part, no_trans, output)
+
+
+@cpu_function
+def _deform_psroi_pool_forward_boxes(start, stop, features, pixels, rois, trans, spatial_scale, trans_std,
+                                     group_size, part_size, sample_per_part, no_trans, output):
     f = features.dtype.type
-    boxes, output_dim, pooled_size, _ = output.shape
+    output_dim, pooled_size = output.shape[1], output.shape[2]
     classes = 1 if no_trans else trans.shape[1] // 2
     per_class = output_dim // classes
-    pixels = channels_last(features, group_size * group_size)
-    for k in numba.prange(boxes):
+    for k in range(start, stop):
         cells, fractions, counts = deform_psroi_samples_tables(features, classes, pooled_size,
                                                                sample_per_part)
         deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,
@@ -339,31 +344,46 @@ def deform_psroi_pool_forward_cpu(features, rois, trans, spatial_scale, trans_st
 CHANNEL_BLOCK = 16
 
 
-@cpu_driver
 def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, trans_std, group_size,
                                    part_size, sample_per_part, no_trans, grad_input):
-    f = grad_input.dtype.type
     boxes, output_dim, pooled_size, _ = grad_output.shape
     classes = 1 if no_trans else trans.shape[1] // 2
-    per_class = output_dim // classes
     groups = group_size * group_size
     samples = sample_per_part * sample_per_part
     cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int32)
     fractions = np.empty((boxes, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
     counts = np.empty((boxes, classes, pooled_size, pooled_size), np.int64)
-    for k in numba.prange(boxes):
-        deform_psroi_box_samples(grad_input, rois, trans, k, spatial_scale, trans_std, group_size,
+    parallel_for(_deform_psroi_samples_boxes, boxes, grad_input, rois, trans, spatial_scale, trans_std,
+                 group_size, part_size, sample_per_part, no_trans, output_dim, cells, fractions, counts)
+    grad_pixels = np.zeros((grad_input.shape[0], groups, grad_input.shape[2] * grad_input.shape[3],
+                            output_dim), grad_input.dtype)
+    blocks = (output_dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    parallel_for(_deform_psroi_pool_backward_tasks, groups * blocks, grad_output, rois, group_size, classes,
+                 cells, fractions, counts, grad_pixels, grad_input.shape[3])
+    channels_first(grad_pixels, grad_input)
+
+
+@cpu_function
+def _deform_psroi_samples_boxes(start, stop, features, rois, trans, spatial_scale, trans_std, group_size,
+                                part_size, sample_per_part, no_trans, output_dim, cells, fractions, counts):
+    for k in range(start, stop):
+        deform_psroi_box_samples(features, rois, trans, k, spatial_scale, trans_std, group_size,
                                  part_size, sample_per_part, no_trans, output_dim, cells[k],
                                  fractions[k], counts[k])
-    width = grad_input.shape[3]
-    grad_pixels = np.zeros((grad_input.shape[0], groups, grad_input.shape[2] * width, output_dim),
-                           grad_input.dtype)
+
+
+@cpu_function
+def _deform_psroi_pool_backward_tasks(start, stop, grad_output, rois, group_size, classes, cells,
+                                      fractions, counts, grad_pixels, width):
+    f = grad_pixels.dtype.type
+    boxes, output_dim, pooled_size, _ = grad_output.shape
+    per_class = output_dim // classes
     blocks = (output_dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    for task in numba.prange(groups * blocks):
+    for task in range(start, stop):
         group = task // blocks
         block_start = (task - group * blocks) * CHANNEL_BLOCK
         block_end = min(block_start + CHANNEL_BLOCK, output_dim)
-        grads = np.empty(CHANNEL_BLOCK, grad_input.dtype)
+        grads = np.empty(CHANNEL_BLOCK, grad_pixels.dtype)
         for k in range(boxes):
             grad_image = grad_pixels[int(rois[k, 0]), group]
             for ph in range(pooled_size):
@@ -384,20 +404,26 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
                                 cells[k, class_id, ph, pw, s, 1], cells[k, class_id, ph, pw, s, 2],
                                 cells[k, class_id, ph, pw, s, 3], fractions[k, class_id, ph, pw, s, 0],
                                 fractions[k, class_id, ph, pw, s, 1])
-    channels_first(grad_pixels, grad_input)
 
 
-@cpu_driver
 def deform_psroi_pool_trans_grad_cpu(features, grad_output, rois, trans, spatial_scale, trans_std,
                                      group_size, part_size, sample_per_part, grad_trans):
     # Per box: its trans gradient is its own, so boxes run in parallel without races.
+    parallel_for(_deform_psroi_pool_trans_grad_boxes, rois.shape[0], features,
+                 channels_last(features, group_size * group_size), grad_output, rois, trans, spatial_scale,
+                 trans_std, group_size, part_size, sample_per_part, grad_trans)
+
+
+@cpu_function
+def _deform_psroi_pool_trans_grad_boxes(start, stop, features, pixels, grad_output, rois, trans,
+                                        spatial_scale, trans_std, group_size, part_size, sample_per_part,
+                                        grad_trans):
     f = features.dtype.type
-    boxes, output_dim, pooled_size, _ = grad_output.shape
+    output_dim, pooled_size = grad_output.shape[1], grad_output.shape[2]
     classes = trans.shape[1] // 2
     per_class = output_dim // classes
     width = features.shape[3]
-    pixels = channels_last(features, group_size * group_size)
-    for k in numba.prange(boxes):
+    for k in range(start, stop):
         # Every entry of the box's gradient is written (as by the cuda kernel): zeros first, then the
         # sum over the bins of each part cell.
         grad_trans[k] = f(0)

@@ -22,10 +22,9 @@ Kernel arguments: ``(features, rois, offset, mask, spatial_scale, sampling_ratio
 grad_mask)``; a missing offset is passed as zeros and a missing mask as ones, ``grad_input`` is
 zero-filled.
 """
-import numba
 import numpy as np
 
-from .._backend import cpu_driver, cuda_kernel, jitable, thread_start, thread_stride
+from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
 from .roi_align import (channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
@@ -182,14 +181,19 @@ def channel_block(channels):
     return min(64, max(16, channels // 8 // 8 * 8))
 
 
-@cpu_driver
 def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
                                 output):
     # Per box, the samples are tabulated once, and each bin is computed for all channels at once from
-    # a channels-last copy, as in roi_align's forward.
-    boxes, channels, pooled_h, pooled_w = output.shape
-    pixels = channels_last(features)
-    for k in numba.prange(boxes):
+    # a channels-last copy of the features, as in roi_align's forward.
+    parallel_for(_deform_roi_pool_forward_boxes, rois.shape[0], features, channels_last(features), rois,
+                 offset, mask, spatial_scale, sampling_ratio, gamma, output)
+
+
+@cpu_function
+def _deform_roi_pool_forward_boxes(start, stop, features, pixels, rois, offset, mask, spatial_scale,
+                                   sampling_ratio, gamma, output):
+    channels, pooled_h, pooled_w = output.shape[1:]
+    for k in range(start, stop):
         n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         image = pixels[n, 0]
@@ -203,14 +207,22 @@ def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sam
                     output[k, c, ph, pw] = mask[k, 0, ph, pw] * total[c]
 
 
-@cpu_driver
 def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale, sampling_ratio,
                                  gamma, grad_input):
-    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    channels = grad_output.shape[1]
     grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
                            grad_input.dtype)
     width = channel_block(channels)
-    for block in numba.prange((channels + width - 1) // width):
+    parallel_for(_deform_roi_pool_backward_blocks, (channels + width - 1) // width, width, grad_output, rois,
+                 offset, mask, spatial_scale, sampling_ratio, gamma, grad_input, grad_pixels)
+    channels_first(grad_pixels, grad_input)
+
+
+@cpu_function
+def _deform_roi_pool_backward_blocks(start, stop, width, grad_output, rois, offset, mask, spatial_scale,
+                                     sampling_ratio, gamma, grad_input, grad_pixels):
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    for block in range(start, stop):
         first = block * width
         last = min(first + width, channels)
         grads = np.empty(width, grad_input.dtype)
@@ -226,10 +238,8 @@ def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale,
                     roi_align_bin_backward_channels_from_tables(grads, grad_image, first, last, rows,
                                                                 rows + grid_h, grid_h, grid_w, corners,
                                                                 weights)
-    channels_first(grad_pixels, grad_input)
 
 
-@cpu_driver
 def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
                                          sampling_ratio, gamma, grad_offset, grad_mask):
     # Per box: the samples tabulated once. A sample's value and coordinate derivatives are linear in
@@ -237,10 +247,17 @@ def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, ma
     # channel sums of grad_output times each corner: one pass over the channels of a channels-last
     # copy (four contiguous corner rows) accumulates those four sums per sample, and rule B1 is
     # applied to them once. The same sums as deform_roi_pool_bin_gradient, in another order.
+    parallel_for(_deform_roi_pool_offset_mask_grad_boxes, rois.shape[0], features, channels_last(features),
+                 grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_offset,
+                 grad_mask)
+
+
+@cpu_function
+def _deform_roi_pool_offset_mask_grad_boxes(start, stop, features, pixels, grad_output, rois, offset, mask,
+                                            spatial_scale, sampling_ratio, gamma, grad_offset, grad_mask):
     f = features.dtype.type
-    boxes, channels, pooled_h, pooled_w = grad_output.shape
-    pixels = channels_last(features)
-    for k in numba.prange(boxes):
+    channels, pooled_h, pooled_w = grad_output.shape[1:]
+    for k in range(start, stop):
         n, grid_h, grid_w, corners, weights, free = deform_roi_pool_box_samples(
             features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
         if grid_h * grid_w == 0:

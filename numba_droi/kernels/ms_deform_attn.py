@@ -30,11 +30,10 @@ attention_weights, grad_locations, grad_weights)``; ``output`` and ``grad_output
 D)``, ``spatial_shapes`` and ``level_start_index`` int64, ``grad_value`` zero-filled; the other
 gradients are written whole.
 """
-import numba
 import numpy as np
 
-from .._backend import add_1d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start, \
-    thread_stride
+from .._backend import (add_1d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+                        thread_start, thread_stride)
 from .bilinear import b2_cell_of, b2_combine, b2_gradient_of_corners
 from .roi_align import unravel_output_index
 
@@ -218,7 +217,7 @@ def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes,
 # scratch row), so that the loops over the channels have no branch and are vectorised. The same
 # products and sums as the body's, per channel.
 
-@jitable_inlined_on_cpu
+@jitable_inlined_on_cpu(by_numba=True)
 def msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh):
     """The channels of head ``m`` at the four corners of a cell of ``msda_cell_rows``, as contiguous
     rows of ``value[n]`` (which the compiler knows to be contiguous), ``zeros`` for those outside the
@@ -227,11 +226,17 @@ def msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, i
             value[n, r_hl, m] if in_hl else zeros, value[n, r_hh, m] if in_hh else zeros)
 
 
-@cpu_driver
 def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, output):
-    images, queries, heads, channels = output.shape
-    for owner in numba.prange(images * heads):
+    parallel_for(_ms_deform_attn_forward_heads, output.shape[0] * output.shape[2], value, spatial_shapes,
+                 level_start_index, sampling_locations, attention_weights, output)
+
+
+@cpu_function
+def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, output):
+    queries, heads, channels = output.shape[1:]
+    for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
         total = np.empty(channels, value.dtype)
@@ -258,14 +263,20 @@ def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, samplin
                 output[n, q, m, d] = total[d]
 
 
-@cpu_driver
 def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, sampling_locations,
                                 attention_weights, grad_value):
     # Per (image, head): the columns grad_value[n, :, m, :] are its own. Queries, levels and points in
     # order: every element gets the adds of msda_element_backward in the same order.
-    images, queries, heads, channels = grad_output.shape
+    parallel_for(_ms_deform_attn_backward_heads, grad_output.shape[0] * grad_output.shape[2], grad_output,
+                 spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_value)
+
+
+@cpu_function
+def _ms_deform_attn_backward_heads(start, stop, grad_output, spatial_shapes, level_start_index,
+                                   sampling_locations, attention_weights, grad_value):
+    queries, heads, channels = grad_output.shape[1:]
     f = grad_value.dtype.type
-    for owner in numba.prange(images * heads):
+    for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
         scratch = np.empty(channels, grad_value.dtype)
@@ -295,14 +306,22 @@ def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, 
                         g_hh[d] += ly * lx * g
 
 
-@cpu_driver(reassociate=True)
 def ms_deform_attn_location_weight_grad_cpu(value, grad_output, spatial_shapes, level_start_index,
                                             sampling_locations, attention_weights, grad_locations,
                                             grad_weights):
     # msda_point_gradient's sums over the channels, from the corner rows; vectorised, in another order.
-    images, queries, heads, levels, points = grad_weights.shape
+    parallel_for(_ms_deform_attn_location_weight_grad_heads, grad_weights.shape[0] * grad_weights.shape[2],
+                 value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                 grad_locations, grad_weights)
+
+
+@cpu_function(reassociate=True)
+def _ms_deform_attn_location_weight_grad_heads(start, stop, value, grad_output, spatial_shapes,
+                                               level_start_index, sampling_locations, attention_weights,
+                                               grad_locations, grad_weights):
+    queries, heads, levels, points = grad_weights.shape[1:]
     f = value.dtype.type
-    for owner in numba.prange(images * heads):
+    for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
         zeros = np.zeros(value.shape[3], value.dtype)

@@ -19,15 +19,12 @@ Kernel arguments: ``(features, rois, spatial_scale, output)`` and ``(grad_output
 grad_input)`` for PS RoI Pool; PS RoI Align adds ``sampling_ratio`` after ``spatial_scale``.
 ``grad_input`` is zero-filled.
 """
-import numba
-import numpy as np
-
-from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                       read_in_order, thread_start, thread_stride, zero_in_order)
-from .roi_align import (roi_align_bin, roi_align_bin_backward, roi_align_bin_backward_from_tables,
-                        roi_align_bin_from_tables, roi_align_box, roi_align_fill_tables,
-                        roi_align_tables, unravel_output_index)
-from .roi_pool import pool_box, pool_fill_bounds, pool_window
+from .._backend import (add_4d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                        parallel_for, read_in_order, thread_start, thread_stride, zero_in_order)
+from .roi_align import (fill_tables, roi_align_bin, roi_align_bin_backward,
+                        roi_align_bin_backward_from_tables, roi_align_bin_from_tables, roi_align_box,
+                        unravel_output_index)
+from .roi_pool import pool_bounds, pool_box, pool_window
 
 
 # -- body: one output element and its gradient, from the definition --------------------------------
@@ -158,76 +155,80 @@ def ps_roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, s
 
 # -- cpu fast path: the body's values by another schedule ------------------------------------------
 
-@cpu_driver
 def ps_roi_pool_forward_cpu(features, rois, spatial_scale, output):
-    boxes, _, pooled_h, pooled_w = output.shape
-    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
-    for k in numba.prange(boxes):
-        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, features.shape[2],
-                         features.shape[3], bounds)
+    bounds = pool_bounds(rois, spatial_scale, 0, *output.shape[2:], *features.shape[2:])
+    parallel_for(_ps_roi_pool_forward_channels, features.shape[1], features, rois, bounds, output)
+
+
+@cpu_function
+def _ps_roi_pool_forward_channels(start, stop, features, rois, bounds, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
     planes = features.reshape((-1, features.shape[2] * features.shape[3]))
-    for channel in numba.prange(features.shape[1]):
+    for channel in range(start, stop):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for n in range(features.shape[0]):
             read_in_order(planes[n * features.shape[1] + channel])
-        for k in range(boxes):
+        for k in range(rois.shape[0]):
             output[k, c, ph, pw] = ps_roi_pool_window(
                 features, int(rois[k, 0]), channel, bounds[k, 0, ph], bounds[k, 1, ph],
                 bounds[k, 2, pw], bounds[k, 3, pw])
 
 
-@cpu_driver
 def ps_roi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
-    boxes, _, pooled_h, pooled_w = grad_output.shape
-    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
-    for k in numba.prange(boxes):
-        pool_fill_bounds(rois, k, spatial_scale, 0, pooled_h, pooled_w, grad_input.shape[2],
-                         grad_input.shape[3], bounds)
+    bounds = pool_bounds(rois, spatial_scale, 0, *grad_output.shape[2:], *grad_input.shape[2:])
+    parallel_for(_ps_roi_pool_backward_channels, grad_input.shape[1], grad_output, rois, bounds,
+                 grad_input)
+
+
+@cpu_function
+def _ps_roi_pool_backward_channels(start, stop, grad_output, rois, bounds, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for channel in numba.prange(grad_input.shape[1]):
+    for channel in range(start, stop):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for n in range(grad_input.shape[0]):
             zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
-        for k in range(boxes):
+        for k in range(rois.shape[0]):
             ps_roi_pool_window_backward(grad_output[k, c, ph, pw], grad_input, int(rois[k, 0]), channel,
                                         bounds[k, 0, ph], bounds[k, 1, ph], bounds[k, 2, pw],
                                         bounds[k, 3, pw])
 
 
-@cpu_driver
 def ps_roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, output):
-    boxes, _, pooled_h, pooled_w = output.shape
-    layout, corners, weights = roi_align_tables(features, rois, spatial_scale, sampling_ratio, True,
-                                                pooled_h, pooled_w)
-    for k in numba.prange(boxes):
-        roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
-                              pooled_w, layout, corners, weights)
+    tables = fill_tables(features, rois, spatial_scale, sampling_ratio, True, *output.shape[2:])
+    parallel_for(_ps_roi_align_forward_channels, features.shape[1], features, rois, *tables, output)
+
+
+@cpu_function
+def _ps_roi_align_forward_channels(start, stop, features, rois, layout, corners, weights, output):
+    pooled_h, pooled_w = output.shape[2], output.shape[3]
     planes = features.reshape((-1, features.shape[2] * features.shape[3]))
-    for channel in numba.prange(features.shape[1]):
+    for channel in range(start, stop):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for n in range(features.shape[0]):
             read_in_order(planes[n * features.shape[1] + channel])
-        for k in range(boxes):
+        for k in range(rois.shape[0]):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             output[k, c, ph, pw] = roi_align_bin_from_tables(
                 planes[int(rois[k, 0]) * features.shape[1] + channel], first + ph * grid_h,
                 first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
-@cpu_driver
 def ps_roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, grad_input):
-    boxes, _, pooled_h, pooled_w = grad_output.shape
-    layout, corners, weights = roi_align_tables(grad_input, rois, spatial_scale, sampling_ratio, True,
-                                                pooled_h, pooled_w)
-    for k in numba.prange(boxes):
-        roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, True, pooled_h,
-                              pooled_w, layout, corners, weights)
+    tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, True, *grad_output.shape[2:])
+    parallel_for(_ps_roi_align_backward_channels, grad_input.shape[1], grad_output, rois, *tables,
+                 grad_input)
+
+
+@cpu_function
+def _ps_roi_align_backward_channels(start, stop, grad_output, rois, layout, corners, weights, grad_input):
+    pooled_h, pooled_w = grad_output.shape[2], grad_output.shape[3]
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for channel in numba.prange(grad_input.shape[1]):
+    for channel in range(start, stop):
         c, ph, pw = ps_output_position(channel, pooled_h, pooled_w)
         for n in range(grad_input.shape[0]):
             zero_in_order(grad_planes[n * grad_input.shape[1] + channel])
-        for k in range(boxes):
+        for k in range(rois.shape[0]):
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             roi_align_bin_backward_from_tables(
                 grad_output[k, c, ph, pw], grad_planes[int(rois[k, 0]) * grad_input.shape[1] + channel],

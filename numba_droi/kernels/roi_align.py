@@ -6,8 +6,9 @@
   pooling use them too.
 * The cuda schedule: ``*_cuda`` kernels, a thread per output element around the body (a grid-stride
   loop); the deterministic backward, a thread per gradient plane.
-* The cpu fast path: ``*_cpu`` drivers and the helpers above them, which compute the body's values by
-  another schedule: every box's separable sampling grid tabulated once, the forward box by box over a
+* The cpu fast path: ``*_cpu`` drivers (Python functions that run compiled loops on the cpu threads,
+  ``_backend.parallel_for``) and the helpers above them, which compute the body's values by another
+  schedule: every box's separable sampling grid tabulated once, the forward box by box over a
   channels-last copy of the features, the backward channel by channel.
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
@@ -19,11 +20,10 @@ the features' dtype and ``grad_input`` zero-filled.
 """
 import math
 
-import numba
 import numpy as np
 
-from .._backend import (cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu, thread_start,
-                        thread_stride)
+from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+                        thread_start, thread_stride)
 from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
                        b1_scatter, b1_scatter_rows, b1_scatter_rows_channels, b1_value, b1_weights)
 
@@ -172,8 +172,7 @@ def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, samp
 def roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
     """Every box's tables of rule B1's row and column weights, allocated: ``(layout, corners,
     weights)``, ``layout[k] = (first, grid_h, grid_w)``: box ``k``'s ``PH*grid_h`` row samples start
-    at ``first``, its ``PW*grid_w`` column samples follow them. The caller fills them with
-    ``roi_align_fill_tables``, a parallel iteration per box."""
+    at ``first``, its ``PW*grid_w`` column samples follow them; ``fill_tables`` fills them."""
     layout = np.empty((rois.shape[0], 3), np.int64)
     size = 0
     for k in range(rois.shape[0]):
@@ -225,7 +224,6 @@ def roi_align_bin_from_tables(plane, rows, columns, grid_h, grid_w, corners, wei
     return total / f(max(grid_h * grid_w, 1))
 
 
-@jitable_inlined_on_cpu
 def channels_last(features, groups=1):
     """A copy of ``(N, C, H, W)`` features with channels last, for cpu drivers that compute a bin for
     many channels at once (their innermost loop runs over contiguous channels): ``pixels[n, g, h*W + w,
@@ -233,22 +231,33 @@ def channels_last(features, groups=1):
     the channels that position-sensitive pooling reads in one bin (one per class) are adjacent."""
     images, channels, height, width = features.shape
     pixels = np.empty((images, groups, height * width, channels // groups), features.dtype)
-    for image_row in numba.prange(images * height):
-        n = image_row // height
-        h = image_row - n * height
-        for c in range(channels // groups):
-            for g in range(groups):
-                for w in range(width):
-                    pixels[n, g, h * width + w, c] = features[n, c * groups + g, h, w]
+    parallel_for(_channels_last_rows, images * height, features, pixels)
     return pixels
 
 
-@jitable_inlined_on_cpu
+@cpu_function
+def _channels_last_rows(start, stop, features, pixels):
+    height, width = features.shape[2], features.shape[3]
+    groups, per_group = pixels.shape[1], pixels.shape[3]
+    for image_row in range(start, stop):
+        n = image_row // height
+        h = image_row - n * height
+        for c in range(per_group):
+            for g in range(groups):
+                for w in range(width):
+                    pixels[n, g, h * width + w, c] = features[n, c * groups + g, h, w]
+
+
 def channels_first(pixels, features):
     """The inverse of ``channels_last``: write ``pixels`` into ``(N, C, H, W)`` ``features``."""
-    images, groups, _, per_group = pixels.shape
+    parallel_for(_channels_first_rows, features.shape[0] * features.shape[2], pixels, features)
+
+
+@cpu_function
+def _channels_first_rows(start, stop, pixels, features):
     height, width = features.shape[2], features.shape[3]
-    for image_row in numba.prange(images * height):
+    groups, per_group = pixels.shape[1], pixels.shape[3]
+    for image_row in range(start, stop):
         n = image_row // height
         h = image_row - n * height
         for c in range(per_group):
@@ -311,19 +320,29 @@ def roi_align_bin_backward_channels_from_tables(grads, grad_pixels, first, last,
                                          weights[s, 0], weights[s, 1])
 
 
-@cpu_driver
-def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
-    # Box-outer over a channels-last copy: each bin is computed for all channels at once.
-    boxes, channels, pooled_h, pooled_w = output.shape
+@cpu_function
+def fill_tables(features, rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
+    """``roi_align_tables``, filled (``roi_align_fill_tables``) box by box: in one thread, as they
+    cost a small part of what uses them (which has a factor of channels more work)."""
     layout, corners, weights = roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned,
                                                 pooled_h, pooled_w)
-    for k in numba.prange(boxes):
+    for k in range(rois.shape[0]):
         roi_align_fill_tables(features, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
                               pooled_w, layout, corners, weights)
-    pixels = channels_last(features)
-    for k in numba.prange(boxes):
+    return layout, corners, weights
+
+
+def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output):
+    tables = fill_tables(features, rois, spatial_scale, sampling_ratio, aligned, *output.shape[2:])
+    parallel_for(_roi_align_forward_boxes, rois.shape[0], channels_last(features), rois, *tables, output)
+
+
+@cpu_function
+def _roi_align_forward_boxes(start, stop, pixels, rois, layout, corners, weights, output):
+    channels, pooled_h, pooled_w = output.shape[1:]
+    for k in range(start, stop):
         image = pixels[int(rois[k, 0]), 0]
-        total = np.empty(channels, features.dtype)
+        total = np.empty(channels, pixels.dtype)
         first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
         for ph in range(pooled_h):
             for pw in range(pooled_w):
@@ -334,16 +353,17 @@ def roi_align_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned
                     output[k, c, ph, pw] = total[c]
 
 
-@cpu_driver
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
+    tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned, *grad_output.shape[2:])
+    parallel_for(_roi_align_backward_channels, grad_output.shape[1], grad_output, rois, *tables,
+                 grad_input)
+
+
+@cpu_function
+def _roi_align_backward_channels(start, stop, grad_output, rois, layout, corners, weights, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    layout, corners, weights = roi_align_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned,
-                                                pooled_h, pooled_w)
-    for k in numba.prange(boxes):
-        roi_align_fill_tables(grad_input, rois, k, spatial_scale, sampling_ratio, aligned, pooled_h,
-                              pooled_w, layout, corners, weights)
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for c in numba.prange(channels):
+    for c in range(start, stop):
         for k in range(boxes):
             grad_plane = grad_planes[int(rois[k, 0]) * channels + c]
             first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]

@@ -7,7 +7,7 @@
   an output's gradient at its argmax (atomic on the GPU).
 * The cuda schedule: ``*_cuda`` kernels, a thread per output element; the deterministic backward, a
   thread per gradient plane.
-* The cpu fast path: ``*_cpu`` drivers, ``pool_fill_bounds`` and ``roi_pool_window_channels``: the
+* The cpu fast path: ``*_cpu`` drivers, ``pool_bounds`` and ``roi_pool_window_channels``: the
   forward box by box over a channels-last copy (each bin scanned once for every channel), the backward
   channel by channel.
 
@@ -21,11 +21,10 @@ bin; or empty, when only the output is wanted) and ``grad_input`` zero-filled.
 """
 import math
 
-import numba
 import numpy as np
 
-from .._backend import (add_4d, cpu_driver, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                       thread_start, thread_stride, zero_in_order)
+from .._backend import (add_4d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                        parallel_for, thread_start, thread_stride, zero_in_order)
 from .roi_align import channels_last, unravel_output_index
 
 # Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
@@ -158,19 +157,23 @@ def roi_pool_backward_deterministic_cuda(grad_output, rois, argmax, grad_input):
 # one channel, so that no two iterations write the same input-gradient element; it zeroes the
 # channel's planes again in order before the boxes add at their argmaxes (see zero_in_order).
 
-@jitable
-def pool_fill_bounds(rois, k, spatial_scale, plus_one, pooled_h, pooled_w, height, width, bounds):
-    """Box ``k``'s bins as ``pool_window`` gives them, for cpu drivers that reuse them across channels:
+@cpu_function
+def pool_bounds(rois, spatial_scale, plus_one, pooled_h, pooled_w, height, width):
+    """Every box's bins as ``pool_window`` gives them, for cpu drivers that reuse them across channels:
     rows ``bounds[k, 0, ph] <= h < bounds[k, 1, ph]`` of bin row ``ph``, columns ``bounds[k, 2, pw]
     <= w < bounds[k, 3, pw]`` of bin column ``pw`` (a window is a row range times a column range)."""
-    _, y_start, x_start, bin_h, bin_w = pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w)
-    for ph in range(pooled_h):
-        bounds[k, 0, ph], bounds[k, 1, ph] = pool_bin(y_start, bin_h, ph, height)
-    for pw in range(pooled_w):
-        bounds[k, 2, pw], bounds[k, 3, pw] = pool_bin(x_start, bin_w, pw, width)
+    bounds = np.empty((rois.shape[0], 4, max(pooled_h, pooled_w)), np.int64)
+    for k in range(rois.shape[0]):
+        _, y_start, x_start, bin_h, bin_w = pool_box(rois, k, spatial_scale, plus_one, pooled_h,
+                                                     pooled_w)
+        for ph in range(pooled_h):
+            bounds[k, 0, ph], bounds[k, 1, ph] = pool_bin(y_start, bin_h, ph, height)
+        for pw in range(pooled_w):
+            bounds[k, 2, pw], bounds[k, 3, pw] = pool_bin(x_start, bin_w, pw, width)
+    return bounds
 
 
-@jitable_inlined_on_cpu
+@jitable_inlined_on_cpu(by_numba=True)
 def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_low, w_high):
     """``roi_pool_window`` of every channel of a channels-last image ``pixels[h*W + w, c]`` at once,
     into ``best[c]`` and ``best_index[c]``: the same scan, so the same maximum and argmax."""
@@ -179,8 +182,9 @@ def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_l
         best_index[:] = -1
     else:
         start = h_low * width + w_low
-        best[:] = pixels[start]
-        best_index[:] = start
+        for c in range(best.shape[0]):  # (an element loop: an array copy would compile its error path)
+            best[c] = pixels[start, c]
+            best_index[c] = start
         for h in range(h_low, h_high):
             for w in range(w_low, w_high):
                 position = h * width + w
@@ -191,22 +195,23 @@ def roi_pool_window_channels(best, best_index, pixels, width, h_low, h_high, w_l
                     best_index[c] = position if larger else best_index[c]
 
 
-@cpu_driver
 def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
-    boxes, channels, pooled_h, pooled_w = output.shape
+    bounds = pool_bounds(rois, spatial_scale, 1, *output.shape[2:], *features.shape[2:])
+    parallel_for(_roi_pool_forward_boxes, rois.shape[0], channels_last(features), features.shape[3], rois,
+                 bounds, output, argmax)
+
+
+@cpu_function
+def _roi_pool_forward_boxes(start, stop, pixels, width, rois, bounds, output, argmax):
+    channels, pooled_h, pooled_w = output.shape[1:]
     store_argmax = argmax.size > 0
-    bounds = np.empty((boxes, 4, max(pooled_h, pooled_w)), np.int64)
-    for k in numba.prange(boxes):
-        pool_fill_bounds(rois, k, spatial_scale, 1, pooled_h, pooled_w, features.shape[2],
-                         features.shape[3], bounds)
-    pixels = channels_last(features)
-    for k in numba.prange(boxes):
+    for k in range(start, stop):
         image = pixels[int(rois[k, 0]), 0]
-        best = np.empty(channels, features.dtype)
+        best = np.empty(channels, pixels.dtype)
         best_index = np.empty(channels, np.int32)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
-                roi_pool_window_channels(best, best_index, image, features.shape[3], bounds[k, 0, ph],
+                roi_pool_window_channels(best, best_index, image, width, bounds[k, 0, ph],
                                          bounds[k, 1, ph], bounds[k, 2, pw], bounds[k, 3, pw])
                 for c in range(channels):
                     output[k, c, ph, pw] = best[c]
@@ -215,11 +220,15 @@ def roi_pool_forward_cpu(features, rois, spatial_scale, output, argmax):
                         argmax[k, c, ph, pw] = best_index[c]
 
 
-@cpu_driver
 def roi_pool_backward_cpu(grad_output, rois, argmax, grad_input):
+    parallel_for(_roi_pool_backward_channels, grad_output.shape[1], grad_output, rois, argmax, grad_input)
+
+
+@cpu_function
+def _roi_pool_backward_channels(start, stop, grad_output, rois, argmax, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for c in numba.prange(channels):
+    for c in range(start, stop):
         for n in range(grad_input.shape[0]):
             zero_in_order(grad_planes[n * channels + c])
         for k in range(boxes):
