@@ -1,10 +1,8 @@
-"""Command line: ``python -m numba_droi demo|check|bench|info [--target cpu|cuda]``."""
+"""Command line: ``python -m numba_droi demo|check|bench|warmup|info [--target cpu|cuda]``."""
 import argparse
 import sys
 
-import numba
-
-from . import _backend, demo, registry
+from . import _backend, demo, registry, warmup
 
 
 def main(argv=None):
@@ -35,16 +33,36 @@ def main(argv=None):
     bench_parser.add_argument("--latency", action="store_true",
                               help="instead, each operator's first call in a fresh process, with a "
                                    "cold and with a warm on-disk kernel cache")
+    warmup_parser = commands.add_parser(
+        "warmup", help="compile every operator's kernels into the on-disk cache (once per machine and "
+                       "install), so that later processes start at once")
+    warmup_parser.add_argument("--target", nargs="+", choices=_backend.TARGETS, default=None,
+                               help="default: cpu, and cuda when a GPU is present")
+    warmup_parser.add_argument("--dtype", nargs="+", choices=warmup.DTYPES, default=list(warmup.DTYPES))
+    warmup_parser.add_argument("--only", nargs="+", choices=list(registry.BY_NAME), metavar="OPERATOR",
+                               help="these operators only (default: all)")
+    warmup_parser.add_argument("--jobs", type=int, default=warmup.default_jobs(),
+                               help="processes compiling at once (default: one per core, at most 8)")
     commands.add_parser("info", help="versions, targets, GPU, threads")
     args = parser.parse_args(argv)
     subparser = commands.choices[args.command]
-    if getattr(args, "target", None) == "cuda" and "cuda" not in _backend.available_targets():
+    requested = getattr(args, "target", None)
+    requested = [requested] if isinstance(requested, str) else requested or []
+    if "cuda" in requested and "cuda" not in _backend.available_targets():
         subparser.error("the cuda target needs a GPU with CuPy, or NUMBA_ENABLE_CUDASIM=1")
     if args.command == "demo":
         return 0 if demo.run(args.target, args.repeats) else 1
     if args.command == "check":
         from . import diagnostics
         return 0 if diagnostics.check(args.target, args.only) else 1
+    if args.command == "warmup":
+        targets = args.target or (["cpu", "cuda"] if _backend.gpu_available() else ["cpu"])
+        if "cuda" in targets and not _backend.gpu_available():
+            subparser.error("warmup --target cuda needs a GPU with CuPy (the simulator compiles nothing)")
+        if args.jobs < 1:
+            subparser.error(f"--jobs must be at least 1, got {args.jobs}")
+        warmup.warmup(targets, args.dtype, args.only, args.jobs)
+        return 0
     if args.command == "info":
         from . import diagnostics
         diagnostics.info()
@@ -69,7 +87,7 @@ def _bench(args, parser):
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     setting = benchmark.Setting(target, torchvision=args.torchvision)
     rows = benchmark.measure(names, args.repeats, setting)
-    print(benchmark.table(rows, numba.get_num_threads(), setting))
+    print(benchmark.table(rows, _backend.get_num_threads(), setting))
     return 0
 
 

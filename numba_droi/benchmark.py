@@ -39,7 +39,7 @@ class Setting:
         if torchvision or torch:
             import torch as torch_module
             self.torch = torch_module
-            torch_module.set_num_threads(numba.get_num_threads())
+            torch_module.set_num_threads(_backend.get_num_threads())
         if torchvision:
             import torchvision as torchvision_module
             self.torchvision = torchvision_module
@@ -213,21 +213,24 @@ def machine_and_versions(threads, setting=None):
 
 # -- first-call latency ----------------------------------------------------------------------------
 
-# What a fresh process runs for ``latency``: ``import numba_droi``, then one operator's first call,
-# each timed; prints one line of JSON.
+# What a fresh process runs for ``latency`` and ``first_calls_at_once``: ``import numba_droi``, then
+# the first call of each operator named, for each dtype, in turn, each timed; prints one line of JSON.
 _FIRST_CALL_SCRIPT = """
 import json, sys, time
 start = time.perf_counter()
 import numba_droi
 imported = time.perf_counter() - start
 from numba_droi import benchmark
-print(json.dumps(dict(benchmark.first_call(sys.argv[1], sys.argv[2]), import_s=imported)))
+target, dtypes, names = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
+calls = [dict(benchmark.first_call(name, target, dtype), name=name, dtype=dtype)
+         for dtype in dtypes for name in names]
+print(json.dumps(dict(calls=calls, import_s=imported, total_s=time.perf_counter() - start)))
 """
 
 
-def first_call(name, target="cpu"):
+def first_call(name, target="cpu", dtype="float32"):
     """Time the first forward+backward of operator ``name`` in this process, at the demo's small
-    float32 case (so that the time is that of compiling or loading its kernels, not of computing):
+    ``dtype`` case (so that the time is that of compiling or loading its kernels, not of computing):
     ``{"first_call_s": seconds, "setup_s": seconds, "compiled": names of the kernels compiled rather
     than loaded}``. On the cpu target, ``setup_s`` is the part of the first call spent setting up
     Numba's cpu target (once per process, whichever function is compiled or loaded first)."""
@@ -235,8 +238,9 @@ def first_call(name, target="cpu"):
     xp = _backend.cupy if setting.gpu else np
     operator = registry.BY_NAME[name]
     arrays, call = demo.example_call(
-        operator, operator.example(np.random.default_rng(0), np.float32, **demo.SIZES["gradcheck"]),
+        operator, operator.example(np.random.default_rng(0), np.dtype(dtype), **demo.SIZES["gradcheck"]),
         setting.array)
+    compiled_before = set(_compiled_kernels())
     with setting.context():
         xs = [Tensor(setting.array(a), requires_grad=True) for a in arrays]
         setting.synchronize()
@@ -250,62 +254,72 @@ def first_call(name, target="cpu"):
         setting.synchronize()
         seconds = time.perf_counter() - start
     return {"first_call_s": seconds, "setup_s": setup if target == "cpu" else None,
-            "compiled": _compiled_kernels()}
+            "compiled": sorted(set(_compiled_kernels()) - compiled_before)}
 
 
 def _compiled_kernels():
-    """Names of the cpu drivers and cuda kernels this process compiled (a miss of the on-disk cache)."""
+    """Names of the cpu functions and cuda kernels this process compiled (a miss of the on-disk
+    cache)."""
     kernels = {name: cuda_kernel.kernel for name, cuda_kernel in _backend.CUDA_KERNELS.items()}
-    for module_name, module in list(sys.modules.items()):
-        if module_name.startswith("numba_droi.kernels."):
-            kernels.update((name, value) for name, value in vars(module).items()
-                           if isinstance(value, numba.core.dispatcher.Dispatcher))
+    kernels.update((name.rsplit(".", 1)[-1], function) for name, function in _backend.CPU_FUNCTIONS.items())
     return sorted(name for name, kernel in kernels.items()
                   if getattr(getattr(kernel, "stats", None), "cache_misses", None))
 
 
-def latency(names, target="cpu"):
-    """For each operator, its first call in a fresh process with an empty on-disk kernel cache (cold)
-    and again with the cache that call filled (warm): rows ``(operator, import s, cold s, warm s,
-    Numba's set-up s (part of warm s; None on cuda), kernels compiled cold, kernels compiled warm)``."""
+def latency(names, target="cpu", dtypes=("float32",)):
+    """For each operator and dtype, its first call in a fresh process with an empty on-disk kernel
+    cache (cold) and again with the cache that call filled (warm): rows ``(operator, dtype, import s,
+    cold s, warm s, Numba's set-up s (part of warm s; None on cuda), kernels compiled cold, kernels
+    compiled warm)``."""
+    from tqdm import tqdm
     rows = []
-    for name in names:
+    for dtype, name in tqdm([(dtype, name) for dtype in dtypes for name in names], desc="first calls",
+                            unit="op"):
         with tempfile.TemporaryDirectory(prefix="numba_droi_cache_") as cache:
-            cold = _first_call_in_child(name, target, cache)
-            warm = _first_call_in_child(name, target, cache)
-        rows.append((name, warm["import_s"], cold["first_call_s"], warm["first_call_s"], warm["setup_s"],
-                     cold["compiled"], warm["compiled"]))
-        print(f"  {name}: done", file=sys.stderr, flush=True)
+            cold = first_calls_in_children([name], target, [dtype], cache)[0]
+            warm = first_calls_in_children([name], target, [dtype], cache)[0]
+        cold_call, warm_call = cold["calls"][0], warm["calls"][0]
+        rows.append((name, dtype, warm["import_s"], cold_call["first_call_s"], warm_call["first_call_s"],
+                     warm_call["setup_s"], cold_call["compiled"], warm_call["compiled"]))
     return rows
 
 
-def _first_call_in_child(name, target, cache):
+def first_calls_in_children(names, target, dtypes, cache, processes=1):
+    """Start ``processes`` fresh processes at once on the on-disk cache ``cache``, each making the
+    first call of every operator of ``names`` for every dtype; their reports (``calls``, ``import_s``
+    and ``total_s``, from import to the last call)."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(numba_droi.__file__)))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     environment = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=path)
-    child = subprocess.run([sys.executable, "-c", _FIRST_CALL_SCRIPT, name, target], env=environment,
-                           capture_output=True, text=True)
-    if child.returncode != 0:
-        raise RuntimeError(f"the first call of {name} failed in a fresh process:\n{child.stderr[-3000:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    arguments = [sys.executable, "-c", _FIRST_CALL_SCRIPT, target, ",".join(dtypes), ",".join(names)]
+    children = [subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(processes)]
+    reports = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"first calls of {names} failed in a fresh process:\n{err[-3000:]}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
 
 
 def latency_table(rows, target):
-    lines = ["| operator | import numba_droi (s) | first call, cold cache (s) | first call, warm cache (s) "
-             "| of which Numba's set-up (s) | kernels compiled, cold | kernels compiled, warm |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for name, imported, cold, warm, setup, compiled_cold, compiled_warm in rows:
+    lines = ["| operator | dtype | import numba_droi (s) | first call, cold cache (s) "
+             "| first call, warm cache (s) | of which Numba's set-up (s) | kernels compiled, cold "
+             "| kernels compiled, warm |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, dtype, imported, cold, warm, setup, compiled_cold, compiled_warm in rows:
         setup_text = "n/a" if setup is None else f"{setup:.2f}"
-        lines.append(f"| {name} | {imported:.2f} | {cold:.2f} | {warm:.2f} | {setup_text} "
+        lines.append(f"| {name} | {dtype} | {imported:.2f} | {cold:.2f} | {warm:.2f} | {setup_text} "
                      f"| {len(compiled_cold)} | {', '.join(compiled_warm) or 'none'} |")
     size = "x".join(map(str, demo.SIZES["gradcheck"].values()))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if target == "cuda" and _backend.gpu_available():
         machine += f", {_backend.gpu_description()['name']}"
-    return ("\n".join(lines) + f"\n\nTarget: {target}. Each first call (forward+backward, float32, the "
-            f"demo's (batch, channels, height, width, boxes) = {size} case) runs in a fresh process after "
+    return ("\n".join(lines) + f"\n\nTarget: {target}. Each first call (forward+backward, the demo's "
+            f"(batch, channels, height, width, boxes) = {size} case) runs in a fresh process after "
             "`import numba_droi`; cold: an empty NUMBA_CACHE_DIR, warm: the same directory again. "
             "Numba's set-up: the part of the warm first call spent setting up Numba's cpu target, which "
             "a process pays once, at its first compiled or cached function. "
-            f"Machine: {machine}, {numba.get_num_threads()} threads. Versions: numba_droi "
+            f"Machine: {machine}, {_backend.get_num_threads()} threads. Versions: numba_droi "
             f"{numba_droi.__version__}, numba {numba.__version__}, numpy {np.__version__}.\n")

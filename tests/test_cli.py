@@ -12,7 +12,8 @@ from numba_droi import __main__ as cli
 from numba_droi import _backend, benchmark, demo, ops, registry
 
 OPTIONS = {"demo": ["--target", "--repeats"], "check": ["--target", "--only"],
-           "bench": ["--target", "--only", "--repeats", "--torchvision", "--latency"], "info": []}
+           "bench": ["--target", "--only", "--repeats", "--torchvision", "--latency"],
+           "warmup": ["--target", "--dtype", "--only", "--jobs"], "info": []}
 
 
 @pytest.mark.parametrize("command", sorted(OPTIONS))
@@ -26,13 +27,24 @@ def test_every_subcommand_has_help_naming_its_options(command, capsys):
     assert ("--target" in text) == (command != "info")
 
 
-@pytest.mark.parametrize("command", ["demo", "check", "bench"])
+@pytest.mark.parametrize("command", ["demo", "check", "bench", "warmup"])
 def test_the_cuda_target_without_a_gpu_or_the_simulator_is_a_usage_error(command, monkeypatch, capsys):
     monkeypatch.setattr(_backend, "available_targets", lambda: ("cpu",))
     with pytest.raises(SystemExit) as exit:
         cli.main([command, "--target", "cuda"])
     assert exit.value.code == 2
     assert "the cuda target needs a GPU" in capsys.readouterr().err
+
+
+def test_warmup_refuses_the_simulator_and_checks_jobs(capsys):
+    if _backend.gpu_available():
+        pytest.skip("a GPU is present")
+    for arguments, words in ((["--target", "cuda"], "needs a GPU with CuPy"),
+                             (["--jobs", "0"], "--jobs must be at least 1, got 0")):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(["warmup", *arguments, "--only", "roi_align"])
+        assert exit.value.code == 2
+        assert words in capsys.readouterr().err
 
 
 def test_bench_refuses_the_simulator(capsys):
@@ -99,7 +111,7 @@ def test_info_prints_the_versions_it_claims(capsys):
         import torch
         # The installed distribution's version; its local part (+cpu, +cu130) is there or not by build.
         assert facts["torch"].split("+")[0] == torch.__version__.split("+")[0]
-    assert facts["numba threads"].startswith(f"{numba.get_num_threads()} ")
+    assert facts["cpu threads"].startswith(f"{numba_droi.get_num_threads()} ")
     assert ("GPU" in facts) != _backend.gpu_available()  # "GPU  none", or "GPU name" and the rest
 
 
@@ -161,10 +173,11 @@ def test_bench_latency_runs_each_first_call_in_fresh_processes(capsys):
     assert cli.main(["bench", "--latency", "--target", "cpu", "--only", "roi_align"]) == 0
     out = capsys.readouterr().out
     (row,) = table_rows(out)
-    name, imported, cold, warm, setup, compiled_cold, compiled_warm = row
-    assert name == "roi_align" and all(float(seconds) > 0 for seconds in (imported, cold, warm, setup))
+    name, dtype, imported, cold, warm, setup, compiled_cold, compiled_warm = row
+    assert name == "roi_align" and dtype == "float32"
+    assert all(float(seconds) > 0 for seconds in (imported, cold, warm, setup))
     assert float(setup) <= float(warm)  # the set-up is a part of the warm first call
-    assert int(compiled_cold) >= 2  # an empty cache: the forward and the backward drivers compile
+    assert int(compiled_cold) >= 2  # an empty cache: the forward's and the backward's functions compile
     assert compiled_warm == "none"  # the cache they filled: every kernel loads from it
     assert "Target: cpu." in out
 
