@@ -1,6 +1,7 @@
 """The main job: run every operator forward and backward on a target, check its gradients by finite
 differences, and print a table of results and timings."""
 import contextlib
+import functools
 import time
 
 import numpy as np
@@ -9,8 +10,9 @@ from . import _backend, functional, registry
 from .autograd import Tensor
 from .gradcheck import gradcheck
 
-# The examples' sizes: the gradient check's, and the timing's on the CUDA simulator (elsewhere the
-# timing runs each operator's detection-sized benchmark case).
+# The examples' sizes: the gradient check's, and on the CUDA simulator, which runs a kernel thousands
+# of times slower, the timing's and the gradient check's (elsewhere the timing runs each operator's
+# detection-sized benchmark case).
 SIZES = {"gradcheck": dict(batch=1, channels=2, height=9, width=10, boxes=3),
          "simulator": dict(batch=1, channels=2, height=6, width=7, boxes=2)}
 
@@ -36,15 +38,25 @@ def timing_example(operator, device, rng):
     return operator.benchmark(rng)[0]
 
 
-def run(target=None, repeats=5, out=print):
-    """Run the demo on ``target`` ('cpu' or 'cuda'; default: the GPU when there is one)."""
+COLUMNS = (("operator", 18), ("input", 14), ("output", 16), ("first call s", 12), ("forward ms", 10),
+           ("fwd+bwd ms", 10), ("gradcheck", 9))
+
+
+def run(target=None, repeats=5, out=None):
+    """Run the demo on ``target`` ('cpu' or 'cuda'; default: the GPU when there is one), printing
+    (``out``, default ``print`` flushed at once) each operator's row as it finishes. Returns True when
+    every gradient check passed."""
+    out = out or functools.partial(print, flush=True)
     target = target or ("cuda" if _backend.gpu_available() else "cpu")
     device = "simulator" if target == "cuda" and _backend.SIMULATED else (
         "gpu" if target == "cuda" else "cpu")
     to_target = _backend.cupy.asarray if device == "gpu" else np.asarray
     out(f"numba_droi demo on the {target} target ({device}); float32 timings, float64 gradient check")
-    header = ("operator", "input", "output", "first call s", "forward ms", "fwd+bwd ms", "gradcheck")
-    rows = []
+    out("The first run compiles each operator's kernels (seconds each: the first call column) and caches "
+        "them on disk; later runs load them (python -m numba_droi warmup compiles them all ahead).")
+    out(_row([name for name, _ in COLUMNS]))
+    out(_row(["-" * width for _, width in COLUMNS]))
+    passed = True
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
         for operator in registry.OPERATORS:
             rng = np.random.default_rng(0)
@@ -59,15 +71,18 @@ def run(target=None, repeats=5, out=print):
             forward = _median_ms(lambda: call(*(x.detach() for x in xs)), repeats, device)
             both = _median_ms(lambda: call(*xs).backward(grad), repeats, device)
             arrays64, call64 = example_call(
-                operator, operator.example(rng, np.float64, **SIZES["gradcheck"]), to_target)
-            passed = gradcheck(call64, [Tensor(to_target(a), requires_grad=True) for a in arrays64],
-                               raise_exception=False)
-            rows.append((operator.name, "x".join(map(str, arrays[0].shape)), "x".join(map(str, output.shape)),
-                         f"{first:.2f}", f"{forward:.1f}", f"{both:.1f}", "pass" if passed else "FAIL"))
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths)] + rows:
-        out("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
-    return all(row[-1] == "pass" for row in rows)
+                operator, operator.example(rng, np.float64, **SIZES[
+                    "simulator" if device == "simulator" else "gradcheck"]), to_target)
+            checked = gradcheck(call64, [Tensor(to_target(a), requires_grad=True) for a in arrays64],
+                                raise_exception=False)
+            passed = passed and checked
+            out(_row([operator.name, "x".join(map(str, arrays[0].shape)), "x".join(map(str, output.shape)),
+                      f"{first:.2f}", f"{forward:.1f}", f"{both:.1f}", "pass" if checked else "FAIL"]))
+    return passed
+
+
+def _row(cells):
+    return "  ".join(str(cell).ljust(width) for cell, (_, width) in zip(cells, COLUMNS)).rstrip()
 
 
 def _median_ms(fn, repeats, device):

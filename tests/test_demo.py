@@ -17,10 +17,24 @@ def test_demo_gradchecks_every_operator_and_prints_a_table(small, on, capsys):
     assert cli.main(["demo", "--target", on.name, "--repeats", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"on the {on.name} target" in lines[0]
-    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert "The first run compiles" in lines[1]
+    rows = {line.split()[0]: line.split() for line in lines[4:]}
     assert list(rows) == list(registry.BY_NAME)
     assert all(row[-1] == "pass" for row in rows.values())
     assert rows["roi_align"][1:3] == ["1x3x12x14", "4x3x2x2"]
+
+
+def test_demo_prints_each_row_as_its_operator_finishes(small, cpu, monkeypatch):
+    events = []
+    timing_example = demo.timing_example
+    monkeypatch.setattr(demo, "timing_example", lambda operator, device, rng: (
+        events.append(f"start {operator.name}"), timing_example(operator, device, rng))[1])
+    demo.run("cpu", 1, out=events.append)
+    names = list(registry.BY_NAME)
+    starts = [events.index(f"start {name}") for name in names]
+    rows = [next(i for i, e in enumerate(events) if e.startswith(name + " ")) for name in names]
+    assert all(start < row for start, row in zip(starts, rows))
+    assert all(row < start for row, start in zip(rows, starts[1:]))
 
 
 def test_demo_times_the_benchmark_cases_on_the_cpu():
