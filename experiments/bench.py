@@ -6,11 +6,9 @@ operators, the one they reduce to without offsets), else our own such operator, 
 run on the same number of threads, repeats interleaved so that both see the same machine state, each
 forward+backward from cleared gradients (as after a training step's ``zero_grad()``); the table
 reports medians and their ratio (ours / peer: below 1 is faster). Prints the table and, when every
-operator ran, saves it with a plot under experiments/results/. ``--latency`` instead measures each
-operator's first call in fresh processes, with a cold and a warm kernel cache (saved as
-latency_cpu.md).
+operator ran, saves it with a plot under experiments/results/ (first calls: experiments/first_calls.py).
 
-    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...] [--latency]
+    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...]
 """
 import argparse
 import os
@@ -18,7 +16,7 @@ import os
 import numpy as np
 
 import numba_droi
-from numba_droi.benchmark import Setting, latency, latency_table, measure, table, torchvision_installed
+from numba_droi.benchmark import Setting, measure, table, torchvision_installed
 from numba_droi.registry import BY_NAME
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -56,19 +54,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these operators only")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
-    parser.add_argument("--latency", action="store_true",
-                        help="first calls in fresh processes, cold and warm kernel cache")
     args = parser.parse_args(argv)
     numba_droi.set_num_threads(args.threads)
-    if args.latency:
-        os.environ["NUMBA_NUM_THREADS"] = str(numba_droi.get_num_threads())  # for the fresh processes
-        text = latency_table(latency(args.only or list(BY_NAME), "cpu"), "cpu")
-        print(text)
-        if not (args.no_save or args.only):
-            os.makedirs(RESULTS, exist_ok=True)
-            with open(os.path.join(RESULTS, "latency_cpu.md"), "w") as f:
-                f.write("# First-call latency, cpu\n\n" + text)
-        return text
     setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
     rows = measure(args.only or list(BY_NAME), args.repeats, setting)
     text = table(rows, args.threads, setting)
