@@ -159,8 +159,8 @@ def jitable_inlined_on_cpu(fn=None, *, by_numba=False):
     allocate nor return an array (a view included). ``by_numba=True`` inlines it in Numba's IR instead
     (much slower to compile, at every call site, and again at each level of by_numba helpers
     calling each other): for helpers that return views, and for the channels-last inner loops, which
-    LLVM vectorises better that way, called from the LLVM-inlined helpers that use them. The cuda target calls it as any
-    ``jitable`` (LLVM inlines device functions)."""
+    LLVM vectorises better that way, called from the LLVM-inlined helpers that use them. The cuda
+    target calls it as any ``jitable`` (LLVM inlines device functions)."""
     if fn is None:
         return functools.partial(jitable_inlined_on_cpu, by_numba=by_numba)
     jitable(fn)
