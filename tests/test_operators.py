@@ -412,6 +412,15 @@ def test_an_array_of_the_wrong_kind_of_number_is_refused_naming_it(no_launch, ca
         operator.call(ops, replaced(example, name, wrong), example.options)
 
 
+@OPERATORS
+def test_half_precision_features_are_refused_saying_how_to_compute_in_float32(no_launch, operator):
+    example, names = given_arrays(operator)
+    name = names[0]  # the features
+    with pytest.raises(TypeError, match=rf"{name} must be float32 or float64, got float16 .*astype"):
+        operator.call(ops, replaced(example, name, example.arrays[name].astype(np.float16)),
+                      example.options)
+
+
 @pytest.mark.parametrize("case", each_given_array(), ids=ids)
 def test_an_array_with_a_wrong_number_of_dimensions_is_refused_naming_it(no_launch, case):
     operator, name = case

@@ -18,7 +18,9 @@ def features(array, name="input", ndim=4, layout="(N, C, H, W)"):
     if array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {tuple(array.shape)}")
     if array.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
+        hint = (f" (half precision: compute in float32, {name}.astype(np.float32), and cast the result "
+                "back)" if array.dtype.kind == "f" else "")
+        raise TypeError(f"{name} must be float32 or float64, got {array.dtype}{hint}")
     if layout == "(N, C, H, W)":
         plane(array.shape, name)
     return contiguous(array)
