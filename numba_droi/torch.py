@@ -27,6 +27,12 @@ runs on that view, and its result becomes a tensor sharing the result's memory. 
 and CuPy's work around them, run on torch's current stream of the tensor's device, so they are ordered
 with torch's own work without any synchronisation. Inputs that are not C-contiguous are copied once
 (the kernels read contiguous memory). The boxes never get a gradient (as torchvision's).
+
+As torchvision's operators: half-precision tensors (float16, bfloat16; under ``torch.autocast`` too,
+where the layers before give them) are computed in float32 and the result returned in the dtype of
+the operator's first array (the features); on the CPU our kernels use ``torch.get_num_threads()``
+threads; a bad argument raises an error that is also a ``RuntimeError`` (``BadArgument``, a
+``ValueError``, and ``BadArgumentType``, a ``TypeError``), as torch's own checks raise.
 """
 import contextlib
 import inspect
@@ -79,6 +85,45 @@ def _rois(boxes):
     return torch.cat([batch, torch.cat(boxes)], dim=1)
 
 
+# -- as torch's own operators: half precision in float32, torch's threads, RuntimeErrors ---------------
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _in_float32_if_half(tensors):
+    """``(tensors, dtype)``: half-precision tensors cast to float32 (the others as they are), and the
+    dtype to return the result in when the first tensor, the features, is half (else None)."""
+    dtype = tensors[0].dtype if tensors[0] is not None and tensors[0].dtype in HALF_DTYPES else None
+    return [t.float() if t is not None and t.dtype in HALF_DTYPES else t for t in tensors], dtype
+
+
+def _follow_torch_threads(tensor):
+    """On the CPU, use as many threads as torch does (``torch.set_num_threads``)."""
+    if not tensor.is_cuda:
+        _backend.set_num_threads(torch.get_num_threads())
+
+
+class BadArgument(ValueError, RuntimeError):
+    """A bad argument value or shape: a ``ValueError``, and a ``RuntimeError`` as torch's checks raise."""
+
+
+class BadArgumentType(TypeError, RuntimeError):
+    """An argument of a bad type or dtype: a ``TypeError``, and a ``RuntimeError`` as torch raises."""
+
+
+@contextlib.contextmanager
+def _torch_errors():
+    """Our ValueErrors and TypeErrors, with their messages and tracebacks, as ``BadArgument`` and
+    ``BadArgumentType``."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if isinstance(error, RuntimeError):
+            raise
+        kind = BadArgumentType if isinstance(error, TypeError) else BadArgument
+        raise kind(*error.args).with_traceback(error.__traceback__) from None
+
+
 # -- every operator of the registry: an autograd Function, a function and a layer -----------------------
 
 class OperatorFunction(torch.autograd.Function):
@@ -91,6 +136,7 @@ class OperatorFunction(torch.autograd.Function):
         needs = dict(zip(names, ctx.needs_input_grad[3:]))
         wanted = tuple(name for name in operator.wanted(given) if needs[name])
         device_tensor = next(t for t in tensors if t is not None)
+        _follow_torch_threads(device_tensor)
         with _stream(device_tensor):
             output, saved = operator.forward_saving(
                 ops, {name: _array(t) for name, t in given.items()}, options, wanted)
@@ -103,7 +149,8 @@ class OperatorFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         saved = dict(zip(ctx.names, ctx.saved_tensors))
-        with _stream(grad_output):
+        _follow_torch_threads(grad_output)
+        with _stream(grad_output), _torch_errors():
             grads = ctx.operator.vjp(ops, _array(grad_output), {name: _array(t) for name, t in saved.items()},
                                      ctx.options, ctx.wanted)
         arrays = ctx.names[:len(ctx.needs_input_grad) - 3]
@@ -137,8 +184,11 @@ def _function(operator):
     signature = _signature(operator)
 
     def apply(*args, **kwargs):
-        tensors, options = _arguments(operator, signature, args, kwargs)
-        return OperatorFunction.apply(operator, options, operator.arrays, *tensors)
+        with _torch_errors():
+            tensors, options = _arguments(operator, signature, args, kwargs)
+            tensors, half = _in_float32_if_half(tensors)
+            output = OperatorFunction.apply(operator, options, operator.arrays, *tensors)
+        return output if half is None else output.to(half)
 
     apply.__name__ = apply.__qualname__ = operator.name
     apply.__module__ = __name__
@@ -196,7 +246,8 @@ globals().update(FUNCTIONS)
 globals().update((cls.__name__, cls) for cls in MODULES.values())
 
 __all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
-           + ["DeformConv2d", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
+           + ["BadArgument", "BadArgumentType", "DeformConv2d", "DeformRoIPoolPack",
+              "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
               "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
               "DeformRoIPooling", "multi_scale_deformable_attn", "MultiScaleDeformableAttention",
               "ms_deform_attn_grid_sample"])

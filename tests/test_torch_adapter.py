@@ -323,3 +323,79 @@ def test_a_model_with_our_layers_trains():
         losses.append(loss.item())
     assert model["conv"].conv_offset.weight.grad.abs().sum() > 0  # the offsets learn too
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
+
+
+# -- as torch's own operators: half precision, autocast, threads, errors --------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", [operator.name for operator in registry.OPERATORS])
+def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype(name, dtype):
+    """As torchvision's autocast kernels: the half tensors cast to float32, the result cast back to
+    the features' dtype; the gradients reach the half tensors in their dtype."""
+    wrapper, _, differentiable, others = CASES[name]
+    halves = tensors([a.astype(np.float32) for a in differentiable], True)
+    halves = [t.detach().to(dtype).requires_grad_() for t in halves]
+    singles = [t.detach().float().requires_grad_() for t in halves]
+    output = wrapper(*halves, *tensors(others, False))
+    expected = wrapper(*singles, *tensors(others, False))
+    assert output.dtype == dtype
+    assert torch.equal(output, expected.to(dtype))
+    grad = torch.rand(output.shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    output.backward(grad)
+    expected.backward(grad.float())
+    for half, single in zip(halves, singles):
+        assert half.grad.dtype == dtype
+        assert torch.equal(half.grad, single.grad.to(dtype))
+
+
+def test_under_autocast_the_layers_run_on_the_bfloat16_features_of_the_layers_before():
+    torch.manual_seed(0)
+    conv, offsets = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(3, 18, 3, padding=1)
+    deform = nt.DeformConv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 3, 10, 10)
+    rois = torch.tensor([[0, 1, 1, 8, 8], [1, 2, 0, 9, 7]], dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = conv(x)
+        deformed = deform(features, offsets(x))
+        pooled = nt.roi_align(deformed, rois, 3, 1.0, 2, True)
+    assert features.dtype == deformed.dtype == pooled.dtype == torch.bfloat16
+    expected = nt.roi_align(deformed.float(), rois, 3, 1.0, 2, True).to(torch.bfloat16)
+    assert torch.equal(pooled, expected)
+    pooled.float().square().sum().backward()
+    for parameter in (conv.weight, offsets.weight, deform.weight):
+        assert parameter.grad.dtype == torch.float32
+        assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
+
+
+def test_on_the_cpu_our_threads_are_torchs(monkeypatch):
+    """``torch.set_num_threads(1)``: no helper thread; 2: one helper beside the calling thread."""
+    from numba_droi import _backend
+    helpers = []
+    run = _backend._Helpers.run
+    monkeypatch.setattr(_backend._Helpers, "run", lambda self, work, count: (helpers.append(count),
+                                                                              run(self, work, count))[1])
+    x = torch.tensor(FEATURES, requires_grad=True)
+    rois = torch.tensor(np.repeat(ROIS, 4, axis=0))
+    torch_threads, our_threads = torch.get_num_threads(), _backend.get_num_threads()
+    try:
+        for threads, expected in ((1, []), (2, [1, 1])):
+            torch.set_num_threads(threads)
+            helpers.clear()
+            nt.roi_align(x, rois, OUTPUT, 0.5, 2).sum().backward()
+            assert helpers[:2] == expected and set(helpers) <= set(expected)
+    finally:
+        torch.set_num_threads(torch_threads)
+        _backend.set_num_threads(our_threads)
+
+
+def test_bad_arguments_raise_runtime_errors_as_torchs_with_our_messages():
+    x = torch.tensor(FEATURES)
+    for call, kind, message in [
+            (lambda: nt.roi_align(x, torch.zeros(3, 4), 2), ValueError, r"boxes must be a Tensor\[K, 5\]"),
+            (lambda: nt.roi_align(x, torch.tensor([[2.0, 0, 0, 3, 3]]), 2), ValueError, "batch index"),
+            (lambda: nt.roi_align(x.int(), torch.tensor(ROIS), 2), TypeError, "input must be float32"),
+            (lambda: nt.deform_conv2d(x, torch.zeros(2, 5, 8, 9, dtype=torch.float64),
+                                      torch.zeros(4, 8, 3, 3, dtype=torch.float64)), ValueError, "offset")]:
+        with pytest.raises(RuntimeError, match=message) as caught:
+            call()
+        assert isinstance(caught.value, kind)
