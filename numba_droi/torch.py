@@ -1,6 +1,7 @@
-"""PyTorch adapter: our operators as ``torch.autograd.Function`` objects and ``torch.nn.Module`` layers,
-with the names and signatures of torchvision and mmcv. Import it explicitly (``import
-numba_droi.torch``): it needs torch.
+"""PyTorch adapter: our operators as ``torch.library`` custom operators (``torch.ops.numba_droi.<name>``,
+with a fake implementation and an autograd formula: torch.compile, torch.export and fx trace them),
+functions and ``torch.nn.Module`` layers, with the names and signatures of torchvision and mmcv. Import
+it explicitly (``import numba_droi.torch``): it needs torch.
 
 Every operator of ``numba_droi.registry`` is here as a function of its name and, where it has one, a
 layer of its ``module`` name (options at construction, tensors at the call), with the signature of our
@@ -34,13 +35,14 @@ the operator's first array (the features); on the CPU our kernels use ``torch.ge
 threads; a bad argument raises an error that is also a ``RuntimeError`` (``BadArgument``, a
 ``ValueError``, and ``BadArgumentType``, a ``TypeError``), as torch's own checks raise.
 """
+import ast
 import contextlib
 import inspect
 import math
+import numbers
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from . import _backend, ops, registry
@@ -70,17 +72,19 @@ def _rois(boxes):
     """torchvision's boxes as a ``(K, 5)`` tensor: a ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]``
     as it is, or a list of ``(L_i, 4)`` tensors ``[x1, y1, x2, y2]``, one per image, whose rows get
     batch index ``i``."""
+    if isinstance(boxes, torch.fx.Proxy):  # symbolic tracing: a tensor, checked by the operator
+        return boxes
     if isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.size(1) != 5:
-            raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got a tensor of "
-                             f"shape {tuple(boxes.shape)}")
+            raise BadArgument(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got a tensor of "
+                              f"shape {tuple(boxes.shape)}")
         return boxes
     boxes = list(boxes)
     shapes = [tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__ for b in boxes]
     if not boxes or not all(isinstance(b, torch.Tensor) and b.dim() == 2 and b.size(1) == 4
                             for b in boxes):
-        raise ValueError(f"boxes must be a Tensor[K, 5] or a non-empty list of Tensor[L, 4], got a "
-                         f"list of {shapes}")
+        raise BadArgument(f"boxes must be a Tensor[K, 5] or a non-empty list of Tensor[L, 4], got a "
+                          f"list of {shapes}")
     batch = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
     return torch.cat([batch, torch.cat(boxes)], dim=1)
 
@@ -88,13 +92,6 @@ def _rois(boxes):
 # -- as torch's own operators: half precision in float32, torch's threads, RuntimeErrors ---------------
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _in_float32_if_half(tensors):
-    """``(tensors, dtype)``: half-precision tensors cast to float32 (the others as they are), and the
-    dtype to return the result in when the first tensor, the features, is half (else None)."""
-    dtype = tensors[0].dtype if tensors[0] is not None and tensors[0].dtype in HALF_DTYPES else None
-    return [t.float() if t is not None and t.dtype in HALF_DTYPES else t for t in tensors], dtype
 
 
 def _follow_torch_threads(tensor):
@@ -124,37 +121,92 @@ def _torch_errors():
         raise kind(*error.args).with_traceback(error.__traceback__) from None
 
 
-# -- every operator of the registry: an autograd Function, a function and a layer -----------------------
+# -- every operator of the registry: a custom operator, a function and a layer -----------------------
 
-class OperatorFunction(torch.autograd.Function):
-    """Our forward and backward of ``operator`` (a record of ``numba_droi.registry``) on its tensors
-    (``names``: the operator's arrays, in order; None for one left out) and its ``options``."""
+# Each operator is a torch.library custom operator, ``torch.ops.numba_droi.<name>(*arrays, options)``,
+# with its backward, ``torch.ops.numba_droi.<name>_backward(grad_output, *arrays, options, wanted)``
+# (the gradients of the ``wanted`` arrays, comma-separated names): torch.compile, torch.export and fx
+# see them as single operators, given a fake implementation (the output's shape) and the autograd
+# formula. The options travel as the ``repr`` of a dict (a string: a constant for the compilers).
 
-    @staticmethod
-    def forward(ctx, operator, options, names, *tensors):
-        given = {name: tensor for name, tensor in zip(names, tensors)}
-        needs = dict(zip(names, ctx.needs_input_grad[3:]))
-        wanted = tuple(name for name in operator.wanted(given) if needs[name])
-        device_tensor = next(t for t in tensors if t is not None)
-        _follow_torch_threads(device_tensor)
-        with _stream(device_tensor):
-            output, saved = operator.forward_saving(
-                ops, {name: _array(t) for name, t in given.items()}, options, wanted)
-        kept = tuple(name for name in saved if name not in given)  # what the forward kept besides
-        ctx.save_for_backward(*tensors, *(_tensor(saved[name]) for name in kept))
-        ctx.operator, ctx.options, ctx.names, ctx.wanted = operator, options, tuple(names) + kept, wanted
-        return _tensor(output)
+def _given(operator, tensors):
+    return dict(zip(operator.arrays, tensors))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        saved = dict(zip(ctx.names, ctx.saved_tensors))
-        _follow_torch_threads(grad_output)
-        with _stream(grad_output), _torch_errors():
-            grads = ctx.operator.vjp(ops, _array(grad_output), {name: _array(t) for name, t in saved.items()},
-                                     ctx.options, ctx.wanted)
-        arrays = ctx.names[:len(ctx.needs_input_grad) - 3]
-        return (None, None, None) + tuple(_tensor(grads.get(name)) for name in arrays)
+
+def _run(operator, given, compute):
+    """``compute(arrays)`` on our arrays viewing ``given``'s tensors (half ones in float32), on
+    torch's threads and stream, with our errors as torch's."""
+    device_tensor = next(t for t in given.values() if t is not None)
+    _follow_torch_threads(device_tensor)
+    arrays = {name: _array(t.float() if t is not None and t.dtype in HALF_DTYPES else t)
+              for name, t in given.items()}
+    with _stream(device_tensor), _torch_errors():
+        return compute(arrays)
+
+
+def _define(operator):
+    arrays = ", ".join(f"Tensor{'?' if name in operator.optional else ''} {name}" for name in operator.arrays)
+    features = operator.arrays[0]
+
+    def forward(*args):
+        given, options = _given(operator, args[:-1]), ast.literal_eval(args[-1])
+        output = _run(operator, given, lambda a: operator.call(ops, a, options))
+        return _tensor(output).to(given[features].dtype)
+
+    def forward_fake(*args):
+        given, options = _given(operator, args[:-1]), ast.literal_eval(args[-1])
+        shapes = {name: None if t is None else tuple(t.shape) for name, t in given.items()}
+        return given[features].new_empty(operator.output_shape(shapes, options))
+
+    def backward(grad_output, *args):
+        given, options, wanted = _given(operator, args[:-2]), ast.literal_eval(args[-2]), args[-1].split(",")
+        grads = _run(operator, dict(given, grad_output=grad_output), lambda a: operator.vjp(
+            ops, a.pop("grad_output"), a, options, wanted))
+        return [_tensor(grads[name]).to(given[name].dtype) for name in wanted]
+
+    def backward_fake(grad_output, *args):
+        given, wanted = _given(operator, args[:-2]), args[-1].split(",")
+        return [given[name].new_empty(given[name].shape) for name in wanted]
+
+    forward_op = torch.library.custom_op(f"numba_droi::{operator.name}", forward, mutates_args=(),
+                                         schema=f"({arrays}, str options) -> Tensor")
+    forward_op.register_fake(forward_fake)
+    backward_op = torch.library.custom_op(
+        f"numba_droi::{operator.name}_backward", backward, mutates_args=(),
+        schema=f"(Tensor grad_output, {arrays}, str options, str wanted) -> Tensor[]")
+    backward_op.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:-1])
+        ctx.options = inputs[-1]
+
+    def gradients(ctx, grad_output):
+        tensors = ctx.saved_tensors
+        wanted = [name for name, tensor, needed in zip(operator.arrays, tensors, ctx.needs_input_grad)
+                  if needed and name in operator.differentiable and tensor is not None]
+        if not wanted:
+            return (None,) * (len(tensors) + 1)
+        grads = dict(zip(wanted, backward_op(grad_output, *tensors, ctx.options, ",".join(wanted))))
+        return tuple(grads.get(name) for name in operator.arrays) + (None,)
+
+    forward_op.register_autograd(gradients, setup_context=setup_context)
+    return forward_op
+
+
+CUSTOM_OPS = {operator.name: _define(operator) for operator in registry.OPERATORS}
+
+
+def _plain(value):
+    """An option as a plain Python constant, whose ``repr`` ``ast.literal_eval`` reads back."""
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (tuple, list, torch.Size)):
+        return tuple(_plain(v) for v in value)
+    raise BadArgumentType(f"options must be numbers, booleans or tuples of them, got {value!r}")
 
 
 def _signature(operator):
@@ -184,11 +236,8 @@ def _function(operator):
     signature = _signature(operator)
 
     def apply(*args, **kwargs):
-        with _torch_errors():
-            tensors, options = _arguments(operator, signature, args, kwargs)
-            tensors, half = _in_float32_if_half(tensors)
-            output = OperatorFunction.apply(operator, options, operator.arrays, *tensors)
-        return output if half is None else output.to(half)
+        tensors, options = _arguments(operator, signature, args, kwargs)
+        return CUSTOM_OPS[operator.name](*tensors, repr({name: _plain(v) for name, v in options.items()}))
 
     apply.__name__ = apply.__qualname__ = operator.name
     apply.__module__ = __name__

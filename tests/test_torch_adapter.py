@@ -399,3 +399,73 @@ def test_bad_arguments_raise_runtime_errors_as_torchs_with_our_messages():
         with pytest.raises(RuntimeError, match=message) as caught:
             call()
         assert isinstance(caught.value, kind)
+
+
+# -- custom operators: torch.compile, torch.export, fx ---------------------------------------------------
+
+@pytest.mark.parametrize("name", [operator.name for operator in registry.OPERATORS])
+def test_every_operator_is_a_custom_operator_that_passes_opcheck(name):
+    """``torch.ops.numba_droi.<name>``: its schema, fake implementation (shapes under dynamic sizes
+    too) and autograd registration checked by torch's own ``opcheck``."""
+    operator = registry.BY_NAME[name]
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    arrays = [None if example.arrays[n] is None else
+              torch.tensor(example.arrays[n], requires_grad=n in operator.differentiable)
+              for n in operator.arrays]
+    options = repr({key: nt._plain(value) for key, value in operator.with_defaults(example.options).items()})
+    assert getattr(torch.ops.numba_droi, name) is not None
+    torch.library.opcheck(nt.CUSTOM_OPS[name], (*arrays, options))
+
+
+class DetectorHead(torch.nn.Module):
+    """A deformable convolution and RoI Align, the boxes in either of torchvision's forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nt.DeformConv2dPack(3, 4, 3, padding=1)
+        self.pool = nt.RoIAlign(3, 1.0, 2, aligned=True)
+
+    def forward(self, x, boxes):
+        return self.pool(torch.relu(self.conv(x)), boxes).square().sum()
+
+
+def head_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    boxes = [torch.tensor([[1.0, 1, 8, 8]]), torch.tensor([[2.0, 0, 9, 7], [0.5, 3, 6, 9]])]
+    return DetectorHead(), x, boxes
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("box_format", ["tensor", "list"])
+def test_torch_compile_with_fullgraph_gives_eagers_numbers(backend, box_format):
+    head, x, boxes = head_inputs()
+    boxes = nt._rois(boxes) if box_format == "tensor" else boxes
+    expected = head(x, boxes)
+    expected_grads = torch.autograd.grad(expected, [x, head.conv.weight, head.conv.conv_offset.weight])
+    torch._dynamo.reset()
+    compiled = torch.compile(head, fullgraph=True, backend=backend)
+    output = compiled(x, boxes)
+    grads = torch.autograd.grad(output, [x, head.conv.weight, head.conv.conv_offset.weight])
+    torch.testing.assert_close(output, expected, rtol=1e-6, atol=1e-6)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_export_gives_a_program_that_runs():
+    head, x, boxes = head_inputs()
+    rois = nt._rois(boxes)
+    program = torch.export.export(head, (x.detach(), rois))
+    names = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"numba_droi.deform_conv2d.default", "numba_droi.roi_align.default"} <= names
+    assert torch.equal(program.module()(x.detach(), rois), head(x.detach(), rois))
+
+
+def test_fx_symbolic_trace_of_a_module_and_of_a_function():
+    head, x, boxes = head_inputs()
+    rois = nt._rois(boxes)
+    traced = torch.fx.symbolic_trace(head)
+    assert torch.equal(traced(x, rois), head(x, rois))
+    function = torch.fx.symbolic_trace(lambda x, rois: nt.ps_roi_align(x, rois, 2, 0.5, 2))
+    features = torch.rand(2, 8, 6, 7)
+    assert torch.equal(function(features, rois), nt.ps_roi_align(features, rois, 2, 0.5, 2))

@@ -85,11 +85,12 @@ def pair(value, name, minimum=1):
             pair_ = tuple(value)
         except TypeError:
             pair_ = ()
-    if len(pair_) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    # Integers are what has __index__: ints, NumPy's, and the symbolic sizes of torch's compilers.
+    if len(pair_) != 2 or not all(hasattr(type(v), "__index__") and not isinstance(v, (bool, np.bool_))
                                   and v >= minimum for v in pair_):
         kind = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be a {kind} int or a pair of {kind} ints, got {value!r}")
-    return int(pair_[0]), int(pair_[1])
+    return operator.index(pair_[0]), operator.index(pair_[1])
 
 
 def finite_real(value, name):
