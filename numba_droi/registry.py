@@ -78,6 +78,7 @@ class Operator:
     offsets: tuple = ()          # arrays that move the samples (the adversarial tests fill them with
                                  # NaN, inf and huge values)
     saving: Optional[Callable] = None
+    kept: tuple = ()             # (name, dtype) of what saving keeps: arrays of the output's shape
 
     @property
     def options(self):
@@ -260,7 +261,8 @@ def _roi_pool_gradients(functions, grad_output, arrays, options, wanted):
 ROI_POOL = Operator(
     name="roi_pool", forward=ops.roi_pool, backward=ops.roi_pool_backward,
     arrays=("input", "rois"), differentiable=("input",),
-    gradients=_roi_pool_gradients, saving=_roi_pool_saving, output_shape=_pooled_shape,
+    gradients=_roi_pool_gradients, saving=_roi_pool_saving, kept=(("argmax", np.int32),),
+    output_shape=_pooled_shape,
     kernels=roi_pool_kernels.KERNELS, reference="reference.roi_pool",
     example=_roi_pool_example, choices=dict(output_size=_PAIRS),
     benchmark=_torchvision_benchmark("roi_pool", dict(output_size=7, spatial_scale=1 / 16)),

@@ -41,6 +41,7 @@ import inspect
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -145,48 +146,59 @@ def _run(operator, given, compute):
 
 
 def _define(operator):
+    """The custom operator of ``operator``. Where its forward keeps arrays for the backward (roi_pool's
+    argmax), the custom operator returns them too, ``(output, [kept, ...])``, and its backward
+    takes them."""
     arrays = ", ".join(f"Tensor{'?' if name in operator.optional else ''} {name}" for name in operator.arrays)
     features = operator.arrays[0]
+    kept = [name for name, _ in operator.kept]
 
     def forward(*args):
         given, options = _given(operator, args[:-1]), ast.literal_eval(args[-1])
-        output = _run(operator, given, lambda a: operator.call(ops, a, options))
-        return _tensor(output).to(given[features].dtype)
+        output, saved = _run(operator, given, lambda a: operator.forward_saving(
+            ops, a, options, operator.differentiable if kept else ()))
+        output = _tensor(output).to(given[features].dtype)
+        return (output, [_tensor(saved[name]) for name in kept]) if kept else output
 
     def forward_fake(*args):
         given, options = _given(operator, args[:-1]), ast.literal_eval(args[-1])
         shapes = {name: None if t is None else tuple(t.shape) for name, t in given.items()}
-        return given[features].new_empty(operator.output_shape(shapes, options))
+        output = given[features].new_empty(operator.output_shape(shapes, options))
+        return (output, [output.new_empty(output.shape, dtype=getattr(torch, np.dtype(dtype).name))
+                         for _, dtype in operator.kept]) if kept else output
 
     def backward(grad_output, *args):
-        given, options, wanted = _given(operator, args[:-2]), ast.literal_eval(args[-2]), args[-1].split(",")
-        grads = _run(operator, dict(given, grad_output=grad_output), lambda a: operator.vjp(
-            ops, a.pop("grad_output"), a, options, wanted))
+        given, kept_tensors = _given(operator, args[:-3]), args[-3]
+        options, wanted = ast.literal_eval(args[-2]), args[-1].split(",")
+        grads = _run(operator, dict(given, grad_output=grad_output, **dict(zip(kept, kept_tensors))),
+                     lambda a: operator.vjp(ops, a.pop("grad_output"), a, options, wanted))
         return [_tensor(grads[name]).to(given[name].dtype) for name in wanted]
 
     def backward_fake(grad_output, *args):
-        given, wanted = _given(operator, args[:-2]), args[-1].split(",")
+        given, wanted = _given(operator, args[:-3]), args[-1].split(",")
         return [given[name].new_empty(given[name].shape) for name in wanted]
 
-    forward_op = torch.library.custom_op(f"numba_droi::{operator.name}", forward, mutates_args=(),
-                                         schema=f"({arrays}, str options) -> Tensor")
+    forward_op = torch.library.custom_op(
+        f"numba_droi::{operator.name}", forward, mutates_args=(),
+        schema=f"({arrays}, str options) -> {'(Tensor, Tensor[])' if kept else 'Tensor'}")
     forward_op.register_fake(forward_fake)
     backward_op = torch.library.custom_op(
         f"numba_droi::{operator.name}_backward", backward, mutates_args=(),
-        schema=f"(Tensor grad_output, {arrays}, str options, str wanted) -> Tensor[]")
+        schema=f"(Tensor grad_output, {arrays}, Tensor[] kept, str options, str wanted) -> Tensor[]")
     backward_op.register_fake(backward_fake)
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:-1])
+        ctx.save_for_backward(*inputs[:-1], *(output[1] if kept else ()))
         ctx.options = inputs[-1]
 
-    def gradients(ctx, grad_output):
-        tensors = ctx.saved_tensors
+    def gradients(ctx, grad_output, *_):  # nothing comes back to the kept arrays
+        tensors = ctx.saved_tensors[:len(operator.arrays)]
         wanted = [name for name, tensor, needed in zip(operator.arrays, tensors, ctx.needs_input_grad)
                   if needed and name in operator.differentiable and tensor is not None]
         if not wanted:
             return (None,) * (len(tensors) + 1)
-        grads = dict(zip(wanted, backward_op(grad_output, *tensors, ctx.options, ",".join(wanted))))
+        grads = dict(zip(wanted, backward_op(grad_output, *tensors, list(ctx.saved_tensors[len(tensors):]),
+                                             ctx.options, ",".join(wanted))))
         return tuple(grads.get(name) for name in operator.arrays) + (None,)
 
     forward_op.register_autograd(gradients, setup_context=setup_context)
@@ -237,7 +249,8 @@ def _function(operator):
 
     def apply(*args, **kwargs):
         tensors, options = _arguments(operator, signature, args, kwargs)
-        return CUSTOM_OPS[operator.name](*tensors, repr({name: _plain(v) for name, v in options.items()}))
+        output = CUSTOM_OPS[operator.name](*tensors, repr({name: _plain(v) for name, v in options.items()}))
+        return output[0] if operator.kept else output
 
     apply.__name__ = apply.__qualname__ = operator.name
     apply.__module__ = __name__

@@ -469,3 +469,19 @@ def test_fx_symbolic_trace_of_a_module_and_of_a_function():
     function = torch.fx.symbolic_trace(lambda x, rois: nt.ps_roi_align(x, rois, 2, 0.5, 2))
     features = torch.rand(2, 8, 6, 7)
     assert torch.equal(function(features, rois), nt.ps_roi_align(features, rois, 2, 0.5, 2))
+
+
+def test_roi_pools_backward_uses_the_argmax_its_forward_kept(monkeypatch):
+    calls = []
+    with_argmax = ops.roi_pool_with_argmax
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return with_argmax(*args, **kwargs)
+    monkeypatch.setattr(ops, "roi_pool_with_argmax", counted)
+    x = torch.tensor(FEATURES, requires_grad=True)
+    nt.roi_pool(x, torch.tensor(ROIS), OUTPUT, 0.5).sum().backward()
+    assert len(calls) == 1
+    expected = ops.roi_pool_backward(np.ones((3, 8, OUTPUT, OUTPUT)), ROIS,
+                                     ops.roi_pool_with_argmax(FEATURES, ROIS, OUTPUT, 0.5)[1], FEATURES.shape)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
