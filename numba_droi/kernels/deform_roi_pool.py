@@ -27,7 +27,7 @@ import numpy as np
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
-from .roi_align import (channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
+from .roi_align import (channel_block, channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
                         roi_align_bin_backward_channels_from_tables, roi_align_bin_channels_from_tables,
                         roi_align_box, roi_align_sample, unravel_output_index)
 
@@ -172,15 +172,6 @@ def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampli
 
 
 @jitable
-def channel_block(channels):
-    """Channels per parallel iteration of the cpu input gradient, which computes each box's samples
-    once for its block and adds into a channels-last gradient for all the block's channels at once:
-    about an eighth of the channels (a wide block shares each sample's table reads among more
-    channels; eight blocks keep a few threads busy), from 16 to 64, a multiple of 8. The values do not
-    depend on it: every element's sum has the same order."""
-    return min(64, max(16, channels // 8 // 8 * 8))
-
-
 def deform_roi_pool_forward_cpu(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
                                 output):
     # Per box, the samples are tabulated once, and each bin is computed for all channels at once from

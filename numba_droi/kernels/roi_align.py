@@ -9,7 +9,8 @@
 * The cpu fast path: ``*_cpu`` drivers (Python functions that run compiled loops on the cpu threads,
   ``_backend.parallel_for``) and the helpers above them, which compute the body's values by another
   schedule: every box's separable sampling grid tabulated once, the forward box by box over a
-  channels-last copy of the features, the backward channel by channel.
+  channels-last copy of the features, the backward by blocks of channels into a channels-last
+  gradient.
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
@@ -353,25 +354,46 @@ def _roi_align_forward_boxes(start, stop, pixels, rois, layout, corners, weights
                     output[k, c, ph, pw] = total[c]
 
 
+def channel_block(channels):
+    """Channels per parallel iteration of a cpu input gradient that adds into a channels-last
+    gradient for all of a block's channels at once, reading each box's samples once per block:
+    about an eighth of the channels (a wide block shares each sample's table reads among more
+    channels; eight blocks keep a few threads busy), from 16 to 64, a multiple of 8. The values do not
+    depend on it: every element's sum has the same order."""
+    return min(64, max(16, channels // 8 // 8 * 8))
+
+
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
+    # As the forward, each bin for a block of channels at once, into a channels-last gradient: a
+    # parallel iteration per block of channels, which own disjoint elements of it.
     tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned, *grad_output.shape[2:])
-    parallel_for(_roi_align_backward_channels, grad_output.shape[1], grad_output, rois, *tables,
-                 grad_input)
+    channels = grad_output.shape[1]
+    grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
+                           grad_input.dtype)
+    width = channel_block(channels)
+    parallel_for(_roi_align_backward_blocks, (channels + width - 1) // width, width, grad_output, rois,
+                 *tables, grad_pixels)
+    channels_first(grad_pixels, grad_input)
 
 
 @cpu_function
-def _roi_align_backward_channels(start, stop, grad_output, rois, layout, corners, weights, grad_input):
+def _roi_align_backward_blocks(start, stop, width, grad_output, rois, layout, corners, weights,
+                               grad_pixels):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
-    grad_planes = grad_input.reshape((-1, grad_input.shape[2] * grad_input.shape[3]))
-    for c in range(start, stop):
+    for block in range(start, stop):
+        first = block * width
+        last = min(first + width, channels)
+        grads = np.empty(width, grad_pixels.dtype)
         for k in range(boxes):
-            grad_plane = grad_planes[int(rois[k, 0]) * channels + c]
-            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+            grad_image = grad_pixels[int(rois[k, 0]), 0]
+            rows, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    roi_align_bin_backward_from_tables(
-                        grad_output[k, c, ph, pw], grad_plane, first + ph * grid_h,
-                        first + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
+                    for c in range(first, last):
+                        grads[c - first] = grad_output[k, c, ph, pw]
+                    roi_align_bin_backward_channels_from_tables(
+                        grads, grad_image, first, last, rows + ph * grid_h,
+                        rows + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
 
 
 KERNELS = {
