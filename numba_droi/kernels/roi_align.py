@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
-                        thread_start, thread_stride)
+from .._backend import (cpu_function, cuda_kernel, get_num_threads, jitable, jitable_inlined_on_cpu,
+                        parallel_for, thread_start, thread_stride)
 from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
                        b1_scatter, b1_scatter_rows, b1_scatter_rows_channels, b1_value, b1_weights)
 
@@ -356,11 +356,11 @@ def _roi_align_forward_boxes(start, stop, pixels, rois, layout, corners, weights
 
 def channel_block(channels):
     """Channels per parallel iteration of a cpu input gradient that adds into a channels-last
-    gradient for all of a block's channels at once, reading each box's samples once per block:
-    about an eighth of the channels (a wide block shares each sample's table reads among more
-    channels; eight blocks keep a few threads busy), from 16 to 64, a multiple of 8. The values do not
-    depend on it: every element's sum has the same order."""
-    return min(64, max(16, channels // 8 // 8 * 8))
+    gradient for all of a block's channels at once, reading each box's samples once per block: two
+    blocks per thread (a wide block shares each sample's table reads among more channels), from 16 to
+    64 channels, a multiple of 8. The values do not depend on it: every element's sum has the same
+    order."""
+    return min(64, max(16, channels // (2 * get_num_threads()) // 8 * 8))
 
 
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
