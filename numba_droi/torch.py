@@ -125,8 +125,9 @@ def _torch_errors():
 # -- every operator of the registry: a custom operator, a function and a layer -----------------------
 
 # Each operator is a torch.library custom operator, ``torch.ops.numba_droi.<name>(*arrays, options)``,
-# with its backward, ``torch.ops.numba_droi.<name>_backward(grad_output, *arrays, options, wanted)``
-# (the gradients of the ``wanted`` arrays, comma-separated names): torch.compile, torch.export and fx
+# with its backward, ``torch.ops.numba_droi.<name>_backward(grad_output, *arrays, kept, options,
+# wanted)`` (the gradients of the ``wanted`` arrays, comma-separated names; ``kept``: what the forward
+# kept for it, see ``_define``): torch.compile, torch.export and fx
 # see them as single operators, given a fake implementation (the output's shape) and the autograd
 # formula. The options travel as the ``repr`` of a dict (a string: a constant for the compilers).
 
