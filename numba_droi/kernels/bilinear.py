@@ -147,6 +147,15 @@ def b1_scatter_rows_channels(grad_pixels, first, last, grads, row_low, row_high,
         g_hh[c] += grad * w_hh
 
 
+@jitable_inlined_on_cpu(by_numba=True)
+def b1_scatter_pixel_channels(grad_pixels, first, last, grads, pixel, weight):
+    """``grads[c - first] * weight`` added to channel ``c`` of pixel ``pixel`` of a channels-last
+    gradient, for every ``first <= c < last``; cpu only."""
+    row = grad_pixels[pixel]
+    for c in range(first, last):
+        row[c] += grads[c - first] * weight
+
+
 @jitable
 def b1_coordinate_gradient(features, n, c, y, x):
     """Derivatives ``(d value/dy, d value/dx)`` of ``b1_value``; 0 where B1 clamps the coordinate."""

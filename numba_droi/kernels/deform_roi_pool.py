@@ -29,7 +29,7 @@ from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, 
                        b1_value)
 from .roi_align import (channel_block, channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
                         roi_align_bin_backward_channels_from_tables, roi_align_bin_channels_from_tables,
-                        roi_align_box, roi_align_sample, unravel_output_index)
+                        merged_axis_scratch, roi_align_box, roi_align_sample, unravel_output_index)
 
 
 # -- body: one output element and its gradient, from the definition --------------------------------
@@ -217,6 +217,7 @@ def _deform_roi_pool_backward_blocks(start, stop, width, grad_output, rois, offs
         first = block * width
         last = min(first + width, channels)
         grads = np.empty(width, grad_input.dtype)
+        offsets, sums = merged_axis_scratch(grad_input.dtype)
         for k in range(boxes):
             n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
                 grad_input, rois, offset, k, spatial_scale, sampling_ratio, gamma)
@@ -228,7 +229,7 @@ def _deform_roi_pool_backward_blocks(start, stop, width, grad_output, rois, offs
                     rows = (ph * pooled_w + pw) * (grid_h + grid_w)
                     roi_align_bin_backward_channels_from_tables(grads, grad_image, first, last, rows,
                                                                 rows + grid_h, grid_h, grid_w, corners,
-                                                                weights)
+                                                                weights, offsets, sums)
 
 
 def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,

@@ -26,7 +26,7 @@ import numpy as np
 from .._backend import (cpu_function, cuda_kernel, get_num_threads, jitable, jitable_inlined_on_cpu,
                         parallel_for, thread_start, thread_stride)
 from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
-                       b1_scatter, b1_scatter_rows, b1_scatter_rows_channels, b1_value, b1_weights)
+                       b1_scatter, b1_scatter_pixel_channels, b1_scatter_rows, b1_value, b1_weights)
 
 # The most samples per bin side. The adaptive grid ``ceil(bin size)`` is capped at it and an explicit
 # sampling_ratio above it is refused (ops level), so that an absurdly large finite box (coordinates of
@@ -302,23 +302,54 @@ def roi_align_bin_backward_from_tables(grad, grad_plane, rows, columns, grid_h, 
                                 weights[s, 1], grad)
 
 
+@jitable
+def merged_axis_scratch(dtype):
+    """Scratch ``(offsets, sums)`` for ``merged_axis``: a row each for a bin's rows and columns, of
+    the most distinct corners a bin side can have."""
+    return (np.empty((2, 2 * MAX_SAMPLING_RATIO + 2), np.uint32),
+            np.empty((2, 2 * MAX_SAMPLING_RATIO + 2), dtype))
+
+
+@jitable_inlined_on_cpu
+def merged_axis(corners, weights, start, count, offsets, sums):
+    """The distinct corners of tabulated rows (or columns) ``start .. start + count - 1`` that lie in
+    the map, each with the sum of its weights: ``offsets[:n]``, ``sums[:n]``; returns ``n``. The rows
+    come in increasing order, so a repeated corner is one of the last two kept (were it not, it would
+    only be kept twice: the sums stay right)."""
+    n = 0
+    for r in range(start, start + count):
+        if not b1_axis_inside(weights, r):
+            continue
+        for side in range(2):
+            offset, weight = corners[r, side], weights[r, side]
+            if n > 0 and offsets[n - 1] == offset:
+                sums[n - 1] += weight
+            elif n > 1 and offsets[n - 2] == offset:
+                sums[n - 2] += weight
+            else:
+                offsets[n] = offset
+                sums[n] = weight
+                n += 1
+    return n
+
+
 @jitable_inlined_on_cpu
 def roi_align_bin_backward_channels_from_tables(grads, grad_pixels, first, last, rows, columns, grid_h,
-                                                grid_w, corners, weights):
+                                                grid_w, corners, weights, offsets, sums):
     """``roi_align_bin_backward_from_tables(grads[c - first], plane of channel c, ...)`` for every
-    ``first <= c < last`` of a channels-last gradient ``grad_pixels``, in the same order; ``grads``
-    is scaled in place."""
+    ``first <= c < last`` of a channels-last gradient ``grad_pixels``, to rounding: the samples'
+    weights are first summed per distinct pixel (a bin's samples share most of their corners), so
+    that each pixel's channels are added to once. ``grads`` is scaled in place; ``offsets`` and
+    ``sums`` come from ``merged_axis_scratch``."""
     count = grads.dtype.type(max(grid_h * grid_w, 1))
     for c in range(first, last):
         grads[c - first] /= count
-    for r in range(rows, rows + grid_h):
-        if not b1_axis_inside(weights, r):
-            continue
-        for s in range(columns, columns + grid_w):
-            if b1_axis_inside(weights, s):
-                b1_scatter_rows_channels(grad_pixels, first, last, grads, corners[r, 0], corners[r, 1],
-                                         weights[r, 0], weights[r, 1], corners[s, 0], corners[s, 1],
-                                         weights[s, 0], weights[s, 1])
+    rows_kept = merged_axis(corners, weights, rows, grid_h, offsets[0], sums[0])
+    columns_kept = merged_axis(corners, weights, columns, grid_w, offsets[1], sums[1])
+    for i in range(rows_kept):
+        for j in range(columns_kept):
+            b1_scatter_pixel_channels(grad_pixels, first, last, grads, offsets[0, i] + offsets[1, j],
+                                      sums[0, i] * sums[1, j])
 
 
 @cpu_function
@@ -384,6 +415,7 @@ def _roi_align_backward_blocks(start, stop, width, grad_output, rois, layout, co
         first = block * width
         last = min(first + width, channels)
         grads = np.empty(width, grad_pixels.dtype)
+        offsets, sums = merged_axis_scratch(grad_pixels.dtype)
         for k in range(boxes):
             grad_image = grad_pixels[int(rois[k, 0]), 0]
             rows, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
@@ -393,7 +425,8 @@ def _roi_align_backward_blocks(start, stop, width, grad_output, rois, layout, co
                         grads[c - first] = grad_output[k, c, ph, pw]
                     roi_align_bin_backward_channels_from_tables(
                         grads, grad_image, first, last, rows + ph * grid_h,
-                        rows + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights)
+                        rows + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights, offsets,
+                        sums)
 
 
 KERNELS = {
