@@ -244,7 +244,7 @@ CPU_FUNCTIONS = {}
 
 def _cached(decorator, fn):
     """``decorator(cache=True)(fn)``, compiling to an on-disk cache that recovers from damaged files
-    (``_RecoveringCache``); without one (a warning, once) where Numba finds no writable cache
+    (``_recovering``); without one (a warning, once) where Numba finds no writable cache
     directory (a read-only install without a writable home or NUMBA_CACHE_DIR), so that the package
     still imports and runs."""
     try:
