@@ -296,15 +296,22 @@ def b2_scatter_corner(grad_features, n, c, y, x, value, atomic=True):
 def b2_scatter(grad_features, n, c, y, x, grad, atomic=True):
     """The adjoint of ``b2_value``: add ``grad`` times the B2 corner weights of ``(y, x)`` into
     ``grad_features[n, c]``."""
-    f = grad_features.dtype.type
     inside, y_low, x_low, ly, lx = b2_cell(grad_features, y, x)
     if inside:
-        hy = f(1) - ly
-        hx = f(1) - lx
-        b2_scatter_corner(grad_features, n, c, y_low, x_low, hy * hx * grad, atomic)
-        b2_scatter_corner(grad_features, n, c, y_low, x_low + 1, hy * lx * grad, atomic)
-        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low, ly * hx * grad, atomic)
-        b2_scatter_corner(grad_features, n, c, y_low + 1, x_low + 1, ly * lx * grad, atomic)
+        b2_scatter_cell(grad_features, n, c, y_low, x_low, ly, lx, grad, atomic)
+
+
+@jitable_inlined_on_cpu
+def b2_scatter_cell(grad_features, n, c, y_low, x_low, ly, lx, grad, atomic=True):
+    """``b2_scatter`` in the cell of ``b2_cell``: ``grad`` times its corner weights, into the corners
+    that lie in the map."""
+    f = grad_features.dtype.type
+    hy = f(1) - ly
+    hx = f(1) - lx
+    b2_scatter_corner(grad_features, n, c, y_low, x_low, hy * hx * grad, atomic)
+    b2_scatter_corner(grad_features, n, c, y_low, x_low + 1, hy * lx * grad, atomic)
+    b2_scatter_corner(grad_features, n, c, y_low + 1, x_low, ly * hx * grad, atomic)
+    b2_scatter_corner(grad_features, n, c, y_low + 1, x_low + 1, ly * lx * grad, atomic)
 
 
 # -- B3: the MXNet deformable position-sensitive rule (deform_psroi_pool) --------------------------

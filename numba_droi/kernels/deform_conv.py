@@ -29,7 +29,8 @@ import numpy as np
 
 from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
                         thread_start, thread_stride)
-from .bilinear import b2_cell, b2_coordinate_gradient, b2_interpolate, b2_scatter, b2_value
+from .bilinear import (b2_cell, b2_combine, b2_coordinate_gradient, b2_corner, b2_gradient_of_corners,
+                       b2_interpolate, b2_scatter, b2_scatter_cell, b2_value)
 from .roi_align import unravel_output_index
 
 
@@ -202,34 +203,51 @@ def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
                  dilation_w, use_offset, use_mask, columns)
 
 
+@jitable
+def deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                       fractions):
+    """The B2 cell of tap ``tap`` of offset group ``g`` at every output pixel of image ``b``:
+    ``corners[oy, ox] = (y_low, x_low)`` and ``fractions[oy, ox] = (ly, lx, modulation)``; a sample
+    outside the map gets the cell at ``(-2, -2)``, all of whose corners are outside (its value 0, its
+    gradient 0, nothing scattered)."""
+    f = input.dtype.type
+    for oy in range(corners.shape[0]):
+        for ox in range(corners.shape[1]):
+            y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry, use_offset,
+                                             use_mask)
+            inside, y_low, x_low, ly, lx = b2_cell(input, y, x)
+            if not inside:
+                y_low, x_low, ly, lx = -2, -2, f(0), f(0)
+            corners[oy, ox, 0] = y_low
+            corners[oy, ox, 1] = x_low
+            fractions[oy, ox, 0] = ly
+            fractions[oy, ox, 1] = lx
+            fractions[oy, ox, 2] = modulation
+
+
+@jitable
+def plane_of(plane, group_taps, taps):
+    """``(b, g, tap)`` of an (image, offset group, tap) plane numbered ``(b * G + g) * taps + tap``."""
+    b = plane // group_taps
+    group_tap = plane - b * group_taps
+    g = group_tap // taps
+    return b, g, group_tap - g * taps
+
+
 @cpu_function
 def _deform_im2col_planes(start, stop, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
                           pad_w, dilation_h, dilation_w, use_offset, use_mask, columns):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
-    f = input.dtype.type
     taps = kernel_h * kernel_w
     out_h, out_w = columns.shape[2], columns.shape[3]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
     for plane in range(start, stop):
-        b = plane // group_taps
-        group_tap = plane - b * group_taps
-        g = group_tap // taps
-        tap = group_tap - g * taps
-        corners = np.empty((out_h, out_w, 2), np.int64)
-        fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
-        for oy in range(out_h):
-            for ox in range(out_w):
-                y, x, modulation = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
-                                                 use_offset, use_mask)
-                inside, y_low, x_low, ly, lx = b2_cell(input, y, x)
-                if not inside:  # a cell whose corners are all outside the map: the value is 0
-                    y_low, x_low, ly, lx = -2, -2, f(0), f(0)
-                corners[oy, ox, 0] = y_low
-                corners[oy, ox, 1] = x_low
-                fractions[oy, ox, 0] = ly
-                fractions[oy, ox, 1] = lx
-                fractions[oy, ox, 2] = modulation
+        b, g, tap = plane_of(plane, group_taps, taps)
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                           fractions)
         for c in range(g * per_group, (g + 1) * per_group):
             row = c * taps + tap
             for oy in range(out_h):
@@ -242,40 +260,56 @@ def _deform_im2col_planes(start, stop, input, offset, mask, kernel_h, kernel_w, 
 def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
                                grad_input):
-    # Each iteration owns the plane grad_input[b, c]: only the rows of channel c scatter into it.
+    # The cells of every (image, offset group, tap) first, then an iteration per plane
+    # grad_input[b, c], which it owns: only the rows of channel c scatter into it.
+    taps = kernel_h * kernel_w
+    planes = grad_input.shape[0] * offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    corners = np.empty((planes,) + grad_columns.shape[2:] + (2,), np.int64)
+    fractions = np.empty((planes,) + grad_columns.shape[2:] + (3,), grad_input.dtype)
+    parallel_for(_deform_cells_planes, planes, grad_input, offset, mask, kernel_h, kernel_w, stride_h,
+                 stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, corners, fractions)
     parallel_for(_deform_im2col_backward_planes, grad_input.shape[0] * grad_input.shape[1], grad_columns,
-                 offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                 use_offset, use_mask, grad_input)
+                 taps, corners, fractions, grad_input)
 
 
 @cpu_function
-def _deform_im2col_backward_planes(start, stop, grad_columns, offset, mask, kernel_h, kernel_w, stride_h,
-                                   stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
-                                   grad_input):
+def _deform_cells_planes(start, stop, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                         pad_w, dilation_h, dilation_w, use_offset, use_mask, corners, fractions):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
+    group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    for plane in range(start, stop):
+        b, g, tap = plane_of(plane, group_taps, taps)
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners[plane],
+                           fractions[plane])
+
+
+@cpu_function
+def _deform_im2col_backward_planes(start, stop, grad_columns, taps, corners, fractions, grad_input):
     channels = grad_input.shape[1]
+    groups = corners.shape[0] // (grad_input.shape[0] * taps)
+    per_group = channels // groups
     out_h, out_w = grad_columns.shape[2], grad_columns.shape[3]
-    per_group = channels // offset_groups(offset, mask, taps, use_offset, use_mask)
     for plane in range(start, stop):
         b = plane // channels
         c = plane - b * channels
         g = c // per_group
         for tap in range(taps):
+            cells = (b * groups + g) * taps + tap
             for oy in range(out_h):
                 for ox in range(out_w):
-                    y, x, modulation = deform_sample(grad_input, offset, mask, b, g, tap, oy, ox,
-                                                     geometry, use_offset, use_mask)
-                    grad = modulation * grad_columns[b, c * taps + tap, oy, ox]
-                    b2_scatter(grad_input, b, c, y, x, grad)
+                    grad = fractions[cells, oy, ox, 2] * grad_columns[b, c * taps + tap, oy, ox]
+                    b2_scatter_cell(grad_input, b, c, corners[cells, oy, ox, 0], corners[cells, oy, ox, 1],
+                                    fractions[cells, oy, ox, 0], fractions[cells, oy, ox, 1], grad)
 
 
 def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w,
                                           stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                           use_offset, use_mask, grad_offset, grad_mask):
     # Each iteration owns one (image, group, tap): its two offset planes and its mask plane, which
-    # must be zero-filled. It sums over the group's channels in the order of
-    # deform_coordinate_gradient, plane by plane (contiguous reads), then applies the mask.
+    # must be zero-filled. It computes the plane's cells once, then sums over the group's channels in
+    # the order of deform_coordinate_gradient, plane by plane (contiguous reads), then applies the
+    # mask.
     images, group_taps, _, _ = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
     parallel_for(_deform_im2col_coordinate_gradient_planes, images * group_taps, grad_columns, input,
                  offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
@@ -290,23 +324,29 @@ def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, 
     taps = kernel_h * kernel_w
     _, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
     per_group = input.shape[1] // (group_taps // taps)
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)
     for plane in range(start, stop):
-        b = plane // group_taps
-        group_tap = plane - b * group_taps
-        g = group_tap // taps
-        tap = group_tap - g * taps
+        b, g, tap = plane_of(plane, group_taps, taps)
+        group_tap = g * taps + tap
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                           fractions)
         for c in range(g * per_group, (g + 1) * per_group):
             for oy in range(out_h):
                 for ox in range(out_w):
-                    y, x, _ = deform_sample(input, offset, mask, b, g, tap, oy, ox, geometry,
-                                            use_offset, use_mask)
                     grad = grad_columns[b, c * taps + tap, oy, ox]
+                    y_low, x_low = corners[oy, ox, 0], corners[oy, ox, 1]
+                    v_ll = b2_corner(input, b, c, y_low, x_low)
+                    v_lh = b2_corner(input, b, c, y_low, x_low + 1)
+                    v_hl = b2_corner(input, b, c, y_low + 1, x_low)
+                    v_hh = b2_corner(input, b, c, y_low + 1, x_low + 1)
+                    ly, lx = fractions[oy, ox, 0], fractions[oy, ox, 1]
                     if use_offset:
-                        dy, dx = b2_coordinate_gradient(input, b, c, y, x)
+                        dy, dx = b2_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, ly, lx)
                         grad_offset[b, 2 * group_tap, oy, ox] += grad * dy
                         grad_offset[b, 2 * group_tap + 1, oy, ox] += grad * dx
                     if use_mask:
-                        grad_mask[b, group_tap, oy, ox] += grad * b2_value(input, b, c, y, x)
+                        grad_mask[b, group_tap, oy, ox] += grad * b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
         if use_offset and use_mask:
             for oy in range(out_h):
                 for ox in range(out_w):
