@@ -15,7 +15,8 @@ group. A grouped matrix product with the weight turns it into the convolution's 
   a thread per ``(b, group, tap, oy, ox)`` writing only its own elements (no atomics).
 * The cpu fast path: ``*_cpu`` drivers with the same loops ordered by planes: each parallel iteration
   owns one contiguous plane of the array it writes, with the per-plane indices taken out of the pixel
-  loops.
+  loops, and the B2 cells of an (image, offset group, tap) plane computed once for all the group's
+  channels (``deform_plane_cells``; for the input gradient, a table of every plane's cells first).
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.

@@ -276,7 +276,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     ``(-1, H) x (-1, W)``, where the forward is 0. torchvision's coordinate weight lacks that test and
     gives a non-zero value at ``y = -1`` or ``x = -1`` exactly (pytorch/vision#6885).
 
-    Memory: the column buffer of ``deform_conv2d`` (reused for the column gradient).
+    Memory: the column buffer of ``deform_conv2d`` (reused for the column gradient); on the cpu, for
+    the input gradient, a table of the sample cells, ``chunk * offset_groups * kh * kw * Ho * Wo``
+    times two int64 and three floats (a ninth of the column buffer at 64 channels in float32).
     """
     input, offset, weight, _, mask, groups, offset_groups, geometry = _arguments(
         input, offset, weight, None, stride, padding, dilation, mask)
