@@ -24,11 +24,14 @@ The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-output)``, ``(grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-grad_value)`` and ``(value, grad_output, spatial_shapes, level_start_index, sampling_locations,
-attention_weights, grad_locations, grad_weights)``; ``output`` and ``grad_output`` are ``(N, Lq, M,
-D)``, ``spatial_shapes`` and ``level_start_index`` int64, ``grad_value`` zero-filled; the other
-gradients are written whole.
+normalised, output)``, ``(grad_output, spatial_shapes, level_start_index, sampling_locations,
+attention_weights, normalised, grad_value)`` and ``(value, grad_output, spatial_shapes,
+level_start_index, sampling_locations, attention_weights, normalised, grad_locations, grad_weights)``;
+``output`` and ``grad_output`` are ``(N, Lq, M, D)``, ``spatial_shapes`` and ``level_start_index``
+int64, ``grad_value`` zero-filled; the other gradients are written whole. ``normalised`` (a bool):
+the locations are normalised as above (ms_deform_attn), or else in pixels, ``(x, y)`` sampled as
+they are (dcnv3 and dcnv4, one level whose rows are the input's pixels), their gradients without the
+factors ``W_l``, ``H_l``.
 """
 import numpy as np
 
@@ -46,14 +49,18 @@ from .roi_align import unravel_output_index
 # registers in a cuda thread.
 
 @jitable_inlined_on_cpu
-def msda_sample(spatial_shapes, locations, level, p):
+def msda_sample(spatial_shapes, locations, level, p, normalised):
     """Where point ``p`` of level ``level`` samples: ``(inside, y_low, x_low, ly, lx, height,
-    width)``, the B2 cell of ``(loc_y * H - 0.5, loc_x * W - 0.5)`` in the level's map."""
+    width)``, the B2 cell of ``(loc_y * H - 0.5, loc_x * W - 0.5)`` in the level's map, or of
+    ``(loc_y, loc_x)`` unless ``normalised`` (locations in pixels)."""
     f = locations.dtype.type
     height = np.int32(spatial_shapes[level, 0])
     width = np.int32(spatial_shapes[level, 1])
-    x = locations[level, p, 0] * f(width) - f(0.5)
-    y = locations[level, p, 1] * f(height) - f(0.5)
+    x = locations[level, p, 0]
+    y = locations[level, p, 1]
+    if normalised:
+        x = x * f(width) - f(0.5)
+        y = y * f(height) - f(0.5)
     inside, y_low, x_low, ly, lx = b2_cell_of(height, width, y, x)
     return inside, np.int32(y_low), np.int32(x_low), ly, lx, height, width
 
@@ -83,14 +90,15 @@ def msda_corners(column, start, height, width, y_low, x_low):
 
 
 @jitable
-def msda_element(column, spatial_shapes, level_start_index, locations, weights):
+def msda_element(column, spatial_shapes, level_start_index, locations, weights, normalised):
     """Output element ``(n, q, m, d)``: the attention-weighted sum of the samples of every level and
     point in ``column = value[n, :, m, d]``."""
     total = column.dtype.type(0)
     for level in range(np.int32(weights.shape[0])):
         start = np.int32(level_start_index[level])
         for p in range(np.int32(weights.shape[1])):
-            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p,
+                                                                      normalised)
             if inside:
                 v_ll, v_lh, v_hl, v_hh = msda_corners(column, start, height, width, y_low, x_low)
                 total += weights[level, p] * b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
@@ -99,7 +107,7 @@ def msda_element(column, spatial_shapes, level_start_index, locations, weights):
 
 @jitable
 def msda_element_backward(grad, grad_column, spatial_shapes, level_start_index, locations, weights,
-                          atomic=True):
+                          normalised, atomic=True):
     """Scatter ``grad``, the gradient of ``msda_element``, into ``grad_column = grad_value[n, :, m,
     d]`` with each sample's B2 corner weights (atomically on the GPU unless ``atomic`` is False),
     nothing for corners outside the map."""
@@ -107,7 +115,8 @@ def msda_element_backward(grad, grad_column, spatial_shapes, level_start_index, 
     for level in range(np.int32(weights.shape[0])):
         start = np.int32(level_start_index[level])
         for p in range(np.int32(weights.shape[1])):
-            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+            inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p,
+                                                                      normalised)
             if inside:
                 g = weights[level, p] * grad
                 hy = f(1) - ly
@@ -126,13 +135,14 @@ def msda_element_backward(grad, grad_column, spatial_shapes, level_start_index, 
 
 @jitable
 def msda_point_gradient(pixels, grad_row, spatial_shapes, level_start_index, locations, weights, level,
-                        p):
+                        p, normalised):
     """``(d/d loc_x, d/d loc_y, d/d weight)`` of ``sum(grad_output * output)`` for point ``p`` of level
     ``level``, from ``pixels = value[n, :, m, :]`` and ``grad_row = grad_output[n, q, m, :]``; 0 for a
     sample outside its support. All three are linear in the corner values, so they come from the sums
     over the head's channels of ``grad_row`` times each corner's values."""
     f = pixels.dtype.type
-    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p)
+    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations, level, p,
+                                                              normalised)
     if not inside:
         return f(0), f(0), f(0)
     r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
@@ -153,32 +163,37 @@ def msda_point_gradient(pixels, grad_row, spatial_shapes, level_start_index, loc
             s_hh += g * pixels[r_hh, d]
     dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
     weight = weights[level, p]
-    return weight * f(width) * dx, weight * f(height) * dy, b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+    value = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+    if normalised:
+        return weight * f(width) * dx, weight * f(height) * dy, value
+    return weight * dx, weight * dy, value
 
 
 # -- cuda schedule ---------------------------------------------------------------------------------
 
-@cuda_kernel("F4 I2 I1 F6 F5 F4")
+@cuda_kernel("F4 I2 I1 F6 F5 b F4")
 def ms_deform_attn_forward_cuda(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, output):
+                                attention_weights, normalised, output):
     for index in range(thread_start(), output.size, thread_stride()):
         n, q, m, d = unravel_output_index(index, output.shape)
         output[n, q, m, d] = msda_element(value[n, :, m, d], spatial_shapes, level_start_index,
-                                          sampling_locations[n, q, m], attention_weights[n, q, m])
+                                          sampling_locations[n, q, m], attention_weights[n, q, m],
+                                          normalised)
 
 
-@cuda_kernel("F4 I2 I1 F6 F5 F4")
+@cuda_kernel("F4 I2 I1 F6 F5 b F4")
 def ms_deform_attn_backward_cuda(grad_output, spatial_shapes, level_start_index, sampling_locations,
-                                 attention_weights, grad_value):
+                                 attention_weights, normalised, grad_value):
     for index in range(thread_start(), grad_output.size, thread_stride()):
         n, q, m, d = unravel_output_index(index, grad_output.shape)
         msda_element_backward(grad_output[n, q, m, d], grad_value[n, :, m, d], spatial_shapes,
-                              level_start_index, sampling_locations[n, q, m], attention_weights[n, q, m])
+                              level_start_index, sampling_locations[n, q, m], attention_weights[n, q, m],
+                              normalised)
 
 
-@cuda_kernel("F4 I2 I1 F6 F5 F4")
+@cuda_kernel("F4 I2 I1 F6 F5 b F4")
 def ms_deform_attn_backward_deterministic_cuda(grad_output, spatial_shapes, level_start_index,
-                                               sampling_locations, attention_weights, grad_value):
+                                               sampling_locations, attention_weights, normalised, grad_value):
     # One thread per column grad_value[n, :, m, d], which only the queries of image n and head m add
     # to: it walks them in order and adds without atomics (the order of the cpu driver).
     heads, channels = grad_value.shape[2], grad_value.shape[3]
@@ -189,13 +204,13 @@ def ms_deform_attn_backward_deterministic_cuda(grad_output, spatial_shapes, leve
         for q in range(grad_output.shape[1]):
             msda_element_backward(grad_output[n, q, m, d], grad_value[n, :, m, d], spatial_shapes,
                                   level_start_index, sampling_locations[n, q, m], attention_weights[n, q, m],
-                                  False)
+                                  normalised, False)
 
 
-@cuda_kernel("F4 F4 I2 I1 F6 F5 F6 F5")
+@cuda_kernel("F4 F4 I2 I1 F6 F5 b F6 F5")
 def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes, level_start_index,
-                                             sampling_locations, attention_weights, grad_locations,
-                                             grad_weights):
+                                             sampling_locations, attention_weights, normalised,
+                                             grad_locations, grad_weights):
     for index in range(thread_start(), grad_weights.size, thread_stride()):
         n, q, m, point = unravel_output_index(index, (grad_weights.shape[0], grad_weights.shape[1],
                                                       grad_weights.shape[2],
@@ -204,7 +219,7 @@ def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes,
         p = point - level * grad_weights.shape[4]
         grad_x, grad_y, grad_weight = msda_point_gradient(
             value[n, :, m, :], grad_output[n, q, m, :], spatial_shapes, level_start_index,
-            sampling_locations[n, q, m], attention_weights[n, q, m], level, p)
+            sampling_locations[n, q, m], attention_weights[n, q, m], level, p, normalised)
         grad_locations[n, q, m, level, p, 0] = grad_x
         grad_locations[n, q, m, level, p, 1] = grad_y
         grad_weights[n, q, m, level, p] = grad_weight
@@ -227,14 +242,14 @@ def msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, i
 
 
 def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
-                               attention_weights, output):
+                               attention_weights, normalised, output):
     parallel_for(_ms_deform_attn_forward_heads, output.shape[0] * output.shape[2], value, spatial_shapes,
-                 level_start_index, sampling_locations, attention_weights, output)
+                 level_start_index, sampling_locations, attention_weights, normalised, output)
 
 
 @cpu_function
 def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, sampling_locations,
-                                  attention_weights, output):
+                                  attention_weights, normalised, output):
     queries, heads, channels = output.shape[1:]
     for owner in range(start, stop):
         n = owner // heads
@@ -249,7 +264,7 @@ def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_star
                 start = np.int32(level_start_index[level])
                 for p in range(weights.shape[1]):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
-                                                                              level, p)
+                                                                              level, p, normalised)
                     if not inside:
                         continue
                     r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
@@ -264,16 +279,17 @@ def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_star
 
 
 def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, grad_value):
+                                attention_weights, normalised, grad_value):
     # Per (image, head): the columns grad_value[n, :, m, :] are its own. Queries, levels and points in
     # order: every element gets the adds of msda_element_backward in the same order.
     parallel_for(_ms_deform_attn_backward_heads, grad_output.shape[0] * grad_output.shape[2], grad_output,
-                 spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_value)
+                 spatial_shapes, level_start_index, sampling_locations, attention_weights, normalised,
+                 grad_value)
 
 
 @cpu_function
 def _ms_deform_attn_backward_heads(start, stop, grad_output, spatial_shapes, level_start_index,
-                                   sampling_locations, attention_weights, grad_value):
+                                   sampling_locations, attention_weights, normalised, grad_value):
     queries, heads, channels = grad_output.shape[1:]
     f = grad_value.dtype.type
     for owner in range(start, stop):
@@ -288,7 +304,7 @@ def _ms_deform_attn_backward_heads(start, stop, grad_output, spatial_shapes, lev
                 start = np.int32(level_start_index[level])
                 for p in range(weights.shape[1]):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
-                                                                              level, p)
+                                                                              level, p, normalised)
                     if not inside:
                         continue
                     r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
@@ -307,18 +323,18 @@ def _ms_deform_attn_backward_heads(start, stop, grad_output, spatial_shapes, lev
 
 
 def ms_deform_attn_location_weight_grad_cpu(value, grad_output, spatial_shapes, level_start_index,
-                                            sampling_locations, attention_weights, grad_locations,
+                                            sampling_locations, attention_weights, normalised, grad_locations,
                                             grad_weights):
     # msda_point_gradient's sums over the channels, from the corner rows; vectorised, in another order.
     parallel_for(_ms_deform_attn_location_weight_grad_heads, grad_weights.shape[0] * grad_weights.shape[2],
                  value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                 grad_locations, grad_weights)
+                 normalised, grad_locations, grad_weights)
 
 
 @cpu_function(reassociate=True)
 def _ms_deform_attn_location_weight_grad_heads(start, stop, value, grad_output, spatial_shapes,
                                                level_start_index, sampling_locations, attention_weights,
-                                               grad_locations, grad_weights):
+                                               normalised, grad_locations, grad_weights):
     queries, heads, levels, points = grad_weights.shape[1:]
     f = value.dtype.type
     for owner in range(start, stop):
@@ -333,7 +349,7 @@ def _ms_deform_attn_location_weight_grad_heads(start, stop, value, grad_output, 
                 start = np.int32(level_start_index[level])
                 for p in range(points):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
-                                                                              level, p)
+                                                                              level, p, normalised)
                     s_ll = f(0)
                     s_lh = f(0)
                     s_hl = f(0)
@@ -351,8 +367,12 @@ def _ms_deform_attn_location_weight_grad_heads(start, stop, value, grad_output, 
                             s_hh += g * v_hh[d]
                     dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
                     weight = weights[level, p]
-                    grad_locations[n, q, m, level, p, 0] = weight * f(width) * dx
-                    grad_locations[n, q, m, level, p, 1] = weight * f(height) * dy
+                    if normalised:
+                        grad_locations[n, q, m, level, p, 0] = weight * f(width) * dx
+                        grad_locations[n, q, m, level, p, 1] = weight * f(height) * dy
+                    else:
+                        grad_locations[n, q, m, level, p, 0] = weight * dx
+                        grad_locations[n, q, m, level, p, 1] = weight * dy
                     grad_weights[n, q, m, level, p] = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
 
 

@@ -103,14 +103,21 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = _arguments(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    output = sample(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, True)
+    return output.reshape(output.shape[0], output.shape[1], output.shape[2] * output.shape[3])
+
+
+def sample(value, spatial_shapes, level_start_index, locations, weights, normalised):
+    """The forward on checked arguments, ``(N, Lq, M, D)``; the locations are in pixels (the map's
+    ``(x, y)``) unless ``normalised``. (dcnv3 and dcnv4 are its one-level cases.)"""
     images, _, heads, channels = value.shape
-    queries = attention_weights.shape[1]
+    queries = weights.shape[1]
     target = _backend.target_of(value)
     output = _backend.array_module(value).zeros((images, queries, heads, channels), value.dtype)
     if value.size and output.size:
         _backend.run(target, KERNELS["forward"][target], output.size, value, spatial_shapes,
-                     level_start_index, sampling_locations, attention_weights, output)
-    return output.reshape(images, queries, heads * channels)
+                     level_start_index, locations, weights, normalised, output)
+    return output
 
 
 def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
@@ -139,23 +146,32 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
     _backend.target_of(value, grad_output, names=("value", "grad_output"))
     _checks.same_shape(grad_output, (images, queries, heads * channels), "grad_output")
     grad_output = grad_output.astype(value.dtype, copy=False).reshape(images, queries, heads, channels)
+    return sample_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, True, wanted)
+
+
+def sample_backward(grad_output, value, spatial_shapes, level_start_index, locations, weights, normalised,
+                    wanted):
+    """The backward of ``sample`` on checked arguments (``grad_output`` ``(N, Lq, M, D)``, ``wanted``
+    a set of names): ``(grad_value, grad_locations, grad_weights)``, None where not wanted."""
+    images, _, heads, channels = value.shape
     target = _backend.target_of(value)
     xp = _backend.array_module(value)
     grad_value = xp.zeros_like(value) if "value" in wanted else None
     want_points = bool(wanted & {"sampling_locations", "attention_weights"})
     # the location and weight kernels write every element
-    grad_locations = xp.empty_like(sampling_locations) if want_points else None
-    grad_weights = xp.empty_like(attention_weights) if want_points else None
+    grad_locations = xp.empty_like(locations) if want_points else None
+    grad_weights = xp.empty_like(weights) if want_points else None
     if grad_value is not None and value.size and grad_output.size:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
                                                images * heads * channels)
-        _backend.run(target, kernel, size, grad_output, spatial_shapes, level_start_index,
-                     sampling_locations, attention_weights, grad_value)
+        _backend.run(target, kernel, size, grad_output, spatial_shapes, level_start_index, locations,
+                     weights, normalised, grad_value)
     if want_points:
         if value.size and grad_weights.size:
             _backend.run(target, KERNELS["location_weight_grad"][target], grad_weights.size, value,
-                         grad_output, spatial_shapes, level_start_index, sampling_locations,
-                         attention_weights, grad_locations, grad_weights)
+                         grad_output, spatial_shapes, level_start_index, locations, weights, normalised,
+                         grad_locations, grad_weights)
         else:
             grad_locations[...] = 0
             grad_weights[...] = 0
