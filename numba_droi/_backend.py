@@ -122,6 +122,15 @@ def array_module(array):
     return cupy
 
 
+def erf(array):
+    """The error function of each element of a NumPy or CuPy array (SciPy's or CuPy's)."""
+    if array_module(array) is np:
+        from scipy.special import erf as function
+    else:
+        from cupyx.scipy.special import erf as function
+    return function(array)
+
+
 def as_array(array):
     """``array`` as a NumPy or CuPy array (zero-copy for GPU arrays of other libraries)."""
     if is_device_array(array) and not (cupy is not None and isinstance(array, cupy.ndarray)):

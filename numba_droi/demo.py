@@ -17,6 +17,12 @@ SIZES = {"gradcheck": dict(batch=1, channels=2, height=9, width=10, boxes=3),
          "simulator": dict(batch=1, channels=2, height=6, width=7, boxes=2)}
 
 
+def simulator_size(operator, sizes=SIZES["simulator"]):
+    """``example``'s size arguments for ``operator`` on the simulator: ``sizes``, less what its record
+    makes smaller there."""
+    return dict(sizes, **dict(operator.simulated))
+
+
 def example_call(operator, example, to_target=np.asarray):
     """``(inputs, call)``: the NumPy arrays of ``example`` that get gradients, and ``call(*tensors)``,
     ``functional.<operator>`` on Tensors of them and on the example's other arrays put on the target
@@ -34,7 +40,7 @@ def example_call(operator, example, to_target=np.asarray):
 def timing_example(operator, device, rng):
     """The example the demo times: the benchmark's detection-sized case, small on the simulator."""
     if device == "simulator":
-        return operator.example(rng, np.float32, **SIZES["simulator"])
+        return operator.example(rng, np.float32, **simulator_size(operator))
     return operator.benchmark(rng)[0]
 
 
@@ -71,8 +77,8 @@ def run(target=None, repeats=5, out=None):
             forward = _median_ms(lambda: call(*(x.detach() for x in xs)), repeats, device)
             both = _median_ms(lambda: call(*xs).backward(grad), repeats, device)
             arrays64, call64 = example_call(
-                operator, operator.example(rng, np.float64, **SIZES[
-                    "simulator" if device == "simulator" else "gradcheck"]), to_target)
+                operator, operator.example(rng, np.float64, **(
+                    simulator_size(operator) if device == "simulator" else SIZES["gradcheck"])), to_target)
             checked = gradcheck(call64, [Tensor(to_target(a), requires_grad=True) for a in arrays64],
                                 raise_exception=False)
             passed = passed and checked

@@ -189,6 +189,60 @@ def softmax(input, axis=-1):
     return Softmax.apply(input, _axis(axis, input.ndim))
 
 
+class GELU(Function):
+    @staticmethod
+    def forward(ctx, input):
+        ctx.save_for_backward(input)
+        ctx.cdf = 0.5 * (1 + _backend.erf(input * (1 / np.sqrt(2))))
+        return (input * ctx.cdf).astype(input.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        xp = _backend.array_module(input)
+        density = xp.exp(-0.5 * input * input) * (1 / np.sqrt(2 * np.pi))
+        return (grad_output * (ctx.cdf + input * density)).astype(input.dtype, copy=False)
+
+
+def gelu(input):
+    """``input * Phi(input)``, ``Phi`` the standard normal distribution function (``(1 + erf(x /
+    sqrt(2))) / 2``): the exact GELU (Hendrycks and Gimpel, 2016), as ``torch.nn.functional.gelu``."""
+    return GELU.apply(_tensor(input))
+
+
+class LayerNorm(Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, eps):
+        centred = input - input.mean(axis=-1, keepdims=True)
+        variance = (centred * centred).mean(axis=-1, keepdims=True)
+        ctx.inverse_std = 1 / _backend.array_module(input).sqrt(variance + eps)
+        ctx.normalised = centred * ctx.inverse_std
+        ctx.save_for_backward(weight)
+        return ctx.normalised * weight + bias
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (weight,) = ctx.saved_tensors
+        normalised = ctx.normalised
+        grad_normalised = grad_output * weight
+        projection = (grad_normalised * normalised).mean(axis=-1, keepdims=True)
+        grad_input = ctx.inverse_std * (grad_normalised - grad_normalised.mean(axis=-1, keepdims=True)
+                                        - normalised * projection)
+        rows = grad_output.reshape(-1, grad_output.shape[-1])
+        return (grad_input, (rows * normalised.reshape(rows.shape)).sum(axis=0), rows.sum(axis=0), None)
+
+
+def layer_norm(input, weight, bias, eps=1e-5):
+    """``(input - mean) / sqrt(var + eps) * weight + bias`` with the mean and the (biased) variance over
+    the last axis (Ba et al., "Layer Normalization", 2016, https://arxiv.org/abs/1607.06450), as
+    ``torch.nn.functional.layer_norm`` over the last axis; ``weight`` and ``bias`` of its length."""
+    input, weight, bias = _tensor(input), _tensor(weight), _tensor(bias)
+    if input.ndim < 1 or weight.shape != input.shape[-1:] or bias.shape != input.shape[-1:]:
+        raise ValueError(f"weight and bias must have the shape of input's last axis, {input.shape[-1:]}, "
+                         f"got {weight.shape} and {bias.shape}")
+    return LayerNorm.apply(input, weight, bias, float(eps))
+
+
 class Linear(Function):
     @staticmethod
     def forward(ctx, input, weight, bias):
@@ -385,6 +439,26 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if weight.shape[0] % groups:
         raise ValueError(f"weight.shape[0] = {weight.shape[0]} must be a multiple of groups = {groups}")
     return FUNCTIONS["deform_conv2d"].apply(input, None, weight, bias, stride, padding, dilation, None)
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, input, axes):
+        ctx.inverse = tuple(int(a) for a in np.argsort(axes))
+        return _backend.array_module(input).ascontiguousarray(input.transpose(axes))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _backend.array_module(grad_output).ascontiguousarray(grad_output.transpose(ctx.inverse)), None
+
+
+def permute(input, axes):
+    """``input`` with its axes in the order ``axes`` (a permutation), as ``torch.permute`` (a copy)."""
+    input = _tensor(input)
+    axes = tuple(_axis(ops._checks.integer(a, "axes"), input.ndim) for a in axes)
+    if sorted(axes) != list(range(input.ndim)):
+        raise ValueError(f"axes must be a permutation of the {input.ndim} axes, got {axes}")
+    return Permute.apply(input, axes)
 
 
 class Narrow(Function):

@@ -613,3 +613,213 @@ class MSDeformAttn(Module):
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
                 f"n_points={self.n_points}")
+
+
+# -- DCNv3 and DCNv4 -----------------------------------------------------------------------------------
+
+class LayerNorm(Module):
+    """``functional.layer_norm`` over the last axis of ``normalized_shape`` elements, ``weight`` 1 and
+    ``bias`` 0 at first, as ``torch.nn.LayerNorm(normalized_shape, eps)``."""
+
+    def __init__(self, normalized_shape, eps=1e-5, dtype=np.float32):
+        self.normalized_shape, self.eps = _checks.integer(normalized_shape, "normalized_shape"), eps
+        self.weight = Parameter(np.ones(normalized_shape, dtype))
+        self.bias = Parameter(np.zeros(normalized_shape, dtype))
+
+    def forward(self, input):
+        return functional.layer_norm(input, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"({self.normalized_shape},), eps={self.eps}"
+
+
+class GELU(Module):
+    def forward(self, input):
+        return functional.gelu(input)
+
+
+class Permute(Module):
+    """``functional.permute(input, axes)`` as a layer (InternImage's ``to_channels_last`` is
+    ``Permute((0, 2, 3, 1))``)."""
+
+    def __init__(self, axes):
+        self.axes = tuple(axes)
+
+    def forward(self, input):
+        return functional.permute(input, self.axes)
+
+    def extra_repr(self):
+        return f"axes={self.axes}"
+
+
+def _depthwise(channels, kernel_size, rng, dtype):
+    """A depth-wise ``Conv2d`` of odd ``kernel_size`` that keeps the map's size."""
+    return Conv2d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels, rng=rng,
+                  dtype=dtype)
+
+
+def _blend_with_centre_features(output, projected, query, weight, bias, group):
+    """InternImage's centre feature scale: ``output * (1 - s) + projected * s`` with ``s =
+    sigmoid(query @ weight.T + bias)`` per group, the same for the group's channels."""
+    scale = functional.sigmoid(functional.linear(query, weight, bias))
+    shape = tuple(output.shape[:-1]) + (group, output.shape[-1] // group)
+    scale = functional.reshape(scale, shape[:-1] + (1,))
+    output, projected = functional.reshape(output, shape), functional.reshape(projected, shape)
+    return functional.reshape(output * (1 - scale) + projected * scale, shape[:-2] + (shape[-2] * shape[-1],))
+
+
+def _dcn_geometry(channels, kernel_size, group, remove_center):
+    if channels % group:
+        raise ValueError(f"channels = {channels} must be divisible by group = {group}")
+    if remove_center and kernel_size % 2 == 0:
+        raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
+    return kernel_size * kernel_size - int(bool(remove_center))
+
+
+def _projection(features, rng, dtype, bias=True):
+    """A ``Linear(features, features)`` initialised Glorot-uniform, its bias 0."""
+    projection = Linear(features, features, bias=bias, rng=rng, dtype=dtype)
+    projection.weight.data[...] = xavier_uniform((features, features), rng, dtype)
+    if bias:
+        projection.bias.data[...] = 0
+    return projection
+
+
+def _zero_linear(in_features, out_features, dtype):
+    layer = Linear(in_features, out_features, dtype=dtype)
+    layer.weight.data[...] = 0
+    layer.bias.data[...] = 0
+    return layer
+
+
+class DCNv3(Module):
+    """The DCNv3 layer of InternImage (Wang et al., CVPR 2023, https://arxiv.org/abs/2211.05778), as its
+    ``DCNv3`` module, on a channels-last ``(N, H, W, channels)`` input::
+
+        x = input_proj(input)
+        query = dw_conv(input)              # depth-wise conv, LayerNorm (eps 1e-6), GELU; channels-last
+        offset = offset(query)              # (N, H, W, group*K*2)
+        mask = softmax over the K points of mask(query), per group
+        x = dcnv3(x, offset, mask, kernel_size, ..., group, channels // group, offset_scale, remove_center)
+        x = x * (1 - s) + input_proj(input) * s      # with center_feature_scale: s = sigmoid(linear(query))
+        out = output_proj(x)
+
+    ``K = kernel_size**2``, less one if ``remove_center``. Initialised as InternImage: the offset and
+    mask layers 0 (so the layer starts as the mean of its window's points), the projections
+    Glorot-uniform with bias 0, the depth-wise convolution as PyTorch's; from ``rng``, in ``dtype``.
+    The parameters have InternImage's names (``dw_conv.0.weight``, ``dw_conv.1.1.weight``,
+    ``offset.weight``, ...), so its state dicts load (as NumPy arrays). Only ``act_layer="GELU"`` and
+    ``norm_layer="LN"`` (InternImage's defaults) are built here. The offsets and masks are predicted at
+    the input's resolution: the output must have the input's size (stride 1, ``pad = (dilation *
+    (kernel_size - 1)) // 2``), as InternImage's.
+    """
+
+    def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1, group=4,
+                 offset_scale=1.0, act_layer="GELU", norm_layer="LN", center_feature_scale=False,
+                 remove_center=False, rng=None, dtype=np.float32):
+        if act_layer != "GELU" or norm_layer != "LN":
+            raise ValueError(f"act_layer must be 'GELU' and norm_layer 'LN', got {act_layer!r} and "
+                             f"{norm_layer!r}")
+        points = _dcn_geometry(channels, kernel_size, group, remove_center)
+        rng = np.random.default_rng(rng)
+        self.channels, self.kernel_size, self.stride, self.pad = channels, kernel_size, stride, pad
+        self.dilation, self.group, self.offset_scale = dilation, group, offset_scale
+        self.remove_center, self.center_feature_scale = bool(remove_center), center_feature_scale
+        self.dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = Parameter(np.zeros((group, channels), dtype))
+            self.center_feature_scale_proj_bias = Parameter(np.zeros(group, dtype))
+        self.dw_conv = Sequential(_depthwise(channels, self.dw_kernel_size, rng, dtype),
+                                  Sequential(Permute((0, 2, 3, 1)), LayerNorm(channels, 1e-6, dtype)), GELU())
+        self.offset = _zero_linear(channels, group * points * 2, dtype)
+        self.mask = _zero_linear(channels, group * points, dtype)
+        self.input_proj = _projection(channels, rng, dtype)
+        self.output_proj = _projection(channels, rng, dtype)
+
+    def forward(self, input):
+        input = functional._tensor(input)
+        images, height, width, _ = input.shape
+        x = self.input_proj(input)
+        query = self.dw_conv(functional.permute(input, (0, 3, 1, 2)))
+        offset = self.offset(query)
+        logits = functional.reshape(self.mask(query), (images, height, width, self.group, -1))
+        mask = functional.softmax(logits)
+        mask = functional.reshape(mask, (images, height, width, mask.shape[3] * mask.shape[4]))
+        k, s, p, d = self.kernel_size, self.stride, self.pad, self.dilation
+        output = functional.dcnv3(x, offset, mask, k, k, s, s, p, p, d, d, self.group,
+                                  self.channels // self.group, self.offset_scale, self.remove_center)
+        if self.center_feature_scale:
+            output = _blend_with_centre_features(output, x, query, self.center_feature_scale_proj_weight,
+                                                 self.center_feature_scale_proj_bias, self.group)
+        return self.output_proj(output)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+                f"offset_scale={self.offset_scale}, remove_center={self.remove_center}")
+
+
+class DCNv4(Module):
+    """The DCNv4 layer (Xiong et al., CVPR 2024, https://arxiv.org/abs/2401.06197), as its ``DCNv4``
+    module, on tokens ``(N, L, channels)`` of an ``H x W`` map (``shape=(H, W)``, default square)::
+
+        x = value_proj(input)                                   # unless without_pointwise
+        offset_mask = offset_mask(offset_mask_dw(input))        # the depth-wise conv only if dw_kernel_size
+        x = dcnv4(x, offset_mask, kernel_size, ..., group, channels // group, offset_scale, remove_center)
+        x = x * (1 - s) + value_proj(input) * s      # only with center_feature_scale, s = sigmoid(linear(x))
+        out = output_proj(x)                                    # unless without_pointwise
+
+    ``offset_mask`` has ``3*group*K`` outputs rounded up to a multiple of 8 (those past ``3*group*K``
+    are not read); no softmax: the aggregation weights are unbounded. Initialised as DCNv4: the
+    ``offset_mask`` layer 0 (so the layer's output starts at 0 before ``output_proj``'s bias), the
+    projections Glorot-uniform with bias 0, the depth-wise convolution as PyTorch's; from ``rng``, in
+    ``dtype``. The parameters have DCNv4's names, so its state dicts load (as NumPy arrays). As DCNv4's,
+    the output must have the input's size.
+    """
+
+    def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4, offset_scale=1.0,
+                 dw_kernel_size=None, center_feature_scale=False, remove_center=False, output_bias=True,
+                 without_pointwise=False, rng=None, dtype=np.float32):
+        points = _dcn_geometry(channels, kernel_size, group, remove_center)
+        rng = np.random.default_rng(rng)
+        self.channels, self.kernel_size, self.stride, self.pad = channels, kernel_size, stride, pad
+        self.dilation, self.group, self.offset_scale = dilation, group, offset_scale
+        self.remove_center, self.center_feature_scale = bool(remove_center), center_feature_scale
+        self.dw_kernel_size, self.without_pointwise = dw_kernel_size, without_pointwise
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = Parameter(np.zeros((group, channels), dtype))
+            self.center_feature_scale_proj_bias = Parameter(np.zeros(group, dtype))
+        if dw_kernel_size is not None:
+            self.offset_mask_dw = _depthwise(channels, dw_kernel_size, rng, dtype)
+        self.offset_mask = _zero_linear(channels, -(-3 * group * points // 8) * 8, dtype)
+        if not without_pointwise:
+            self.value_proj = _projection(channels, rng, dtype)
+            self.output_proj = _projection(channels, rng, dtype, bias=output_bias)
+
+    def forward(self, input, shape=None):
+        input = functional._tensor(input)
+        images, tokens, channels = input.shape
+        height, width = (math.isqrt(tokens),) * 2 if shape is None else shape
+        if height * width != tokens:
+            raise ValueError(f"shape = {(height, width)} must give the input's {tokens} tokens")
+        x = input if self.without_pointwise else self.value_proj(input)
+        x = functional.reshape(x, (images, height, width, channels))
+        query = input
+        if self.dw_kernel_size is not None:
+            planes = functional.permute(functional.reshape(input, (images, height, width, channels)),
+                                        (0, 3, 1, 2))
+            query = functional.permute(self.offset_mask_dw(planes), (0, 2, 3, 1))
+        offset_mask = functional.reshape(self.offset_mask(query), (images, height, width, -1))
+        k, s, p, d = self.kernel_size, self.stride, self.pad, self.dilation
+        output = functional.dcnv4(x, offset_mask, k, k, s, s, p, p, d, d, self.group, channels // self.group,
+                                  self.offset_scale, self.remove_center)
+        if self.center_feature_scale:
+            output = _blend_with_centre_features(output, x, output, self.center_feature_scale_proj_weight,
+                                                 self.center_feature_scale_proj_bias, self.group)
+        output = functional.reshape(output, (images, tokens, channels))
+        return output if self.without_pointwise else self.output_proj(output)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+                f"offset_scale={self.offset_scale}, remove_center={self.remove_center}")

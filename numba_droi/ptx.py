@@ -26,10 +26,14 @@ def is_forward(name):
 
 
 def operator_kernels():
-    """``{cuda kernel name: operator name}`` for every cuda kernel of every operator of the registry,
-    in the registry's order."""
-    return {kernel: operator.name for operator in registry.OPERATORS
-            for kernel in sorted(operator.cuda_kernels)}
+    """``{cuda kernel name: operator names}`` for every cuda kernel of every operator of the registry,
+    in the registry's order; a kernel that several operators run names them all (``"ms_deform_attn,
+    dcnv3, dcnv4"``)."""
+    kernels = {}
+    for operator in registry.OPERATORS:
+        for kernel in sorted(operator.cuda_kernels):
+            kernels[kernel] = f"{kernels[kernel]}, {operator.name}" if kernel in kernels else operator.name
+    return kernels
 
 
 def compile_all(out_dir, capabilities, progress=None):

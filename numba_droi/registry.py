@@ -10,7 +10,8 @@ come the differentiable ``Function`` (``numba_droi.functional``), the layer (``n
 PyTorch and JAX adapters, ``demo``, ``check``, ``bench``, the PTX report and the tests'
 parametrisation.
 
-A new operator is its kernel, ops, reference and test files and one record here, in ``OPERATORS``.
+A new operator is its kernel, ops, reference and test files (or another operator's kernels: dcnv3 and
+dcnv4 run ms_deform_attn's) and one record here, in ``OPERATORS``.
 """
 import dataclasses
 import inspect
@@ -79,6 +80,9 @@ class Operator:
                                  # NaN, inf and huge values)
     saving: Optional[Callable] = None
     kept: tuple = ()             # (name, dtype) of what saving keeps: arrays of the output's shape
+    simulated: tuple = ()        # (name, value) arguments of example that override the demo's small size
+                                 # on the simulator (an operator with many elements per output pixel,
+                                 # whose gradient check there evaluates it twice per element)
 
     @property
     def options(self):
@@ -566,6 +570,128 @@ MS_DEFORM_ATTN = Operator(
     peers={"Deformable DETR": "MSDeformAttnFunction", "mmcv": "MultiScaleDeformableAttnFunction"})
 
 
+# -- dcnv3 and dcnv4 ------------------------------------------------------------------------------------
+
+def _dcnv3_geometry(input_shape, options):
+    return ops.dcnv3_dcnv4.geometry(input_shape, *(options.get(name, default) for name, default in (
+        ("kernel_h", None), ("kernel_w", None), ("stride_h", None), ("stride_w", None), ("pad_h", None),
+        ("pad_w", None), ("dilation_h", None), ("dilation_w", None), ("group", None),
+        ("group_channels", None), ("offset_scale", 1.0), ("remove_center", False))))
+
+
+def _dcnv3_example(rng, dtype=np.float64, batch=2, channels=2, height=4, width=3, boxes=None, scale=None,
+                   kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), group=2, offset_scale=1.5,
+                   remove_center=False, reach=2.0):
+    """``group`` groups of ``channels`` channels, channels-last; the map grows to give at least one
+    output pixel; a small map by default (every output pixel has ``2*group*K`` offsets, and the
+    simulator's gradient check evaluates the operator twice per element). Offsets up to ``reach``
+    pixels, nudged to keep every sample off integer coordinates (B2's kinks); masks in ``[-0.5, 1.5]``.
+    The example takes no boxes."""
+    kh, kw = kernel
+    height = max(height, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+    width = max(width, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    options = dict(kernel_h=kh, kernel_w=kw, stride_h=stride[0], stride_w=stride[1], pad_h=padding[0],
+                   pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1], group=group,
+                   group_channels=channels, offset_scale=offset_scale,
+                   remove_center=remove_center and kh * kw > 1)
+    geometry = _dcnv3_geometry((batch, height, width, group * channels), options)
+    points = (batch,) + geometry.output + (group, geometry.points)
+    offset = rng.uniform(-reach, reach, points + (2,))
+    where = geometry.locations(offset, np, np.float64).reshape(offset.shape)
+    offset[np.abs(where - np.round(where)) < 0.1] += 0.3 / offset_scale
+    per_pixel = points[3] * points[4]
+    arrays = dict(input=rng.standard_normal((batch, height, width, group * channels)),
+                  offset=offset.reshape(points[:3] + (2 * per_pixel,)),
+                  mask=rng.uniform(-0.5, 1.5, points).reshape(points[:3] + (per_pixel,)))
+    return Example(_cast(arrays, dtype), options)
+
+
+def internimage_case(rng, channels=64, size=56, group=4, dtype=np.float32):
+    """A DCNv3 layer of InternImage-T's first stage (batch 2, 64 channels at 56x56, 4 groups, 3x3):
+    offsets up to 2 pixels, masks softmax-normalised over the 9 points."""
+    options = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1,
+                   dilation_w=1, group=group, group_channels=channels // group, offset_scale=1.0)
+    logits = rng.standard_normal((2, size, size, group, 9))
+    mask = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return Example(dict(input=rng.standard_normal((2, size, size, channels)).astype(dtype),
+                        offset=rng.uniform(-2, 2, (2, size, size, group * 18)).astype(dtype),
+                        mask=mask.reshape(2, size, size, -1).astype(dtype)), options)
+
+
+def _dcnv3_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.dcnv3_backward(grad_output, arrays["input"], arrays["offset"], arrays["mask"],
+                                     **options, wanted=wanted)
+    return dict(zip(("input", "offset", "mask"), grads))
+
+
+def _dcnv3_shape(shapes, options):
+    """``(N, Ho, Wo, C)``."""
+    return (shapes["input"][0],) + _dcnv3_geometry(shapes["input"], options).output + (shapes["input"][3],)
+
+
+_DCN_CHOICES = dict(kernel=_KERNELS, padding=tuple((h, w) for h in (0, 1, 2) for w in (0, 1, 2)),
+                    dilation=((1, 1), (1, 2), (2, 1), (2, 2)), stride=((1, 1), (1, 2), (2, 1), (2, 2)),
+                    group=(1, 2, 3), offset_scale=(0.5, 1.0, 2.0), remove_center=(False, True))
+
+DCNV3 = Operator(
+    name="dcnv3", forward=ops.dcnv3, backward=ops.dcnv3_backward,
+    arrays=("input", "offset", "mask"), differentiable=("input", "offset", "mask"), offsets=("offset",),
+    gradients=_dcnv3_gradients, output_shape=_dcnv3_shape,
+    kernels=ms_deform_attn_kernels.KERNELS, reference="reference.dcnv3_dcnv4",
+    example=_dcnv3_example, choices=_DCN_CHOICES, simulated=(("height", 4), ("width", 3)),
+    benchmark=lambda rng, boxes=None: (internimage_case(rng), None),
+    module=None,  # nn.DCNv3 and the torch adapter's are layers with InternImage's projections
+    peers={"InternImage": "DCNv3Function"})
+
+
+def pack_offset_mask(offset, mask, group, multiple=8):
+    """DCNv4's ``offset_mask (N, Ho, Wo, P)`` from DCNv3's ``offset`` and ``mask``: each group's ``(x,
+    y)`` offsets, then its masks; ``P`` rounded up to a ``multiple`` with zeros, as DCNv4's module."""
+    images, out_h, out_w = offset.shape[:3]
+    points = mask.shape[3] // group
+    packed = np.concatenate([offset.reshape(images, out_h, out_w, group, 2 * points),
+                             mask.reshape(images, out_h, out_w, group, points)],
+                            -1).reshape(images, out_h, out_w, 3 * points * group)
+    extra = -packed.shape[3] % multiple
+    return np.concatenate([packed, np.zeros((images, out_h, out_w, extra), packed.dtype)], -1)
+
+
+def _dcnv4_example(rng, dtype=np.float64, **choices):
+    """``_dcnv3_example``'s case, packed; the values past the points' (the padding to a multiple of 8)
+    random, to show they are not read."""
+    example = _dcnv3_example(rng, dtype, **choices)
+    arrays = example.arrays
+    offset_mask = pack_offset_mask(arrays["offset"], arrays["mask"], example.options["group"])
+    used = arrays["offset"].shape[3] + arrays["mask"].shape[3]
+    offset_mask[..., used:] = rng.standard_normal(offset_mask[..., used:].shape)
+    return Example(dict(input=arrays["input"], offset_mask=offset_mask.astype(dtype)), example.options)
+
+
+def _dcnv4_benchmark(rng, boxes=None):
+    """``internimage_case`` packed, with DCNv4's unnormalised masks."""
+    example = internimage_case(rng)
+    mask = rng.uniform(-1, 1, example.arrays["mask"].shape).astype(np.float32)
+    offset_mask = pack_offset_mask(example.arrays["offset"], mask, example.options["group"])
+    return Example(dict(input=example.arrays["input"], offset_mask=offset_mask), example.options), None
+
+
+def _dcnv4_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.dcnv4_backward(grad_output, arrays["input"], arrays["offset_mask"], **options,
+                                     wanted=wanted)
+    return dict(zip(("input", "offset_mask"), grads))
+
+
+DCNV4 = Operator(
+    name="dcnv4", forward=ops.dcnv4, backward=ops.dcnv4_backward,
+    arrays=("input", "offset_mask"), differentiable=("input", "offset_mask"), offsets=("offset_mask",),
+    gradients=_dcnv4_gradients, output_shape=_dcnv3_shape,
+    kernels=ms_deform_attn_kernels.KERNELS, reference="reference.dcnv3_dcnv4",
+    example=_dcnv4_example, choices=_DCN_CHOICES, simulated=(("height", 4), ("width", 3)),
+    benchmark=_dcnv4_benchmark,
+    module=None,  # nn.DCNv4 and the torch adapter's are layers with DCNv4's projections
+    peers={"DCNv4": "DCNv4Function"})
+
+
 OPERATORS = (ROI_ALIGN, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN, DEFORM_ROI_POOL, DEFORM_PSROI_POOL,
-             DEFORM_CONV2D, MS_DEFORM_ATTN)
+             DEFORM_CONV2D, MS_DEFORM_ATTN, DCNV3, DCNV4)
 BY_NAME = {operator.name: operator for operator in OPERATORS}

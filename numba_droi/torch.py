@@ -313,7 +313,7 @@ __all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
               "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
               "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
               "DeformRoIPooling", "multi_scale_deformable_attn", "MultiScaleDeformableAttention",
-              "ms_deform_attn_grid_sample"])
+              "ms_deform_attn_grid_sample", "dcnv3_grid_sample", "DCNv3", "DCNv4"])
 
 
 # -- layers written by hand ------------------------------------------------------------------------------
@@ -587,6 +587,41 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attent
     return output.view(images, heads * channels, queries).transpose(1, 2)
 
 
+def dcnv3_grid_sample(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                      dilation_w, group, group_channels, offset_scale=1.0, remove_center=False):
+    """``dcnv3`` in plain PyTorch with ``torch.nn.functional.grid_sample`` (``padding_mode="zeros"``,
+    ``align_corners=False``) on the zero-padded input: the formulation of InternImage's
+    ``dcnv3_core_pytorch``, here the peer our operator is tested and measured against. (InternImage's
+    pads the rows by ``pad_w`` and the columns by ``pad_h``; here each axis is padded by its own, as its
+    CUDA kernel reads them.) It builds an ``(N*group, group_channels, Ho*Wo, K)`` tensor of samples."""
+    from .ops.dcnv3_dcnv4 import geometry
+    shape = geometry(input.shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                     dilation_w, group, group_channels, offset_scale, remove_center)
+    images, (out_h, out_w), points = input.shape[0], shape.output, shape.points
+    padded = torch.nn.functional.pad(input, [0, 0, pad_w, pad_w, pad_h, pad_h])
+    height, width = padded.shape[1:3]
+    centre_y, centre_x = dilation_h * (kernel_h - 1) // 2, dilation_w * (kernel_w - 1) // 2
+    like = dict(dtype=input.dtype, device=input.device)
+    reference_x = (centre_x + 0.5 + torch.arange(out_w, **like) * stride_w) / width
+    reference_y = (centre_y + 0.5 + torch.arange(out_h, **like) * stride_h) / height
+    taps = torch.tensor(shape.taps(), **like).reshape(-1, 2)
+    grid_x = (taps[:, 0] * dilation_w - centre_x) / width
+    grid_y = (taps[:, 1] * dilation_h - centre_y) / height
+    offset = offset.view(images, out_h, out_w, group, points, 2)
+    x = reference_x[:, None, None] + grid_x * offset_scale + offset[..., 0] * offset_scale / width
+    y = reference_y[:, None, None, None] + grid_y * offset_scale + offset[..., 1] * offset_scale / height
+    grids = (2 * torch.stack([x, y], -1) - 1).view(images, out_h * out_w, group, points, 2)
+    grids = grids.transpose(1, 2).flatten(0, 1)  # (N*G, Ho*Wo, K, 2)
+    maps = padded.view(images, height * width, group, group_channels).permute(0, 2, 3, 1)
+    samples = torch.nn.functional.grid_sample(maps.reshape(images * group, group_channels, height, width),
+                                              grids, mode="bilinear", padding_mode="zeros",
+                                              align_corners=False)
+    weights = mask.view(images, out_h * out_w, group, points).transpose(1, 2).reshape(
+        images * group, 1, out_h * out_w, points)
+    output = (samples * weights).sum(-1).view(images, group * group_channels, out_h * out_w)
+    return output.transpose(1, 2).reshape(images, out_h, out_w, group * group_channels)
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Multi-scale deformable attention with its projections (Deformable DETR, Zhu et al., 2020,
     https://arxiv.org/abs/2010.04159), as ``mmcv.ops.MultiScaleDeformableAttention``: the same
@@ -674,3 +709,137 @@ class MultiScaleDeformableAttention(nn.Module):
             output = output.permute(1, 0, 2)
         return self.dropout(output) + identity
 
+
+
+# -- DCNv3 and DCNv4, as InternImage and DCNv4 build them ---------------------------------------------------
+
+class _Permute(nn.Module):
+    def __init__(self, *axes):
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, input):
+        return input.permute(*self.axes)
+
+
+def _centre_feature_blend(output, projected, query, weight, bias, group):
+    """InternImage's centre feature scale: ``output * (1 - s) + projected * s``, ``s = sigmoid(query @
+    weight.T + bias)`` per group."""
+    scale = torch.sigmoid(torch.nn.functional.linear(query, weight, bias))
+    scale = scale[..., None].repeat_interleave(output.shape[-1] // group, -1).flatten(-2)
+    return output * (1 - scale) + projected * scale
+
+
+class DCNv3(nn.Module):
+    """``numba_droi.nn.DCNv3`` in torch: InternImage's ``DCNv3`` module (Wang et al., CVPR 2023,
+    https://arxiv.org/abs/2211.05778) with its arguments, submodules, parameter names and
+    initialisation, so InternImage's checkpoints load; ``forward(input)`` on ``(N, H, W, channels)``
+    channels-last tensors. Only ``act_layer="GELU"`` and ``norm_layer="LN"`` are built."""
+
+    def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1, group=4,
+                 offset_scale=1.0, act_layer="GELU", norm_layer="LN", center_feature_scale=False,
+                 remove_center=False):
+        super().__init__()
+        if act_layer != "GELU" or norm_layer != "LN":
+            raise ValueError(f"act_layer must be 'GELU' and norm_layer 'LN', got {act_layer!r} and "
+                             f"{norm_layer!r}")
+        from .nn import _dcn_geometry
+        points = _dcn_geometry(channels, kernel_size, group, remove_center)
+        self.channels, self.kernel_size, self.stride, self.pad = channels, kernel_size, stride, pad
+        self.dilation, self.group, self.group_channels = dilation, group, channels // group
+        self.offset_scale, self.remove_center = offset_scale, bool(remove_center)
+        self.center_feature_scale = center_feature_scale
+        dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
+        self.dw_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, dw_kernel_size, padding=(dw_kernel_size - 1) // 2, groups=channels),
+            nn.Sequential(_Permute(0, 2, 3, 1), nn.LayerNorm(channels, eps=1e-6)), nn.GELU())
+        self.offset = nn.Linear(channels, group * points * 2)
+        self.mask = nn.Linear(channels, group * points)
+        self.input_proj = nn.Linear(channels, channels)
+        self.output_proj = nn.Linear(channels, channels)
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        for layer in (self.offset, self.mask):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        for projection in (self.input_proj, self.output_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
+
+    def forward(self, input):
+        images, height, width, _ = input.shape
+        x = self.input_proj(input)
+        query = self.dw_conv(input.permute(0, 3, 1, 2))
+        offset = self.offset(query)
+        mask = self.mask(query).reshape(images, height, width, self.group, -1).softmax(-1)
+        k, s, p, d = self.kernel_size, self.stride, self.pad, self.dilation
+        mask = mask.reshape(images, height, width, -1)
+        output = FUNCTIONS["dcnv3"](x, offset, mask, k, k, s, s, p, p, d, d, self.group, self.group_channels,
+                                    self.offset_scale, self.remove_center)
+        if self.center_feature_scale:
+            output = _centre_feature_blend(output, x, query, self.center_feature_scale_proj_weight,
+                                           self.center_feature_scale_proj_bias, self.group)
+        return self.output_proj(output)
+
+
+class DCNv4(nn.Module):
+    """``numba_droi.nn.DCNv4`` in torch: the ``DCNv4`` module (Xiong et al., CVPR 2024,
+    https://arxiv.org/abs/2401.06197) with its arguments, submodules, parameter names and
+    initialisation, so its checkpoints load; ``forward(input, shape=None)`` on ``(N, L, channels)``
+    tokens of an ``(H, W)`` map (default square)."""
+
+    def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4, offset_scale=1.0,
+                 dw_kernel_size=None, center_feature_scale=False, remove_center=False, output_bias=True,
+                 without_pointwise=False, **kwargs):
+        super().__init__()
+        from .nn import _dcn_geometry
+        points = _dcn_geometry(channels, kernel_size, group, remove_center)
+        self.channels, self.kernel_size, self.stride, self.pad = channels, kernel_size, stride, pad
+        self.dilation, self.group, self.group_channels = dilation, group, channels // group
+        self.offset_scale, self.remove_center = offset_scale, bool(remove_center)
+        self.center_feature_scale, self.without_pointwise = center_feature_scale, without_pointwise
+        self.dw_kernel_size = dw_kernel_size
+        if dw_kernel_size is not None:
+            self.offset_mask_dw = nn.Conv2d(channels, channels, dw_kernel_size,
+                                            padding=(dw_kernel_size - 1) // 2, groups=channels)
+        self.offset_mask = nn.Linear(channels, int(math.ceil(3 * group * points / 8) * 8))
+        if not without_pointwise:
+            self.value_proj = nn.Linear(channels, channels)
+            self.output_proj = nn.Linear(channels, channels, bias=output_bias)
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+        if not self.without_pointwise:
+            nn.init.xavier_uniform_(self.value_proj.weight)
+            nn.init.zeros_(self.value_proj.bias)
+            nn.init.xavier_uniform_(self.output_proj.weight)
+            if self.output_proj.bias is not None:
+                nn.init.zeros_(self.output_proj.bias)
+
+    def forward(self, input, shape=None):
+        images, tokens, channels = input.shape
+        height, width = (math.isqrt(tokens),) * 2 if shape is None else shape
+        x = input if self.without_pointwise else self.value_proj(input)
+        x = x.reshape(images, height, width, -1)
+        query = input
+        if self.dw_kernel_size is not None:
+            planes = input.view(images, height, width, channels).permute(0, 3, 1, 2)
+            query = self.offset_mask_dw(planes).permute(0, 2, 3, 1).reshape(images, tokens, channels)
+        offset_mask = self.offset_mask(query).reshape(images, height, width, -1)
+        k, s, p, d = self.kernel_size, self.stride, self.pad, self.dilation
+        output = FUNCTIONS["dcnv4"](x, offset_mask, k, k, s, s, p, p, d, d, self.group, self.group_channels,
+                                    self.offset_scale, self.remove_center)
+        if self.center_feature_scale:
+            output = _centre_feature_blend(output, x, output, self.center_feature_scale_proj_weight,
+                                           self.center_feature_scale_proj_bias, self.group)
+        output = output.reshape(images, tokens, channels)
+        return output if self.without_pointwise else self.output_proj(output)

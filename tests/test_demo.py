@@ -10,7 +10,8 @@ from numba_droi import demo, registry
 def small(monkeypatch):
     """Every timing at the simulator's small size."""
     monkeypatch.setattr(demo, "timing_example", lambda operator, device, rng: operator.example(
-        rng, np.float32, batch=1, channels=3, height=12, width=14, boxes=4))
+        rng, np.float32, **demo.simulator_size(operator, dict(batch=1, channels=3, height=12, width=14,
+                                                               boxes=4))))
 
 
 def test_demo_gradchecks_every_operator_and_prints_a_table(small, on, capsys):

@@ -216,9 +216,10 @@ def test_every_cuda_kernel_of_the_record_runs(operator, monkeypatch):
 
 
 def test_every_cuda_kernel_belongs_to_an_operator():
+    """(dcnv3 and dcnv4 run ms_deform_attn's kernels: a kernel may belong to several.)"""
     kernels.import_all()
-    names = [kernel for operator in registry.OPERATORS for kernel in operator.cuda_kernels]
-    assert len(names) == len(set(names)) and set(names) == set(_backend.CUDA_KERNELS)
+    names = {kernel for operator in registry.OPERATORS for kernel in operator.cuda_kernels}
+    assert names == set(_backend.CUDA_KERNELS)
 
 
 class _Cpu:
