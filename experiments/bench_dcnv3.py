@@ -13,10 +13,8 @@ warm-up call. Saves experiments/results/bench_dcnv3_cpu.md and .png.
     python experiments/bench_dcnv3.py [--threads 2] [--repeats 5] [--no-save]
 """
 import argparse
-import gc
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -68,37 +66,16 @@ def measure_times(repeats, setting):
             for key in tqdm(KEYS, desc="timing", file=sys.stderr)}
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def peak_in_this_process(stage, name, direction, side):
-    """MiB the call lifts this process's resident set by at its peak, after a warm-up call."""
     from numba_droi import benchmark
-    setting = benchmark.Setting("cpu", torch=True)
-    fn = calls(stage, name, setting)[direction, side]
-    fn()  # compile, load, warm up
-    gc.collect()
-    before = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # the peak resident set size starts again from the current one
-    fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return benchmark.peak_mib(calls(stage, name, benchmark.Setting("cpu", torch=True))[direction, side])
 
 
 def measure_memory():
-    """``{(stage, operator, pass, side): MiB}``, each in a fresh process (large allocations through
-    mmap, so that freed memory leaves the resident set)."""
-    from tqdm import tqdm
-    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    peaks = {}
+    """``{(stage, operator, pass, side): MiB}``, each in a fresh process."""
+    from numba_droi import benchmark
     keys = [key + (direction, side) for key in KEYS for direction in PASSES for side in ("ours", "peer")]
-    for key in tqdm(keys, desc="memory", file=sys.stderr):
-        child = subprocess.run([sys.executable, __file__, "--peak", *key], env=environment,
-                               capture_output=True, text=True, check=True)
-        peaks[key] = json.loads(child.stdout.strip().splitlines()[-1])
-    return peaks
+    return benchmark.peaks_in_fresh_processes(__file__, keys)
 
 
 def table(medians, peaks, threads, setting):

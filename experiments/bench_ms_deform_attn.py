@@ -13,10 +13,8 @@ experiments/results/bench_ms_deform_attn_cpu.md and .png.
     python experiments/bench_ms_deform_attn.py [--threads 2] [--repeats 5] [--no-save]
 """
 import argparse
-import gc
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -58,38 +56,16 @@ def measure_times(repeats, setting):
     return medians
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def peak_in_this_process(case, direction, side):
-    """MiB the call lifts this process's resident set by at its peak, after a warm-up call (whose
-    gradients the call frees as it makes its own)."""
     from numba_droi import benchmark
-    setting = benchmark.Setting("cpu", torch=True)
-    fn = calls(case, setting)[direction, side]
-    fn()  # compile, load, warm up
-    gc.collect()
-    before = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # the peak resident set size starts again from the current one
-    fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return benchmark.peak_mib(calls(case, benchmark.Setting("cpu", torch=True))[direction, side])
 
 
 def measure_memory():
-    """``{(case, pass, side): MiB}``, each in a fresh process (large allocations through mmap, so that
-    freed memory leaves the resident set)."""
-    from tqdm import tqdm
-    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    peaks = {}
+    """``{(case, pass, side): MiB}``, each in a fresh process."""
+    from numba_droi import benchmark
     keys = [(case, direction, side) for case in CASES for direction in PASSES for side in ("ours", "peer")]
-    for key in tqdm(keys, desc="memory", file=sys.stderr):
-        child = subprocess.run([sys.executable, __file__, "--peak", *key], env=environment,
-                               capture_output=True, text=True, check=True)
-        peaks[key] = json.loads(child.stdout.strip().splitlines()[-1])
-    return peaks
+    return benchmark.peaks_in_fresh_processes(__file__, keys)
 
 
 def table(medians, peaks, threads, setting):

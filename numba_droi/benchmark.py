@@ -183,6 +183,38 @@ def timed_medians(calls, repeats, setting):
     return {key: 1e3 * statistics.median(values) for key, values in times.items()}
 
 
+def _rss_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def peak_mib(fn):
+    """MiB ``fn()`` lifts this process's resident set by at its peak (Linux's VmHWM, reset through
+    /proc/self/clear_refs), after a warm-up call (whose results the call frees as it makes its own)."""
+    import gc
+    fn()  # compile, load, warm up
+    gc.collect()
+    before = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the peak resident set size starts again from the current one
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def peaks_in_fresh_processes(script, keys):
+    """``{key: MiB}``: ``python script --peak *key`` for each of ``keys`` (tuples of strings), each in a
+    fresh process that prints its ``peak_mib`` as the last line; large allocations through mmap, so
+    that freed memory leaves the resident set. With a tqdm bar."""
+    from tqdm import tqdm
+    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    peaks = {}
+    for key in tqdm(keys, desc="memory", file=sys.stderr):
+        child = subprocess.run([sys.executable, script, "--peak", *key], env=environment,
+                               capture_output=True, text=True, check=True)
+        peaks[key] = json.loads(child.stdout.strip().splitlines()[-1])
+    return peaks
+
+
 def _no_grad(torch, fn, xs):
     with torch.no_grad():
         return fn(*xs)
