@@ -572,13 +572,6 @@ MS_DEFORM_ATTN = Operator(
 
 # -- dcnv3 and dcnv4 ------------------------------------------------------------------------------------
 
-def _dcnv3_geometry(input_shape, options):
-    return ops.dcnv3_dcnv4.geometry(input_shape, *(options.get(name, default) for name, default in (
-        ("kernel_h", None), ("kernel_w", None), ("stride_h", None), ("stride_w", None), ("pad_h", None),
-        ("pad_w", None), ("dilation_h", None), ("dilation_w", None), ("group", None),
-        ("group_channels", None), ("offset_scale", 1.0), ("remove_center", False))))
-
-
 def _dcnv3_example(rng, dtype=np.float64, batch=2, channels=2, height=4, width=3, boxes=None, scale=None,
                    kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), group=2, offset_scale=1.5,
                    remove_center=False, reach=2.0):
@@ -594,7 +587,7 @@ def _dcnv3_example(rng, dtype=np.float64, batch=2, channels=2, height=4, width=3
                    pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1], group=group,
                    group_channels=channels, offset_scale=offset_scale,
                    remove_center=remove_center and kh * kw > 1)
-    geometry = _dcnv3_geometry((batch, height, width, group * channels), options)
+    geometry = ops.dcnv3_dcnv4.geometry((batch, height, width, group * channels), **options)
     points = (batch,) + geometry.output + (group, geometry.points)
     offset = rng.uniform(-reach, reach, points + (2,))
     where = geometry.locations(offset, np, np.float64).reshape(offset.shape)
@@ -626,7 +619,8 @@ def _dcnv3_gradients(functions, grad_output, arrays, options, wanted):
 
 def _dcnv3_shape(shapes, options):
     """``(N, Ho, Wo, C)``."""
-    return (shapes["input"][0],) + _dcnv3_geometry(shapes["input"], options).output + (shapes["input"][3],)
+    output = ops.dcnv3_dcnv4.geometry(shapes["input"], **options).output
+    return (shapes["input"][0],) + output + (shapes["input"][3],)
 
 
 _DCN_CHOICES = dict(kernel=_KERNELS, padding=tuple((h, w) for h in (0, 1, 2) for w in (0, 1, 2)),

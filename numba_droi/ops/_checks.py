@@ -93,6 +93,15 @@ def pair(value, name, minimum=1):
     return operator.index(pair_[0]), operator.index(pair_[1])
 
 
+def count(value, name, minimum=1):
+    """``value`` as an int of at least ``minimum`` (1 or 0), as ``pair`` takes each of its two."""
+    if (not hasattr(type(value), "__index__") or isinstance(value, (bool, np.bool_))
+            or operator.index(value) < minimum):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return operator.index(value)
+
+
 def finite_real(value, name):
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

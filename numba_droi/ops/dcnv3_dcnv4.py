@@ -5,7 +5,6 @@ of ``group_channels``, ``K`` points per output position and group, each weighted
 ``ms_deform_attn``'s kernels on the input seen as one level of ``H*W`` rows, with the sample positions
 computed here, in pixels, from the offsets (as InternImage's CUDA kernels compute them).
 """
-import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,16 +14,6 @@ from . import _checks
 from .ms_deform_attn import MAX_ROWS, sample, sample_backward
 
 __all__ = ["dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward"]
-
-
-def _count(value, name, minimum):
-    """``value`` as an int of at least ``minimum`` (anything with ``__index__``: torch's symbolic sizes
-    too)."""
-    if (not hasattr(type(value), "__index__") or isinstance(value, (bool, np.bool_))
-            or operator.index(value) < minimum):
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
-    return operator.index(value)
 
 
 @dataclass(frozen=True)
@@ -72,14 +61,14 @@ class Geometry:
 
 
 def geometry(input_shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-             group, group_channels, offset_scale, remove_center):
+             group, group_channels, offset_scale=1.0, remove_center=False):
     """The checked ``Geometry`` of a call on a channels-last ``(N, H, W, C)`` input."""
-    kernel = (_count(kernel_h, "kernel_h", 1), _count(kernel_w, "kernel_w", 1))
-    stride = (_count(stride_h, "stride_h", 1), _count(stride_w, "stride_w", 1))
-    padding = (_count(pad_h, "pad_h", 0), _count(pad_w, "pad_w", 0))
-    dilation = (_count(dilation_h, "dilation_h", 1), _count(dilation_w, "dilation_w", 1))
-    group = _count(group, "group", 1)
-    group_channels = _count(group_channels, "group_channels", 1)
+    kernel = (_checks.count(kernel_h, "kernel_h", 1), _checks.count(kernel_w, "kernel_w", 1))
+    stride = (_checks.count(stride_h, "stride_h", 1), _checks.count(stride_w, "stride_w", 1))
+    padding = (_checks.count(pad_h, "pad_h", 0), _checks.count(pad_w, "pad_w", 0))
+    dilation = (_checks.count(dilation_h, "dilation_h", 1), _checks.count(dilation_w, "dilation_w", 1))
+    group = _checks.count(group, "group", 1)
+    group_channels = _checks.count(group_channels, "group_channels", 1)
     offset_scale = float(_checks.finite_real(offset_scale, "offset_scale"))
     if not isinstance(remove_center, (bool, np.bool_, int, np.integer)) or remove_center not in (0, 1):
         raise ValueError(f"remove_center must be a bool, got {remove_center!r}")
