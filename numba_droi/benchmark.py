@@ -88,13 +88,14 @@ def case(name, setting, boxes=512):
         return Case(inputs, ours)
     peer_differentiable = [key for key in peer.arrays if key in differentiable]
     peer_inputs = [example.arrays[key] for key in peer_differentiable]
+    given = dict(example.arrays, **peer.extra)
     if setting.torchvision is not None:
         function = getattr(setting.torchvision.ops, peer.name)
-        peer_fixed = {key: setting.peer_tensor(example.arrays[key]) for key in peer.arrays}
+        peer_fixed = {key: setting.peer_tensor(given[key]) for key in peer.arrays}
         peer_name = "torchvision"
     elif peer.name != name and peer.name in registry.BY_NAME:
         function = getattr(F, peer.name)
-        peer_fixed = {key: setting.array(example.arrays[key]) for key in peer.arrays}
+        peer_fixed = {key: setting.array(given[key]) for key in peer.arrays}
         peer_name = f"numba_droi {peer.name}"
     else:
         return Case(inputs, ours)

@@ -95,16 +95,17 @@ def _named(operator, arrays, values):
     return {name: None if a is None else next(values) for name, a in zip(operator.arrays, arrays)}
 
 
-def _rois(boxes):
-    """torchvision's boxes: a ``(K, 5)`` array, or a list of ``(L_i, 4)`` arrays, one per image."""
+def _rois(boxes, columns=5):
+    """torchvision's boxes: a ``(K, 5)`` array, or a list of ``(L_i, 4)`` arrays, one per image (rotated
+    boxes: ``columns = 6``, lists of ``(L_i, 5)``)."""
     if not isinstance(boxes, (list, tuple)):
-        if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"boxes must be a (K, 5) array or a list of (L, 4) arrays, got shape "
-                             f"{tuple(boxes.shape)}")
+        if boxes.ndim != 2 or boxes.shape[1] != columns:
+            raise ValueError(f"boxes must be a (K, {columns}) array or a list of (L, {columns - 1}) arrays, "
+                             f"got shape {tuple(boxes.shape)}")
         return boxes
-    if not boxes or not all(jnp.ndim(b) == 2 and jnp.shape(b)[1] == 4 for b in boxes):
-        raise ValueError(f"boxes must be a (K, 5) array or a non-empty list of (L, 4) arrays, got a list "
-                         f"of shapes {[jnp.shape(b) for b in boxes]}")
+    if not boxes or not all(jnp.ndim(b) == 2 and jnp.shape(b)[1] == columns - 1 for b in boxes):
+        raise ValueError(f"boxes must be a (K, {columns}) array or a non-empty list of (L, {columns - 1}) "
+                         f"arrays, got a list of shapes {[jnp.shape(b) for b in boxes]}")
     boxes = [jnp.asarray(b) for b in boxes]
     return jnp.concatenate([jnp.concatenate([jnp.full((b.shape[0], 1), i, b.dtype), b], axis=1)
                             for i, b in enumerate(boxes)])
@@ -129,7 +130,7 @@ def _function(operator):
         if "boxes" in arguments:
             arguments["rois"] = arguments.pop("boxes")
         if "rois" in arguments:
-            arguments["rois"] = _rois(arguments["rois"])
+            arguments["rois"] = _rois(arguments["rois"], operator.box_columns)
         options = tuple((name, _hashable(arguments[name])) for name in operator.options)
         return differentiable(options, *(arguments[name] for name in operator.arrays))
 

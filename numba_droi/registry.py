@@ -27,6 +27,8 @@ from .kernels import deform_roi_pool as deform_roi_pool_kernels
 from .kernels import ms_deform_attn as ms_deform_attn_kernels
 from .kernels import ps_roi as ps_roi_kernels
 from .kernels import roi_align as roi_align_kernels
+from .kernels import roi_align_max as roi_align_max_kernels
+from .kernels import roi_align_rotated as roi_align_rotated_kernels
 from .kernels import roi_pool as roi_pool_kernels
 from .ops import _checks
 
@@ -47,6 +49,8 @@ class Peer:
     name: str
     arrays: tuple
     options: dict
+    extra: dict = dataclasses.field(default_factory=dict)  # arrays of the peer's own, by name (the
+                                                           # axis-aligned boxes of rotated ones)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,6 +84,7 @@ class Operator:
                                  # NaN, inf and huge values)
     saving: Optional[Callable] = None
     kept: tuple = ()             # (name, dtype) of what saving keeps: arrays of the output's shape
+    box_columns: int = 5         # columns of its rois: 6 for rotated boxes
     simulated: tuple = ()        # (name, value) arguments of example that override the demo's small size
                                  # on the simulator (an operator with many elements per output pixel,
                                  # whose gradient check there evaluates it twice per element)
@@ -236,6 +241,90 @@ ROI_ALIGN = Operator(
     benchmark=_torchvision_benchmark("roi_align", dict(output_size=7, spatial_scale=1 / 16,
                                                        sampling_ratio=2, aligned=True)),
     module="RoIAlign", peers={"torchvision": "roi_align", "mmcv": "roi_align"})
+
+
+# -- roi_align_max ------------------------------------------------------------------------------------
+
+def _roi_align_max_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS,
+                           scale=0.5, output_size=(2, 2), sampling_ratio=2, aligned=True):
+    return _roi_align_example(rng, dtype, batch, channels, height, width, boxes, scale, output_size,
+                              sampling_ratio, aligned)
+
+
+def _roi_align_max_saving(functions, arrays, options, wanted):
+    output, argmax = functions.roi_align_max_with_argmax(arrays["input"], arrays["rois"], **options)
+    return output, {"argmax": argmax}
+
+
+def _roi_align_max_gradients(functions, grad_output, arrays, options, wanted):
+    argmax = arrays.get("argmax")
+    if argmax is None:  # the forward did not keep it (the JAX adapter): recompute it
+        _, argmax = functions.roi_align_max_with_argmax(arrays["input"], arrays["rois"], **options)
+    return {"input": functions.roi_align_max_backward(grad_output, arrays["rois"], argmax,
+                                                      arrays["input"].shape,
+                                                      **_without(options, "output_size"))}
+
+
+ROI_ALIGN_MAX = Operator(
+    name="roi_align_max", forward=ops.roi_align_max, backward=ops.roi_align_max_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_roi_align_max_gradients, saving=_roi_align_max_saving, kept=(("argmax", np.int32),),
+    output_shape=_pooled_shape,
+    kernels=roi_align_max_kernels.KERNELS, reference="reference.roi_align_max",
+    example=_roi_align_max_example,
+    choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, aligned=(False, True)),
+    benchmark=_torchvision_benchmark("roi_align", dict(output_size=7, spatial_scale=1 / 16,
+                                                       sampling_ratio=2, aligned=True)),
+    module="RoIAlignMax", peers={"mmcv": "roi_align(pool_mode='max')"})
+
+
+# -- roi_align_rotated --------------------------------------------------------------------------------
+
+def example_rotated_rois(rng, boxes, batch, height, width, scale):
+    """``(K, 6)`` rotated rois ``[n, cx, cy, w, h, angle]`` for ``height x width`` maps at ``scale``:
+    ``example_rois``' boxes (the same kinds) as centres and sizes, with angles in ``[-pi, pi]``."""
+    axis_aligned = example_rois(rng, boxes, batch, height, width, scale)
+    low, high = axis_aligned[:, 1:3], axis_aligned[:, 3:5]
+    angle = rng.uniform(-np.pi, np.pi, (len(axis_aligned), 1))
+    with np.errstate(invalid="ignore"):  # the adversarial tests' boxes at inf
+        return np.concatenate([axis_aligned[:, :1], (low + high) / 2, high - low, angle], 1)
+
+
+def _roi_align_rotated_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6,
+                               boxes=BOX_KINDS, scale=0.5, output_size=(2, 2), sampling_ratio=2, aligned=True,
+                               clockwise=False):
+    arrays = dict(input=_features(rng, batch, channels, height, width),
+                  rois=example_rotated_rois(rng, boxes, batch, height, width, scale))
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale,
+                                              sampling_ratio=sampling_ratio, aligned=aligned,
+                                              clockwise=clockwise))
+
+
+def _roi_align_rotated_gradients(functions, grad_output, arrays, options, wanted):
+    return {"input": functions.roi_align_rotated_backward(grad_output, arrays["rois"], arrays["input"].shape,
+                                                          **_without(options, "output_size"))}
+
+
+def _roi_align_rotated_benchmark(rng, boxes=512):
+    """The detection case's boxes turned by random angles, against RoI Align of the unturned boxes."""
+    features, rois = detection_case(rng, boxes=boxes)
+    rotated = np.concatenate([rois[:, :1], (rois[:, 1:3] + rois[:, 3:5]) / 2, rois[:, 3:5] - rois[:, 1:3],
+                              rng.uniform(-np.pi, np.pi, (len(rois), 1))], 1).astype(rois.dtype)
+    options = dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+    return (Example(dict(input=features, rois=rotated), options),
+            Peer("roi_align", ("input", "boxes"), options, extra=dict(boxes=rois)))
+
+
+ROI_ALIGN_ROTATED = Operator(
+    name="roi_align_rotated", forward=ops.roi_align_rotated, backward=ops.roi_align_rotated_backward,
+    arrays=("input", "rois"), differentiable=("input",),
+    gradients=_roi_align_rotated_gradients, output_shape=_pooled_shape,
+    kernels=roi_align_rotated_kernels.KERNELS, reference="reference.roi_align_rotated",
+    example=_roi_align_rotated_example,
+    choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, aligned=(False, True),
+                 clockwise=(False, True)),
+    benchmark=_roi_align_rotated_benchmark, box_columns=6,
+    module="RoIAlignRotated", peers={"mmcv": "roi_align_rotated", "detectron2": "ROIAlignRotated"})
 
 
 # -- roi_pool ----------------------------------------------------------------------------------------
@@ -686,6 +775,6 @@ DCNV4 = Operator(
     peers={"DCNv4": "DCNv4Function"})
 
 
-OPERATORS = (ROI_ALIGN, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN, DEFORM_ROI_POOL, DEFORM_PSROI_POOL,
-             DEFORM_CONV2D, MS_DEFORM_ATTN, DCNV3, DCNV4)
+OPERATORS = (ROI_ALIGN, ROI_ALIGN_MAX, ROI_ALIGN_ROTATED, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN,
+             DEFORM_ROI_POOL, DEFORM_PSROI_POOL, DEFORM_CONV2D, MS_DEFORM_ATTN, DCNV3, DCNV4)
 BY_NAME = {operator.name: operator for operator in OPERATORS}

@@ -37,17 +37,21 @@ def plane(shape, name):
                          f"{shape[2]} * {shape[3]} = {shape[2] * shape[3]}")
 
 
-def rois(boxes, features_array, name="rois", features_name="input"):
-    """``boxes`` as a C-contiguous ``(K, 5)`` array of the features' dtype whose batch indices all lie
-    in ``[0, N)``; box ``k`` reads image ``int(boxes[k, 0])`` of the boxes as given (a float64 index
-    just below 1 is image 0, even where the features' float32 would round it to 1). ``features_name``
-    names the argument the features came from (a backward's ``grad_output``) in the error for arrays
-    on different devices."""
+BOXES = "[batch_index, x1, y1, x2, y2]"
+ROTATED_BOXES = "[batch_index, cx, cy, w, h, angle]"
+
+
+def rois(boxes, features_array, name="rois", features_name="input", layout=BOXES):
+    """``boxes`` as a C-contiguous ``(K, 5)`` array (``(K, 6)`` for the ``layout`` ``ROTATED_BOXES``) of
+    the features' dtype whose batch indices all lie in ``[0, N)``; box ``k`` reads image
+    ``int(boxes[k, 0])`` of the boxes as given (a float64 index just below 1 is image 0, even where
+    the features' float32 would round it to 1). ``features_name`` names the argument the features came
+    from (a backward's ``grad_output``) in the error for arrays on different devices."""
     _backend.target_of(features_array, boxes, names=(features_name, name))
     given = _backend.as_array(boxes)
-    if given.ndim != 2 or given.shape[1] != 5:
-        raise ValueError(f"{name} must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
-                         f"got {tuple(given.shape)}")
+    columns = layout.count(",") + 1
+    if given.ndim != 2 or given.shape[1] != columns:
+        raise ValueError(f"{name} must have shape (K, {columns}) {layout}, got {tuple(given.shape)}")
     if given.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array, got {given.dtype}")
     xp = _backend.array_module(given)

@@ -1,0 +1,188 @@
+"""Rotated RoI Align kernels (mmcv's ``roi_align_rotated``), in three parts.
+
+* The body, shared by the targets: ``rotated_box`` (a box's geometry: RoI Align's unrotated grid about
+  the box centre, and the rotation), ``rotated_sample``, ``roi_align_rotated_bin`` (one output element)
+  and ``roi_align_rotated_bin_backward`` (the scatter of its gradient, atomic on the GPU).
+* The cuda schedule: a thread per output element; the deterministic backward, a thread per gradient
+  plane.
+* The cpu drivers run the body: the forward box by box, the backward channel by channel (each
+  iteration owns its channel's gradient planes, and walks the boxes in order, as the deterministic
+  cuda backward does).
+
+Kernel arguments: ``(features, rois, turns, spatial_scale, sampling_ratio, aligned, output)`` and
+``(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned, grad_input)``, with ``rois``
+``(K, 6) = [batch, cx, cy, w, h, angle]``, ``turns`` ``(K, 2)``, each box's ``(cos, sin)`` of its
+counter-clockwise angle (computed before the launch: the kernels call no trigonometric function,
+whose float32 forms in libdevice carry a float64 path for huge arguments), ``spatial_scale`` of the
+features' dtype and ``grad_input`` zero-filled.
+"""
+import math
+
+from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
+from .bilinear import b1_scatter, b1_value, b1_weights
+from .roi_align import MAX_SAMPLING_RATIO, roi_align_sample, unravel_output_index
+
+
+# -- body ------------------------------------------------------------------------------------------
+
+@jitable
+def rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
+    """Geometry of box ``k``: ``(grid, centre_y, centre_x, cos, sin)``, ``grid`` the box of
+    ``roi_align_box``'s form for the unrotated box centred at the origin.
+
+    A box with a non-finite coordinate or angle gets an empty sampling grid, so its output is 0. The
+    grid has at most ``MAX_SAMPLING_RATIO`` samples per side.
+    """
+    f = rois.dtype.type
+    offset = f(0.5) if aligned else f(0)
+    centre_x = rois[k, 1] * spatial_scale - offset
+    centre_y = rois[k, 2] * spatial_scale - offset
+    roi_w = rois[k, 3] * spatial_scale
+    roi_h = rois[k, 4] * spatial_scale
+    cos_theta = turns[k, 0]
+    sin_theta = turns[k, 1]
+    finite = (math.isfinite(centre_x) and math.isfinite(centre_y) and math.isfinite(roi_w)
+              and math.isfinite(roi_h) and math.isfinite(cos_theta) and math.isfinite(sin_theta))
+    if not aligned:
+        roi_w = max(roi_w, f(1))
+        roi_h = max(roi_h, f(1))
+    bin_h = roi_h / f(pooled_h)
+    bin_w = roi_w / f(pooled_w)
+    grid_h = 0
+    grid_w = 0
+    if finite:
+        # negative sizes (aligned mode) have negative bins: an empty grid
+        limit = f(MAX_SAMPLING_RATIO)
+        grid_h = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_h, f(0)), limit))))
+        grid_w = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
+                  else int(math.ceil(min(max(bin_w, f(0)), limit))))
+    grid = (int(rois[k, 0]), -roi_h / f(2), -roi_w / f(2), bin_h, bin_w, grid_h, grid_w)
+    return grid, centre_y, centre_x, cos_theta, sin_theta
+
+
+@jitable
+def rotated_sample(box, ph, pw, iy, ix):
+    """``(y, x)`` of sample ``(iy, ix)`` in bin ``(ph, pw)``: RoI Align's sample of the unrotated grid,
+    rotated by the angle about the origin and moved to the box centre."""
+    grid, centre_y, centre_x, cos_theta, sin_theta = box
+    yy, xx = roi_align_sample(grid, ph, pw, iy, ix)
+    return yy * cos_theta - xx * sin_theta + centre_y, yy * sin_theta + xx * cos_theta + centre_x
+
+
+@jitable
+def roi_align_rotated_bin(features, c, ph, pw, box):
+    """Output of bin ``(ph, pw)`` in channel ``c`` of the box whose geometry ``rotated_box`` gave."""
+    f = features.dtype.type
+    grid = box[0]
+    n, grid_h, grid_w = grid[0], grid[5], grid[6]
+    total = f(0)
+    for sample in range(grid_h * grid_w):  # (one loop: fewer registers than two)
+        iy = sample // grid_w
+        y, x = rotated_sample(box, ph, pw, iy, sample - iy * grid_w)
+        total += b1_value(features, n, c, y, x)
+    return total / f(max(grid_h * grid_w, 1))
+
+
+@jitable
+def roi_align_rotated_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
+    """Scatter ``grad``, the gradient of ``roi_align_rotated_bin(..., c, ph, pw, box)``, into
+    ``grad_input`` (atomically on the GPU unless ``atomic`` is False)."""
+    f = grad_input.dtype.type
+    grid = box[0]
+    n, grid_h, grid_w = grid[0], grid[5], grid[6]
+    grad = grad / f(max(grid_h * grid_w, 1))
+    for iy in range(grid_h):
+        for ix in range(grid_w):
+            y, x = rotated_sample(box, ph, pw, iy, ix)
+            y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, _, _ = b1_weights(grad_input, y, x)
+            b1_scatter(grad_input, n, c, y_low, x_low, y_high, x_high, w_ll, w_lh, w_hl, w_hh, grad,
+                       atomic)
+
+
+# -- cuda schedule ---------------------------------------------------------------------------------
+
+@cuda_kernel("F4 F2 F2 f i b F4")
+def roi_align_rotated_forward_cuda(features, rois, turns, spatial_scale, sampling_ratio, aligned,
+                                   output):
+    for index in range(thread_start(), output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, output.shape)
+        box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, output.shape[2],
+                          output.shape[3])
+        output[k, c, ph, pw] = roi_align_rotated_bin(features, c, ph, pw, box)
+
+
+@cuda_kernel("F4 F2 F2 f i b F4")
+def roi_align_rotated_backward_cuda(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
+                                    grad_input):
+    for index in range(thread_start(), grad_output.size, thread_stride()):
+        k, c, ph, pw = unravel_output_index(index, grad_output.shape)
+        box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, grad_output.shape[2],
+                          grad_output.shape[3])
+        roi_align_rotated_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box)
+
+
+@cuda_kernel("F4 F2 F2 f i b F4")
+def roi_align_rotated_backward_deterministic_cuda(grad_output, rois, turns, spatial_scale, sampling_ratio,
+                                                  aligned, grad_input):
+    # One thread per plane grad_input[n, c], boxes in order, no atomics (see kernels/roi_align.py).
+    channels = grad_input.shape[1]
+    for plane in range(thread_start(), grad_input.shape[0] * channels, thread_stride()):
+        n = plane // channels
+        c = plane - n * channels
+        for k in range(grad_output.shape[0]):
+            if int(rois[k, 0]) != n:
+                continue
+            box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned,
+                              grad_output.shape[2], grad_output.shape[3])
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    roi_align_rotated_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box,
+                                                   False)
+
+
+# -- cpu drivers -----------------------------------------------------------------------------------
+
+def roi_align_rotated_forward_cpu(features, rois, turns, spatial_scale, sampling_ratio, aligned,
+                                  output):
+    parallel_for(_forward_boxes, rois.shape[0], features, rois, turns, spatial_scale, sampling_ratio,
+                 aligned, output)
+
+
+@cpu_function
+def _forward_boxes(start, stop, features, rois, turns, spatial_scale, sampling_ratio, aligned,
+                   output):
+    channels, pooled_h, pooled_w = output.shape[1:]
+    for k in range(start, stop):
+        box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+        for c in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    output[k, c, ph, pw] = roi_align_rotated_bin(features, c, ph, pw, box)
+
+
+def roi_align_rotated_backward_cpu(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
+                                   grad_input):
+    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, turns, spatial_scale,
+                 sampling_ratio, aligned, grad_input)
+
+
+@cpu_function
+def _backward_channels(start, stop, grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
+                       grad_input):
+    boxes, _, pooled_h, pooled_w = grad_output.shape
+    for c in range(start, stop):
+        for k in range(boxes):
+            box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h,
+                              pooled_w)
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    roi_align_rotated_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box,
+                                                   False)
+
+
+KERNELS = {
+    "forward": {"cpu": roi_align_rotated_forward_cpu, "cuda": roi_align_rotated_forward_cuda},
+    "backward": {"cpu": roi_align_rotated_backward_cpu, "cuda": roi_align_rotated_backward_cuda,
+                 "cuda_deterministic": roi_align_rotated_backward_deterministic_cuda},
+}
