@@ -496,3 +496,42 @@ def split(input, sizes, axis=0):
                          f"of axis {axis}")
     starts = np.cumsum([0] + sizes[:-1])
     return tuple(narrow(input, axis, int(start), size) for start, size in zip(starts, sizes))
+
+
+# -- multi-scale RoI Align: roi_align on the pyramid level of each box ----------------------------------
+
+class MultiScaleRoIAlign(Function):
+    @staticmethod
+    def forward(ctx, rois, image_shapes, output_size, sampling_ratio, canonical_scale, canonical_level,
+                *features):
+        ctx.arguments = (rois, image_shapes, sampling_ratio, canonical_scale, canonical_level)
+        ctx.shapes = [level.shape for level in features]
+        return ops.multi_scale_roi_align(list(features), rois, image_shapes, output_size, sampling_ratio,
+                                         canonical_scale, canonical_level)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        rois, image_shapes, sampling_ratio, canonical_scale, canonical_level = ctx.arguments
+        grads = ops.multi_scale_roi_align_backward(grad_output, ctx.shapes, rois, image_shapes,
+                                                   sampling_ratio, canonical_scale, canonical_level)
+        wanted = ctx.needs_input_grad[6:]
+        return (None,) * 6 + tuple(grad if needed else None for grad, needed in zip(grads, wanted))
+
+
+def multi_scale_roi_align(features, rois, image_shapes, output_size, sampling_ratio, canonical_scale=224,
+                          canonical_level=4):
+    """Differentiable ``numba_droi.multi_scale_roi_align``, torchvision's ``MultiScaleRoIAlign`` (FPN,
+    Lin et al., 2017, https://arxiv.org/abs/1612.03144), with gradients for every level of
+    ``features`` (a list of Tensors or arrays, finest first)::
+
+        out[k] = roi_align(features[l_k], rois[k], output_size, scales[l_k], sampling_ratio, aligned=False)
+        l_k = clip(floor(canonical_level + log2(sqrt(area_k) / canonical_scale) + 1e-6), k_min, k_max) - k_min
+
+    with the scales and ``k_min``, ``k_max`` inferred from the levels' heights and ``image_shapes``
+    (``numba_droi.infer_scales``)."""
+    if not isinstance(features, (list, tuple)):
+        raise ValueError(f"features must be a non-empty list of (N, C, H, W) arrays, one per level, got "
+                         f"{type(features).__name__}")
+    rois = rois.data if isinstance(rois, Tensor) else rois
+    return MultiScaleRoIAlign.apply(rois, image_shapes, output_size, sampling_ratio, canonical_scale,
+                                    canonical_level, *(_tensor(level) for level in features))

@@ -390,6 +390,37 @@ class DeformPSRoIPoolPack(MODULES["deform_psroi_pool"]):
                 f"offset_classes={self.offset_classes}")
 
 
+class MultiScaleRoIAlign(Module):
+    """torchvision's ``MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, *,
+    canonical_scale=224, canonical_level=4)``: ``forward(x, boxes, image_shapes)`` pools each box from
+    the level of ``x`` (a dict of ``(N, C, H, W)`` features) that its size maps to, among those named
+    in ``featmap_names`` (finest first); ``boxes`` is a ``(K, 5)`` array or a list of ``(L_i, 4)``
+    arrays, one per image; ``image_shapes`` the images' ``(height, width)``. See
+    ``functional.multi_scale_roi_align``."""
+
+    def __init__(self, featmap_names, output_size, sampling_ratio, *, canonical_scale=224, canonical_level=4):
+        self.featmap_names = list(featmap_names)
+        self.output_size = _checks.pair(output_size, "output_size")
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+
+    def forward(self, x, boxes, image_shapes):
+        missing = [name for name in self.featmap_names if name not in x]
+        if missing:
+            raise ValueError(f"x has no features named {missing}: it has {list(x)}")
+        if isinstance(boxes, (list, tuple)):
+            xp = _backend.array_module(_backend.as_array(boxes[0])) if boxes else np
+            boxes = xp.concatenate([xp.concatenate([xp.full((len(b), 1), i, b.dtype), b], 1)
+                                    for i, b in enumerate(_backend.as_array(b) for b in boxes)])
+        return functional.multi_scale_roi_align([x[name] for name in self.featmap_names], boxes, image_shapes,
+                                                self.output_size, self.sampling_ratio, self.canonical_scale,
+                                                self.canonical_level)
+
+    def extra_repr(self):
+        return (f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+                f"sampling_ratio={self.sampling_ratio}")
+
+
 # -- convolutions ------------------------------------------------------------------------------------
 
 class Conv2d(Module):

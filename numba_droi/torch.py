@@ -8,9 +8,11 @@ layer of its ``module`` name (options at construction, tensors at the call), wit
 array-level operator; for an operator that torchvision has, the boxes argument is named ``boxes`` as
 torchvision's. That gives torchvision's ``roi_align``, ``RoIAlign``, ``roi_pool``, ``RoIPool``,
 ``ps_roi_pool``, ``PSRoIPool``, ``ps_roi_align``, ``PSRoIAlign``, ``deform_conv2d``, and mmcv's
-``deform_roi_pool`` and ``DeformRoIPool`` (with our fused ``mask`` as a last, optional argument);
-``deform_psroi_pool`` and ``DeformPSRoIPool`` are ours. Written here by hand: torchvision's
-``DeformConv2d``; mmcv's ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack``,
+``deform_roi_pool`` and ``DeformRoIPool`` (with our fused ``mask`` as a last, optional argument),
+``roi_align_rotated`` and ``RoIAlignRotated``; ``deform_psroi_pool``, ``DeformPSRoIPool``,
+``roi_align_max`` (mmcv's ``roi_align`` with ``pool_mode="max"``) and ``RoIAlignMax`` are ours.
+Written here by hand: Detectron2's ``ROIAlignRotated`` (angles in degrees); torchvision's
+``MultiScaleRoIAlign`` and ``DeformConv2d``; mmcv's ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack``,
 ``modulated_deform_conv2d``, ``ModulatedDeformConv2d``, ``ModulatedDeformConv2dPack`` and
 ``DeformConv2dPack``; and Deformable ConvNets' deformable PS RoI pooling as mmdet v1 wrapped it
 (``deform_roi_pooling``, ``DeformRoIPooling``).
@@ -69,23 +71,23 @@ def _stream(tensor):
                                     tensor.device.index)
 
 
-def _rois(boxes):
+def _rois(boxes, columns=5):
     """torchvision's boxes as a ``(K, 5)`` tensor: a ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]``
     as it is, or a list of ``(L_i, 4)`` tensors ``[x1, y1, x2, y2]``, one per image, whose rows get
-    batch index ``i``."""
+    batch index ``i`` (rotated boxes: ``columns = 6``, lists of ``(L_i, 5)``)."""
     if isinstance(boxes, torch.fx.Proxy):  # symbolic tracing: a tensor, checked by the operator
         return boxes
     if isinstance(boxes, torch.Tensor):
-        if boxes.dim() != 2 or boxes.size(1) != 5:
-            raise BadArgument(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got a tensor of "
-                              f"shape {tuple(boxes.shape)}")
+        if boxes.dim() != 2 or boxes.size(1) != columns:
+            raise BadArgument(f"boxes must be a Tensor[K, {columns}] or a list of Tensor[L, {columns - 1}], "
+                              f"got a tensor of shape {tuple(boxes.shape)}")
         return boxes
     boxes = list(boxes)
     shapes = [tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__ for b in boxes]
-    if not boxes or not all(isinstance(b, torch.Tensor) and b.dim() == 2 and b.size(1) == 4
+    if not boxes or not all(isinstance(b, torch.Tensor) and b.dim() == 2 and b.size(1) == columns - 1
                             for b in boxes):
-        raise BadArgument(f"boxes must be a Tensor[K, 5] or a non-empty list of Tensor[L, 4], got a "
-                          f"list of {shapes}")
+        raise BadArgument(f"boxes must be a Tensor[K, {columns}] or a non-empty list of "
+                          f"Tensor[L, {columns - 1}], got a list of {shapes}")
     batch = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
     return torch.cat([batch, torch.cat(boxes)], dim=1)
 
@@ -241,7 +243,7 @@ def _arguments(operator, signature, args, kwargs):
     if "boxes" in arguments:
         arguments["rois"] = arguments.pop("boxes")
     if "rois" in arguments:
-        arguments["rois"] = _rois(arguments["rois"])
+        arguments["rois"] = _rois(arguments["rois"], operator.box_columns)
     return [arguments[name] for name in operator.arrays], {name: arguments[name] for name in operator.options}
 
 
@@ -309,7 +311,8 @@ globals().update(FUNCTIONS)
 globals().update((cls.__name__, cls) for cls in MODULES.values())
 
 __all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
-           + ["BadArgument", "BadArgumentType", "DeformConv2d", "DeformRoIPoolPack",
+           + ["BadArgument", "BadArgumentType", "DeformConv2d", "ROIAlignRotated", "MultiScaleRoIAlign",
+              "DeformRoIPoolPack",
               "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
               "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
               "DeformRoIPooling", "multi_scale_deformable_attn", "MultiScaleDeformableAttention",
@@ -557,6 +560,63 @@ class DeformRoIPooling(nn.Module):
 
 
 # -- multi-scale deformable attention, as mmcv --------------------------------------------------------------
+
+class ROIAlignRotated(nn.Module):
+    """Detectron2's ``ROIAlignRotated(output_size, spatial_scale, sampling_ratio)(input, rois)``: rois
+    ``(K, 6) = [batch_index, cx, cy, w, h, angle]`` with the angle in degrees (counter-clockwise),
+    always aligned; ``roi_align_rotated`` of the angle in radians."""
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio):
+        super().__init__()
+        self.output_size, self.spatial_scale, self.sampling_ratio = output_size, spatial_scale, sampling_ratio
+
+    def forward(self, input, rois):
+        rois = _rois(rois, 6)
+        radians = torch.cat([rois[:, :5], rois[:, 5:] * (math.pi / 180)], dim=1)
+        return FUNCTIONS["roi_align_rotated"](input, radians, self.output_size, self.spatial_scale,
+                                              self.sampling_ratio, aligned=True)
+
+    def extra_repr(self):
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}")
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """torchvision's ``MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, *,
+    canonical_scale=224, canonical_level=4)`` on our ``roi_align``: ``forward(x, boxes, image_shapes)``
+    pools each box of ``boxes`` (a list of ``(L_i, 4)`` tensors, one per image, or a ``(K, 5)`` tensor)
+    from the level of ``x`` (a dict of features) that its size maps to (``numba_droi.map_levels``), at
+    the scale inferred from the level's height and the largest of ``image_shapes``."""
+
+    def __init__(self, featmap_names, output_size, sampling_ratio, *, canonical_scale=224, canonical_level=4):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = _pair(output_size)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+
+    def forward(self, x, boxes, image_shapes):
+        features = [x[name] for name in self.featmap_names]
+        rois = _rois(boxes)
+        with _torch_errors():
+            scales, k_min, k_max = ops.infer_scales([f.shape for f in features], image_shapes)
+        area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+        level = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale)
+                            + torch.tensor(1e-6, dtype=area.dtype))
+        level = torch.where(torch.isnan(level), k_min - 1, torch.clamp(level, k_min, k_max))  # NaN: no level
+        level = level.to(torch.int64) - k_min
+        result = torch.zeros((rois.shape[0], features[0].shape[1]) + self.output_size,
+                             dtype=features[0].dtype, device=features[0].device)
+        for index, (feature, scale) in enumerate(zip(features, scales)):
+            chosen = torch.where(level == index)[0]
+            result = result.index_put((chosen,), FUNCTIONS["roi_align"](
+                feature, rois[chosen], self.output_size, scale, self.sampling_ratio).to(result.dtype))
+        return result
+
+    def extra_repr(self):
+        return (f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+                f"sampling_ratio={self.sampling_ratio}")
+
 
 def multi_scale_deformable_attn(value, value_spatial_shapes, value_level_start_index, sampling_locations,
                                 attention_weights, im2col_step=64):
