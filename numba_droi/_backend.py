@@ -630,6 +630,20 @@ def _add_4d_cpu(array, i0, i1, i2, i3, value, atomic=True):
 
 
 @jitable
+def add_2d(array, i0, i1, value, atomic=True):
+    """``array[i0, i1] += value``, as ``add_4d``."""
+    if atomic:
+        kernel_api.atomic.add(array, (i0, i1), value)
+    else:
+        array[i0, i1] += value
+
+
+@for_cpu(add_2d)
+def _add_2d_cpu(array, i0, i1, value, atomic=True):
+    array[i0, i1] += value
+
+
+@jitable
 def add_1d(array, i, value, atomic=True):
     """``array[i] += value`` of a 1-d array (a view, such as a column of a larger array), as
     ``add_4d``."""

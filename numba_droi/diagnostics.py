@@ -9,8 +9,7 @@ import numpy as np
 import scipy
 
 from . import __version__, _backend, demo, registry
-from .autograd import Tensor
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError
 
 
 def check(target=None, names=None, out=print):
@@ -27,12 +26,10 @@ def check(target=None, names=None, out=print):
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
         for name in names or registry.BY_NAME:
             operator = registry.BY_NAME[name]
-            arrays, call = demo.example_call(
-                operator, operator.example(np.random.default_rng(0), np.float64, **demo.SIZES["gradcheck"]),
-                xp.asarray)
-            tensors = [Tensor(xp.asarray(a), requires_grad=True) for a in arrays]
+            example = operator.example(np.random.default_rng(0), np.float64, **demo.SIZES["gradcheck"])
+            arrays = [example.arrays[name] for name in operator.wanted(example.arrays)]
             try:
-                gradcheck(call, tensors)
+                demo.gradcheck_example(operator, example, xp.asarray)
                 result, detail = "pass", ""
             except GradcheckError as error:
                 result, detail = "FAIL", str(error)

@@ -11,7 +11,7 @@ class GradcheckError(AssertionError):
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, max_full_size=10_000,
-              n_directions=4, seed=0):
+              n_directions=4, seed=0, constant=None):
     """Check the backward of ``fn`` against central finite differences of its forward,
     ``(f(x + eps e) - f(x - eps e)) / (2 eps)``.
 
@@ -29,6 +29,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
       when that is below the tolerance. Errors spread over the gradient (a wrong factor, a wrong
       formula) are caught.
 
+    ``constant`` maps the position of an input to a boolean mask of its shape: elements the function
+    has no derivative in (a batch index), which are neither moved nor compared.
+
     An element fails when ``|analytic - numeric| > atol + rtol * |numeric|``. Returns True, or raises
     ``GradcheckError`` naming the worst element (returns False when ``raise_exception`` is False).
     """
@@ -41,6 +44,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         if inputs[i].dtype != np.float64:
             raise TypeError(_not_float64(f"input {i}", inputs[i].dtype, eps))
     rng = np.random.default_rng(seed)
+    constant = constant or {}
+    moving = {i: ~np.asarray(constant.get(i, np.zeros(inputs[i].shape, bool))).ravel() for i in checked}
 
     def evaluate(replacements):
         """fn's output (a flat NumPy array) with the checked inputs replaced as given."""
@@ -84,10 +89,11 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
                 x[element] += t
                 return cotangents @ evaluate({i: x})
 
-            numeric = np.stack([central_difference(lambda t: moved(t, k)) for k in range(x0.size)], axis=1)
+            numeric = np.stack([central_difference(lambda t: moved(t, k)) if moving[i][k] else
+                                np.zeros(len(cotangents)) for k in range(x0.size)], axis=1)
             for row in range(len(cotangents)):
                 error = np.abs(analytic[row][position] - numeric[row])
-                excess = error - (atol + rtol * np.abs(numeric[row]))
+                excess = np.where(moving[i], error - (atol + rtol * np.abs(numeric[row])), -np.inf)
                 worst = int(np.argmax(excess))
                 element = tuple(int(v) for v in np.unravel_index(worst, inputs[i].shape))
                 failures.append((excess[worst], f"input {i}, element {element} (cotangent {row}): "
@@ -100,7 +106,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
                       RuntimeWarning, stacklevel=2)
         for direction in range(n_directions):
             u = rng.standard_normal(output.size)
-            v = {i: rng.standard_normal(inputs[i].size) for i in checked}
+            v = {i: rng.standard_normal(inputs[i].size) * moving[i] for i in checked}
             x0 = {i: _backend.to_numpy(inputs[i].data).ravel() for i in checked}
             analytic = sum(g @ v[i] for g, i in zip(vector_jacobian(u), checked))
             numeric = central_difference(lambda t: u @ evaluate({i: x0[i] + t * v[i] for i in checked}))

@@ -25,6 +25,7 @@ from .kernels import deform_conv as deform_conv_kernels
 from .kernels import deform_psroi_pool as deform_psroi_pool_kernels
 from .kernels import deform_roi_pool as deform_roi_pool_kernels
 from .kernels import ms_deform_attn as ms_deform_attn_kernels
+from .kernels import prroi_pool as prroi_pool_kernels
 from .kernels import ps_roi as ps_roi_kernels
 from .kernels import roi_align as roi_align_kernels
 from .kernels import roi_align_max as roi_align_max_kernels
@@ -85,6 +86,8 @@ class Operator:
     saving: Optional[Callable] = None
     kept: tuple = ()             # (name, dtype) of what saving keeps: arrays of the output's shape
     box_columns: int = 5         # columns of its rois: 6 for rotated boxes
+    no_derivative: tuple = ()    # (array, column): elements of a differentiable array that the output
+                                 # has no derivative in (a batch index), held by finite differences
     simulated: tuple = ()        # (name, value) arguments of example that override the demo's small size
                                  # on the simulator (an operator with many elements per output pixel,
                                  # whose gradient check there evaluates it twice per element)
@@ -325,6 +328,39 @@ ROI_ALIGN_ROTATED = Operator(
                  clockwise=(False, True)),
     benchmark=_roi_align_rotated_benchmark, box_columns=6,
     module="RoIAlignRotated", peers={"mmcv": "roi_align_rotated", "detectron2": "ROIAlignRotated"})
+
+
+# -- prroi_pool ---------------------------------------------------------------------------------------
+
+def _prroi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS,
+                        scale=0.5, output_size=(2, 2)):
+    arrays = dict(input=_features(rng, batch, channels, height, width),
+                  rois=example_rois(rng, boxes, batch, height, width, scale))
+    return Example(_cast(arrays, dtype), dict(output_size=output_size, spatial_scale=scale))
+
+
+def _prroi_pool_gradients(functions, grad_output, arrays, options, wanted):
+    grads = functions.prroi_pool_backward(grad_output, arrays["input"], arrays["rois"],
+                                          options["spatial_scale"], wanted=wanted)
+    return dict(zip(("input", "rois"), grads))
+
+
+def _prroi_pool_benchmark(rng, boxes=512):
+    """The detection case, against RoI Align with 2x2 samples per bin (which gives no box gradient)."""
+    features, rois = detection_case(rng, boxes=boxes)
+    return (Example(dict(input=features, rois=rois), dict(output_size=7, spatial_scale=1 / 16)),
+            Peer("roi_align", ("input", "rois"), dict(output_size=7, spatial_scale=1 / 16, sampling_ratio=2,
+                                                      aligned=False)))
+
+
+PRROI_POOL = Operator(
+    name="prroi_pool", forward=ops.prroi_pool, backward=ops.prroi_pool_backward,
+    arrays=("input", "rois"), differentiable=("input", "rois"), no_derivative=(("rois", 0),),
+    gradients=_prroi_pool_gradients, output_shape=_pooled_shape,
+    kernels=prroi_pool_kernels.KERNELS, reference="reference.prroi_pool",
+    example=_prroi_pool_example, choices=dict(output_size=_PAIRS),
+    benchmark=_prroi_pool_benchmark,
+    module="PrRoIPool", peers={"mmcv": "prroi_pool", "PreciseRoIPooling": "PrRoIPool2D"})
 
 
 # -- roi_pool ----------------------------------------------------------------------------------------
@@ -775,6 +811,6 @@ DCNV4 = Operator(
     peers={"DCNv4": "DCNv4Function"})
 
 
-OPERATORS = (ROI_ALIGN, ROI_ALIGN_MAX, ROI_ALIGN_ROTATED, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN,
+OPERATORS = (ROI_ALIGN, ROI_ALIGN_MAX, ROI_ALIGN_ROTATED, PRROI_POOL, ROI_POOL, PS_ROI_POOL, PS_ROI_ALIGN,
              DEFORM_ROI_POOL, DEFORM_PSROI_POOL, DEFORM_CONV2D, MS_DEFORM_ATTN, DCNV3, DCNV4)
 BY_NAME = {operator.name: operator for operator in OPERATORS}
