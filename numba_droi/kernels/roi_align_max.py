@@ -6,8 +6,9 @@
   (atomic on the GPU).
 * The cuda schedule: a thread per output element; the deterministic backward, a thread per gradient
   plane.
-* The cpu drivers run the body: the forward box by box, the backward channel by channel (boxes in
-  order, as the deterministic cuda backward).
+* The cpu drivers: the forward box by box over a channels-last copy of the features (each bin for
+  every channel at once, the body's values bit for bit), the backward channel by channel from roi_align's
+  tables of the boxes' sample rows and columns (boxes in order, as the deterministic cuda backward).
 
 Kernel arguments: ``(features, rois, spatial_scale, sampling_ratio, aligned, output, argmax)`` and
 ``(grad_output, rois, spatial_scale, sampling_ratio, aligned, argmax, grad_input)``, with
@@ -18,9 +19,12 @@ index is the output element's: fewer registers), or empty when only the output i
 """
 import math
 
+import numpy as np
+
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
-from .bilinear import b1_scatter, b1_value, b1_weights
-from .roi_align import roi_align_box, roi_align_sample, unravel_output_index
+from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_scatter, b1_scatter_rows,
+                       b1_value, b1_weights)
+from .roi_align import channels_last, fill_tables, roi_align_box, roi_align_sample, unravel_output_index
 
 
 # -- body ------------------------------------------------------------------------------------------
@@ -105,40 +109,75 @@ def roi_align_max_backward_deterministic_cuda(grad_output, rois, spatial_scale, 
 # -- cpu drivers -----------------------------------------------------------------------------------
 
 def roi_align_max_forward_cpu(features, rois, spatial_scale, sampling_ratio, aligned, output, argmax):
-    parallel_for(_forward_boxes, rois.shape[0], features, rois, spatial_scale, sampling_ratio, aligned,
-                 output, argmax)
+    parallel_for(_forward_boxes, rois.shape[0], channels_last(features), features, rois, spatial_scale,
+                 sampling_ratio, aligned, output, argmax)
 
 
 @cpu_function
-def _forward_boxes(start, stop, features, rois, spatial_scale, sampling_ratio, aligned, output, argmax):
+def _forward_boxes(start, stop, pixels, features, rois, spatial_scale, sampling_ratio, aligned, output,
+                   argmax):
+    # Each bin for every channel at once from a channels-last copy: every sample's value for all the
+    # channels (the body's sums, see kernels/roi_align_rotated.py), then the body's comparisons.
     channels, pooled_h, pooled_w = output.shape[1:]
+    height, width = features.shape[2], features.shape[3]
+    f = pixels.dtype.type
+    value = np.empty(channels, pixels.dtype)
+    best = np.empty(channels, pixels.dtype)
+    winner = np.empty(channels, np.int32)
     for k in range(start, stop):
         box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw], winner = roi_align_max_bin(features, c, ph, pw, box)
+        image, grid_h, grid_w = pixels[box[0], 0], box[5], box[6]
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                best[:] = -math.inf
+                winner[:] = -1
+                for sample in range(grid_h * grid_w):
+                    iy = sample // grid_w
+                    y, x = roi_align_sample(box, ph, pw, iy, sample - iy * grid_w)
+                    y_low, y_high, hy, ly, _ = b1_axis_weights(features, y, height)
+                    x_low, x_high, hx, lx, _ = b1_axis_weights(features, x, width)
+                    value[:] = 0
+                    if hy + ly != 0 and hx + lx != 0:
+                        b1_add_rows_channels(value, image, 0, y_low * width, y_high * width, hy, ly, x_low,
+                                             x_high, hx, lx)
+                    for c in range(channels):
+                        if value[c] > best[c]:
+                            best[c] = value[c]
+                            winner[c] = sample
+                for c in range(channels):
+                    output[k, c, ph, pw] = best[c] if grid_h * grid_w else f(0)
                     if argmax.size:
-                        argmax[((k * channels + c) * pooled_h + ph) * pooled_w + pw] = winner
+                        argmax[((k * channels + c) * pooled_h + ph) * pooled_w + pw] = winner[c]
 
 
 def roi_align_max_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, argmax,
                                grad_input):
-    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, spatial_scale,
-                 sampling_ratio, aligned, argmax, grad_input)
+    # A parallel iteration per channel, which owns its gradient planes (in cache while every box adds
+    # to them); the winning samples' rows and columns from roi_align's tables, computed once.
+    tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned, *grad_output.shape[2:])
+    planes = grad_input.reshape(grad_input.shape[0], grad_input.shape[1], -1)
+    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, argmax, *tables, planes)
 
 
 @cpu_function
-def _backward_channels(start, stop, grad_output, rois, spatial_scale, sampling_ratio, aligned, argmax,
-                       grad_input):
+def _backward_channels(start, stop, grad_output, rois, argmax, layout, corners, weights, planes):
     boxes, _, pooled_h, pooled_w = grad_output.shape
     for c in range(start, stop):
         for k in range(boxes):
-            box = roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+            plane = planes[int(rois[k, 0]), c]
+            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    roi_align_max_scatter(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box,
-                                          argmax[k, c, ph, pw], False)
+                    sample = argmax[k, c, ph, pw]
+                    if not 0 <= sample < grid_h * grid_w:
+                        continue
+                    iy = sample // grid_w
+                    r = first + ph * grid_h + iy
+                    s = first + pooled_h * grid_h + pw * grid_w + sample - iy * grid_w
+                    if b1_axis_inside(weights, r) and b1_axis_inside(weights, s):
+                        b1_scatter_rows(plane, corners[r, 0], corners[r, 1], weights[r, 0], weights[r, 1],
+                                        corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1],
+                                        grad_output[k, c, ph, pw])
 
 
 KERNELS = {

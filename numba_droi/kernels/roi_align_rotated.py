@@ -5,9 +5,10 @@
   and ``roi_align_rotated_bin_backward`` (the scatter of its gradient, atomic on the GPU).
 * The cuda schedule: a thread per output element; the deterministic backward, a thread per gradient
   plane.
-* The cpu drivers run the body: the forward box by box, the backward channel by channel (each
-  iteration owns its channel's gradient planes, and walks the boxes in order, as the deterministic
-  cuda backward does).
+* The cpu drivers: the forward box by box over a channels-last copy of the features (each bin for
+  every channel at once, the body's values bit for bit), the backward by blocks of channels into a
+  channels-last gradient (each iteration owns its channels, and walks the boxes in order, as the
+  deterministic cuda backward does: the same sums in the same order).
 
 Kernel arguments: ``(features, rois, turns, spatial_scale, sampling_ratio, aligned, output)`` and
 ``(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned, grad_input)``, with ``rois``
@@ -18,9 +19,13 @@ features' dtype and ``grad_input`` zero-filled.
 """
 import math
 
+import numpy as np
+
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
-from .bilinear import b1_scatter, b1_value, b1_weights
-from .roi_align import MAX_SAMPLING_RATIO, roi_align_sample, unravel_output_index
+from .bilinear import (b1_add_rows_channels, b1_axis_weights, b1_scatter, b1_scatter_rows_channels, b1_value,
+                       b1_weights)
+from .roi_align import (MAX_SAMPLING_RATIO, channel_block, channels_first, channels_last, roi_align_sample,
+                        unravel_output_index)
 
 
 # -- body ------------------------------------------------------------------------------------------
@@ -145,40 +150,78 @@ def roi_align_rotated_backward_deterministic_cuda(grad_output, rois, turns, spat
 
 def roi_align_rotated_forward_cpu(features, rois, turns, spatial_scale, sampling_ratio, aligned,
                                   output):
-    parallel_for(_forward_boxes, rois.shape[0], features, rois, turns, spatial_scale, sampling_ratio,
-                 aligned, output)
+    parallel_for(_forward_boxes, rois.shape[0], channels_last(features), features, rois, turns,
+                 spatial_scale, sampling_ratio, aligned, output)
 
 
 @cpu_function
-def _forward_boxes(start, stop, features, rois, turns, spatial_scale, sampling_ratio, aligned,
+def _forward_boxes(start, stop, pixels, features, rois, turns, spatial_scale, sampling_ratio, aligned,
                    output):
+    # Each bin for every channel at once from a channels-last copy: a sample's B1 weights are the
+    # products of its row's and column's (b1_axis_weights), and each channel gets the body's sums in
+    # the body's order, so the body's values bit for bit.
     channels, pooled_h, pooled_w = output.shape[1:]
+    height, width = features.shape[2], features.shape[3]
+    total = np.empty(channels, pixels.dtype)
     for k in range(start, stop):
         box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw] = roi_align_rotated_bin(features, c, ph, pw, box)
+        grid = box[0]
+        image, grid_h, grid_w = pixels[grid[0], 0], grid[5], grid[6]
+        count = pixels.dtype.type(max(grid_h * grid_w, 1))
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                total[:] = 0
+                for sample in range(grid_h * grid_w):
+                    iy = sample // grid_w
+                    y, x = rotated_sample(box, ph, pw, iy, sample - iy * grid_w)
+                    y_low, y_high, hy, ly, _ = b1_axis_weights(features, y, height)
+                    x_low, x_high, hx, lx, _ = b1_axis_weights(features, x, width)
+                    if hy + ly != 0 and hx + lx != 0:
+                        b1_add_rows_channels(total, image, 0, y_low * width, y_high * width, hy, ly, x_low,
+                                             x_high, hx, lx)
+                for c in range(channels):
+                    output[k, c, ph, pw] = total[c] / count
 
 
 def roi_align_rotated_backward_cpu(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
                                    grad_input):
-    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, turns, spatial_scale,
-                 sampling_ratio, aligned, grad_input)
+    # A parallel iteration per block of channels, which own disjoint elements of a channels-last
+    # gradient; each sample's weights computed once per block (as roi_align's backward).
+    channels = grad_output.shape[1]
+    grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
+                           grad_input.dtype)
+    width = channel_block(channels)
+    parallel_for(_backward_blocks, (channels + width - 1) // width, width, grad_output, grad_input, rois,
+                 turns, spatial_scale, sampling_ratio, aligned, grad_pixels)
+    channels_first(grad_pixels, grad_input)
 
 
 @cpu_function
-def _backward_channels(start, stop, grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
-                       grad_input):
-    boxes, _, pooled_h, pooled_w = grad_output.shape
-    for c in range(start, stop):
+def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, spatial_scale,
+                     sampling_ratio, aligned, grad_pixels):
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    height, plane_width = grad_input.shape[2], grad_input.shape[3]
+    grads = np.empty(width, grad_pixels.dtype)
+    for block in range(start, stop):
+        first = block * width
+        last = min(first + width, channels)
         for k in range(boxes):
-            box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h,
-                              pooled_w)
+            box = rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
+            grid = box[0]
+            grad_image, grid_h, grid_w = grad_pixels[grid[0], 0], grid[5], grid[6]
+            count = grad_pixels.dtype.type(max(grid_h * grid_w, 1))
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    roi_align_rotated_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box,
-                                                   False)
+                    for c in range(first, last):
+                        grads[c - first] = grad_output[k, c, ph, pw] / count
+                    for sample in range(grid_h * grid_w):
+                        iy = sample // grid_w
+                        y, x = rotated_sample(box, ph, pw, iy, sample - iy * grid_w)
+                        y_low, y_high, hy, ly, _ = b1_axis_weights(grad_input, y, height)
+                        x_low, x_high, hx, lx, _ = b1_axis_weights(grad_input, x, plane_width)
+                        if hy + ly != 0 and hx + lx != 0:
+                            b1_scatter_rows_channels(grad_image, first, last, grads, y_low * plane_width,
+                                                     y_high * plane_width, hy, ly, x_low, x_high, hx, lx)
 
 
 KERNELS = {
