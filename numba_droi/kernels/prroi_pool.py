@@ -17,10 +17,12 @@ batch column left 0).
 """
 import math
 
-from .._backend import (add_2d, add_4d, cpu_function, cuda_kernel, jitable, parallel_for, thread_start,
-                        thread_stride)
+import numpy as np
+
+from .._backend import (add_2d, add_4d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
+                        parallel_for, thread_start, thread_stride)
 from .bilinear import b2_corner
-from .roi_align import unravel_output_index
+from .roi_align import channel_block, channels_first, channels_last, unravel_output_index
 
 
 # -- body ------------------------------------------------------------------------------------------
@@ -164,12 +166,20 @@ def prroi_bin_box_gradient(features, c, ph, pw, box, pooled_h, pooled_w):
     y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
     if not area > f(0):
         return f(0), f(0), f(0), f(0)
-    bin_h, bin_w = box[3], box[4]
     value = prroi_bin(features, c, ph, pw, box)
     left = edge_integral(features, n, c, x_start, y_start, y_end, True)
     right = edge_integral(features, n, c, x_end, y_start, y_end, True)
     top = edge_integral(features, n, c, y_start, x_start, x_end, False)
     bottom = edge_integral(features, n, c, y_end, x_start, x_end, False)
+    return box_gradient_of_bin(value, left, right, top, bottom, area, box[3], box[4], ph, pw, pooled_h,
+                               pooled_w)
+
+
+@jitable
+def box_gradient_of_bin(value, left, right, top, bottom, area, bin_h, bin_w, ph, pw, pooled_h, pooled_w):
+    """``(d/dx1, d/dy1, d/dx2, d/dy2)`` of a bin of ``area`` whose output is ``value``, from the
+    integrals of the interpolant along its left, right, top and bottom edges."""
+    f = type(value)
     # a bin's edges move with the box's: x_start = x1 + pw/PW (x2 - x1), x_end = x1 + (pw+1)/PW (x2 - x1)
     at_start_x, at_end_x = f(pw) / f(pooled_w), f(pw + 1) / f(pooled_w)
     at_start_y, at_end_y = f(ph) / f(pooled_h), f(ph + 1) / f(pooled_h)
@@ -251,49 +261,196 @@ def prroi_pool_box_backward_deterministic_cuda(grad_output, features, rois, spat
 
 # -- cpu drivers -----------------------------------------------------------------------------------
 
+@jitable_inlined_on_cpu
+def _pixel(h, w, height, width):
+    """The row of pixel ``(h, w)`` in an image of ``channels_last(..., zero_pixels=1)``, the zero row
+    outside the map."""
+    if h >= 0 and h < height and w >= 0 and w < width:
+        return h * width + w
+    return height * width
+
+
+@jitable_inlined_on_cpu(by_numba=True)
+def _add_cell_channels(total, image, p00, p01, p10, p11, wy_low, wy_high, wx_low, wx_high):
+    """``total[c] +=`` the body's sum of one cell for every channel ``c``."""
+    v00, v01, v10, v11 = image[p00], image[p01], image[p10], image[p11]
+    for c in range(total.shape[0]):
+        total[c] += (wy_low * (wx_low * v00[c] + wx_high * v01[c])
+                     + wy_high * (wx_low * v10[c] + wx_high * v11[c]))
+
+
+@jitable_inlined_on_cpu
+def prroi_bin_channels(total, image, height, width, box, ph, pw):
+    """``total[c] = prroi_bin(features, c, ph, pw, box)`` for every channel from a padded channels-last
+    ``image``: the same sums in the same order (a corner outside the map reads the zero row)."""
+    f = total.dtype.type
+    total[:] = f(0)
+    y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
+    if not area > f(0):
+        return
+    h_first, h_stop = cells(y_start, y_end, height)
+    w_first, w_stop = cells(x_start, x_end, width)
+    columns = max(w_stop - w_first, 0)
+    for cell in range(max(h_stop - h_first, 0) * columns):
+        h = h_first + cell // columns
+        w = w_first + cell % columns
+        wy_low, wy_high = integral_weights(max(y_start - f(h), f(0)), min(y_end - f(h), f(1)))
+        wx_low, wx_high = integral_weights(max(x_start - f(w), f(0)), min(x_end - f(w), f(1)))
+        _add_cell_channels(total, image, _pixel(h, w, height, width), _pixel(h, w + 1, height, width),
+                           _pixel(h + 1, w, height, width), _pixel(h + 1, w + 1, height, width), wy_low,
+                           wy_high, wx_low, wx_high)
+    for c in range(total.shape[0]):
+        total[c] /= area
+
+
 def prroi_pool_forward_cpu(features, rois, spatial_scale, output):
-    parallel_for(_forward_boxes, rois.shape[0], features, rois, spatial_scale, output)
+    parallel_for(_forward_boxes, rois.shape[0], channels_last(features, zero_pixels=1), features.shape[2],
+                 features.shape[3], rois, spatial_scale, output)
 
 
 @cpu_function
-def _forward_boxes(start, stop, features, rois, spatial_scale, output):
+def _forward_boxes(start, stop, pixels, height, width, rois, spatial_scale, output):
     channels, pooled_h, pooled_w = output.shape[1:]
+    total = np.empty(channels, pixels.dtype)
     for k in range(start, stop):
         box = prroi_box(rois, k, spatial_scale, pooled_h, pooled_w)
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    output[k, c, ph, pw] = prroi_bin(features, c, ph, pw, box)
+        image = pixels[box[0], 0]
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                prroi_bin_channels(total, image, height, width, box, ph, pw)
+                for c in range(channels):
+                    output[k, c, ph, pw] = total[c]
+
+
+@jitable_inlined_on_cpu(by_numba=True)
+def _add_edge_channels(total, image, p_a, p_b, q_a, q_b, t, w_here, w_after):
+    """``total[c] +=`` one cell's part of ``edge_integral`` for every channel ``c``: the interpolant along
+    the edge at ``i`` (pixels ``p_a``, ``p_b`` across) and ``i + 1`` (``q_a``, ``q_b``)."""
+    u = total.dtype.type(1) - t
+    va, vb, wa, wb = image[p_a], image[p_b], image[q_a], image[q_b]
+    for c in range(total.shape[0]):
+        total[c] += w_here * (u * va[c] + t * vb[c]) + w_after * (u * wa[c] + t * wb[c])
+
+
+@jitable_inlined_on_cpu
+def edge_integral_channels(total, image, height, width, at, start, end, vertical):
+    """``total[c] = edge_integral(features, n, c, at, start, end, vertical)`` for every channel from a
+    padded channels-last ``image``."""
+    f = total.dtype.type
+    total[:] = f(0)
+    along, across_size = (height, width) if vertical else (width, height)
+    if not (f(-1) <= at <= f(across_size)):
+        return
+    across = int(math.floor(at))
+    t = at - f(across)
+    first, stop = cells(start, end, along)
+    for i in range(first, stop):
+        w_here, w_after = integral_weights(max(start - f(i), f(0)), min(end - f(i), f(1)))
+        if vertical:
+            _add_edge_channels(total, image, _pixel(i, across, height, width),
+                               _pixel(i, across + 1, height, width), _pixel(i + 1, across, height, width),
+                               _pixel(i + 1, across + 1, height, width), t, w_here, w_after)
+        else:
+            _add_edge_channels(total, image, _pixel(across, i, height, width),
+                               _pixel(across + 1, i, height, width), _pixel(across, i + 1, height, width),
+                               _pixel(across + 1, i + 1, height, width), t, w_here, w_after)
+
+
+@jitable_inlined_on_cpu(by_numba=True)
+def _scatter_cell_channels(grad_image, first, last, grads, p00, p01, p10, p11, w00, w01, w10, w11):
+    """``grads[c - first]`` times each corner's weight added to channel ``c`` of the four corners' rows
+    of a padded channels-last gradient, for every ``first <= c < last``."""
+    g00, g01, g10, g11 = grad_image[p00], grad_image[p01], grad_image[p10], grad_image[p11]
+    for c in range(first, last):
+        grad = grads[c - first]
+        g00[c] += grad * w00
+        g01[c] += grad * w01
+        g10[c] += grad * w10
+        g11[c] += grad * w11
 
 
 def prroi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
-    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, spatial_scale, grad_input)
+    # A parallel iteration per block of channels, which own disjoint elements of a channels-last
+    # gradient (its zero row takes the corners outside the map); boxes in order.
+    images, channels, height, width = grad_input.shape
+    grad_pixels = np.zeros((images, 1, height * width + 1, channels), grad_input.dtype)
+    block = channel_block(channels)
+    parallel_for(_backward_blocks, (channels + block - 1) // block, block, grad_output, height, width, rois,
+                 spatial_scale, grad_pixels)
+    channels_first(grad_pixels[:, :, :height * width], grad_input)
 
 
 @cpu_function
-def _backward_channels(start, stop, grad_output, rois, spatial_scale, grad_input):
-    boxes, _, pooled_h, pooled_w = grad_output.shape
-    for c in range(start, stop):
+def _backward_blocks(start, stop, block, grad_output, height, width, rois, spatial_scale, grad_pixels):
+    boxes, channels, pooled_h, pooled_w = grad_output.shape
+    f = grad_pixels.dtype.type
+    grads = np.empty(block, grad_pixels.dtype)
+    for b in range(start, stop):
+        first = b * block
+        last = min(first + block, channels)
         for k in range(boxes):
             box = prroi_box(rois, k, spatial_scale, pooled_h, pooled_w)
+            grad_image = grad_pixels[box[0], 0]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    prroi_bin_backward(grad_output[k, c, ph, pw], grad_input, c, ph, pw, box, False)
+                    y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
+                    if not area > f(0):
+                        continue
+                    for c in range(first, last):
+                        grads[c - first] = grad_output[k, c, ph, pw] / area
+                    h_first, h_stop = cells(y_start, y_end, height)
+                    w_first, w_stop = cells(x_start, x_end, width)
+                    for h in range(h_first, h_stop):
+                        wy_low, wy_high = integral_weights(max(y_start - f(h), f(0)), min(y_end - f(h), f(1)))
+                        for w in range(w_first, w_stop):
+                            wx_low, wx_high = integral_weights(max(x_start - f(w), f(0)),
+                                                               min(x_end - f(w), f(1)))
+                            _scatter_cell_channels(grad_image, first, last, grads,
+                                                   _pixel(h, w, height, width),
+                                                   _pixel(h, w + 1, height, width),
+                                                   _pixel(h + 1, w, height, width),
+                                                   _pixel(h + 1, w + 1, height, width), wy_low * wx_low,
+                                                   wy_low * wx_high, wy_high * wx_low, wy_high * wx_high)
 
 
 def prroi_pool_box_backward_cpu(grad_output, features, rois, spatial_scale, grad_rois):
-    parallel_for(_box_backward_boxes, rois.shape[0], grad_output, features, rois, spatial_scale, grad_rois)
+    parallel_for(_box_backward_boxes, rois.shape[0], grad_output, channels_last(features, zero_pixels=1),
+                 features.shape[2], features.shape[3], rois, spatial_scale, grad_rois)
 
 
 @cpu_function
-def _box_backward_boxes(start, stop, grad_output, features, rois, spatial_scale, grad_rois):
+def _box_backward_boxes(start, stop, grad_output, pixels, height, width, rois, spatial_scale, grad_rois):
+    # Each bin's output and edge integrals for every channel at once, from a padded channels-last copy.
     channels, pooled_h, pooled_w = grad_output.shape[1:]
+    f = pixels.dtype.type
+    value, left, right = np.empty(channels, pixels.dtype), np.empty(channels, pixels.dtype), np.empty(
+        channels, pixels.dtype)
+    top, bottom = np.empty(channels, pixels.dtype), np.empty(channels, pixels.dtype)
     for k in range(start, stop):
-        for c in range(channels):
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    _add_box_gradient(grad_output[k, c, ph, pw], features, rois, spatial_scale, k, c, ph,
-                                      pw, pooled_h, pooled_w, grad_rois, False)
+        box = prroi_box(rois, k, spatial_scale, pooled_h, pooled_w)
+        image = pixels[box[0], 0]
+        sums = np.zeros(4, pixels.dtype)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
+                if not area > f(0):
+                    continue
+                prroi_bin_channels(value, image, height, width, box, ph, pw)
+                edge_integral_channels(left, image, height, width, x_start, y_start, y_end, True)
+                edge_integral_channels(right, image, height, width, x_end, y_start, y_end, True)
+                edge_integral_channels(top, image, height, width, y_start, x_start, x_end, False)
+                edge_integral_channels(bottom, image, height, width, y_end, x_start, x_end, False)
+                for c in range(channels):
+                    d_x1, d_y1, d_x2, d_y2 = box_gradient_of_bin(value[c], left[c], right[c], top[c],
+                                                                 bottom[c], area, box[3], box[4], ph, pw,
+                                                                 pooled_h, pooled_w)
+                    grad = grad_output[k, c, ph, pw] * spatial_scale
+                    sums[0] += grad * d_x1
+                    sums[1] += grad * d_y1
+                    sums[2] += grad * d_x2
+                    sums[3] += grad * d_y2
+        for j in range(4):
+            grad_rois[k, j + 1] += sums[j]
 
 
 KERNELS = {

@@ -225,13 +225,15 @@ def roi_align_bin_from_tables(plane, rows, columns, grid_h, grid_w, corners, wei
     return total / f(max(grid_h * grid_w, 1))
 
 
-def channels_last(features, groups=1):
+def channels_last(features, groups=1, zero_pixels=0):
     """A copy of ``(N, C, H, W)`` features with channels last, for cpu drivers that compute a bin for
     many channels at once (their innermost loop runs over contiguous channels): ``pixels[n, g, h*W + w,
-    c] = features[n, c*groups + g, h, w]``, of shape ``(N, groups, H*W, C // groups)``. With groups,
-    the channels that position-sensitive pooling reads in one bin (one per class) are adjacent."""
+    c] = features[n, c*groups + g, h, w]``, of shape ``(N, groups, H*W + zero_pixels, C // groups)``,
+    the ``zero_pixels`` after the map's 0 (where corners outside the map read). With groups, the
+    channels that position-sensitive pooling reads in one bin (one per class) are adjacent."""
     images, channels, height, width = features.shape
-    pixels = np.empty((images, groups, height * width, channels // groups), features.dtype)
+    pixels = np.empty((images, groups, height * width + zero_pixels, channels // groups), features.dtype)
+    pixels[:, :, height * width:] = 0
     parallel_for(_channels_last_rows, images * height, features, pixels)
     return pixels
 
