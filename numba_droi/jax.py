@@ -11,8 +11,8 @@ concrete (not traced) and live on a GPU go to our cuda target through DLPack ins
 (on CuPy's current stream, which is not JAX's: DLPack's stream handshake orders them); under ``jit``
 on a GPU the callback path copies to the host and back.
 
-``float64`` needs ``jax.config.update("jax_enable_x64", True)``; the boxes never get a gradient
-(their cotangent is zero).
+``float64`` needs ``jax.config.update("jax_enable_x64", True)``; the boxes get no gradient (their
+cotangent is zero) but for ``prroi_pool``, whose output is differentiable in them.
 """
 import inspect
 from functools import partial
@@ -144,7 +144,7 @@ def _function(operator):
 
 FUNCTIONS = {operator.name: _function(operator) for operator in registry.OPERATORS}
 globals().update(FUNCTIONS)
-__all__ = list(FUNCTIONS) + ["deform_roi_pooling", "modulated_deform_conv2d"]
+__all__ = list(FUNCTIONS) + ["deform_roi_pooling", "modulated_deform_conv2d", "multi_scale_roi_align"]
 
 
 def deform_roi_pooling(data, rois, offset, spatial_scale, out_size, out_channels, no_trans, group_size=1,
@@ -169,3 +169,24 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
         raise ValueError(f"deform_groups = {deform_groups} needs offset.shape[1] = "
                          f"{2 * deform_groups * taps}, got {offset.shape[1]}")
     return FUNCTIONS["deform_conv2d"](input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def multi_scale_roi_align(features, rois, image_shapes, output_size, sampling_ratio, canonical_scale=224,
+                          canonical_level=4):
+    """``numba_droi.multi_scale_roi_align`` (torchvision's ``MultiScaleRoIAlign``) as a differentiable
+    JAX function of the levels ``features`` (finest first); ``rois`` a ``(K, 5)`` array or a list of
+    ``(L_i, 4)`` arrays. With static shapes under ``jax.jit``: every level pools every box and each box
+    keeps its own level's result (``jnp.where``), so it costs one ``roi_align`` of all the boxes per
+    level."""
+    rois = _rois(rois)
+    scales, k_min, k_max = ops.infer_scales([level.shape for level in features], image_shapes)
+    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+    level = jnp.floor(canonical_level + jnp.log2(jnp.sqrt(area) / canonical_scale)
+                      + jnp.asarray(1e-6, area.dtype))
+    level = jnp.where(jnp.isnan(level), k_min - 1, jnp.clip(level, k_min, k_max)).astype(jnp.int32) - k_min
+    result = None
+    for index, (feature, scale) in enumerate(zip(features, scales)):
+        pooled = FUNCTIONS["roi_align"](feature, rois, output_size, scale, sampling_ratio)
+        chosen = (level == index)[:, None, None, None]
+        result = jnp.where(chosen, pooled, 0 if result is None else result)
+    return result

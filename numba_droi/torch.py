@@ -29,7 +29,8 @@ tensor is viewed as a NumPy array, a CUDA tensor as a CuPy array (``numba_droi[c
 runs on that view, and its result becomes a tensor sharing the result's memory. On CUDA our kernels,
 and CuPy's work around them, run on torch's current stream of the tensor's device, so they are ordered
 with torch's own work without any synchronisation. Inputs that are not C-contiguous are copied once
-(the kernels read contiguous memory). The boxes never get a gradient (as torchvision's).
+(the kernels read contiguous memory). The boxes get no gradient (as torchvision's) but for
+``prroi_pool``'s, whose output is differentiable in them.
 
 As torchvision's operators: half-precision tensors (float16, bfloat16; under ``torch.autocast`` too,
 where the layers before give them) are computed in float32 and the result returned in the dtype of

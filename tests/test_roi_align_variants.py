@@ -283,3 +283,25 @@ def test_the_torch_layer_equals_ours_and_torchvisions():
     torchvision = pytest.importorskip("torchvision")
     theirs = torchvision.ops.MultiScaleRoIAlign(names, (3, 2), 2, canonical_scale=28)(x, boxes, image_shapes)
     np.testing.assert_allclose(output.detach().numpy(), theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_the_jax_function_equals_ours_with_the_gradients_of_every_level():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from numba_droi import functional
+    from numba_droi import jax as adapter
+    from numba_droi.autograd import Tensor
+    rng = np.random.default_rng(15)
+    features, rois, image_shapes = pyramid_case(rng)
+    grad_output = rng.standard_normal((len(rois), 3, 2, 2))
+
+    def loss(*levels):
+        return (adapter.multi_scale_roi_align(list(levels), rois, image_shapes, 2, 2, canonical_scale=28)
+                * grad_output).sum()
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*map(jax.numpy.asarray, features))
+    tensors = [Tensor(f, requires_grad=True) for f in features]
+    ours = functional.multi_scale_roi_align(tensors, rois, image_shapes, 2, 2, canonical_scale=28)
+    np.testing.assert_allclose(float(loss(*features)), float((ours.data * grad_output).sum()), rtol=1e-12)
+    ours.backward(grad_output)
+    for grad, tensor in zip(grads, tensors):
+        np.testing.assert_allclose(np.asarray(grad), tensor.grad, rtol=1e-12, atol=1e-12)
