@@ -17,6 +17,9 @@ Written here by hand: Detectron2's ``ROIAlignRotated`` (angles in degrees); torc
 ``DeformConv2dPack``; and Deformable ConvNets' deformable PS RoI pooling as mmdet v1 wrapped it
 (``deform_roi_pooling``, ``DeformRoIPooling``).
 
+``use_for_torchvision()`` goes the other way: torchvision's own operators (``torchvision::roi_align``
+and its siblings) served by our kernels, for code that calls torchvision.
+
 Where the names clash, torchvision wins: ``deform_conv2d`` and ``DeformConv2d`` are torchvision's
 (``DeformConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
 bias=True)(input, offset, mask=None)``, offset groups read from the offset), not mmcv's
@@ -317,7 +320,7 @@ __all__ = (list(FUNCTIONS) + [cls.__name__ for cls in MODULES.values()]
               "ModulatedDeformRoIPoolPack", "modulated_deform_conv2d",
               "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "DeformConv2dPack", "deform_roi_pooling",
               "DeformRoIPooling", "multi_scale_deformable_attn", "MultiScaleDeformableAttention",
-              "ms_deform_attn_grid_sample", "dcnv3_grid_sample", "DCNv3", "DCNv4"])
+              "ms_deform_attn_grid_sample", "dcnv3_grid_sample", "DCNv3", "DCNv4", "use_for_torchvision"])
 
 
 # -- layers written by hand ------------------------------------------------------------------------------
@@ -904,3 +907,139 @@ class DCNv4(nn.Module):
                                            self.center_feature_scale_proj_bias, self.group)
         output = output.reshape(images, tokens, channels)
         return output if self.without_pointwise else self.output_proj(output)
+
+
+# -- torchvision's own operators on our kernels ----------------------------------------------------------
+
+def _on_our_kernels(compute, *tensors):
+    """``compute(*arrays)`` on our arrays viewing ``tensors`` (half ones in float32), on torch's threads
+    and stream, with our errors as torch's; float results as tensors of the first tensor's dtype, integer
+    ones as int64 (torchvision's argmax)."""
+    _follow_torch_threads(tensors[0])
+    with _stream(tensors[0]), _torch_errors():
+        results = compute(*(_array(t.float() if t.dtype in HALF_DTYPES else t) for t in tensors))
+    single = not isinstance(results, tuple)
+    results = [_tensor(_backend.as_array(r)) for r in ((results,) if single else results)]
+    results = [r.to(tensors[0].dtype) if r.is_floating_point() else r.to(torch.int64) for r in results]
+    return results[0] if single else tuple(results)
+
+
+def _channel_mapping(output):
+    """torchvision's ``channel_mapping`` of a position-sensitive output: the input channel each element
+    reads, ``(c*PH + ph)*PW + pw``."""
+    _, channels, pooled_h, pooled_w = output.shape
+    index = torch.arange(channels * pooled_h * pooled_w, device=output.device).reshape(channels, pooled_h,
+                                                                                         pooled_w)
+    return index.expand(output.shape).contiguous()
+
+
+def _tv_roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return _on_our_kernels(lambda x, r: ops.roi_align(x, r, (pooled_height, pooled_width), spatial_scale,
+                                                      sampling_ratio, aligned), input, rois)
+
+
+def _tv_roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                           height, width, sampling_ratio, aligned):
+    return _on_our_kernels(lambda g, r: ops.roi_align_backward(g, r, (batch_size, channels, height, width),
+                                                               spatial_scale, sampling_ratio, aligned),
+                           grad, rois)
+
+
+def _tv_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    return _on_our_kernels(lambda x, r: ops.roi_pool_with_argmax(x, r, (pooled_height, pooled_width),
+                                                                 spatial_scale), input, rois)
+
+
+def _tv_roi_pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size,
+                          channels, height, width):
+    return _on_our_kernels(lambda g, r, a: ops.roi_pool_backward(g, r, a, (batch_size, channels, height,
+                                                                           width)), grad, rois, argmax)
+
+
+def _tv_ps_roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    output = _on_our_kernels(lambda x, r: ops.ps_roi_align(x, r, (pooled_height, pooled_width),
+                                                           spatial_scale, sampling_ratio), input, rois)
+    return output, _channel_mapping(output)
+
+
+def _tv_ps_roi_align_backward(grad, rois, channel_mapping, spatial_scale, pooled_height, pooled_width,
+                              sampling_ratio, batch_size, channels, height, width):
+    return _on_our_kernels(lambda g, r: ops.ps_roi_align_backward(g, r, (batch_size, channels, height, width),
+                                                                  spatial_scale, sampling_ratio), grad, rois)
+
+
+def _tv_ps_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    output = _on_our_kernels(lambda x, r: ops.ps_roi_pool(x, r, (pooled_height, pooled_width), spatial_scale),
+                             input, rois)
+    return output, _channel_mapping(output)
+
+
+def _tv_ps_roi_pool_backward(grad, rois, channel_mapping, spatial_scale, pooled_height, pooled_width,
+                             batch_size, channels, height, width):
+    return _on_our_kernels(lambda g, r: ops.ps_roi_pool_backward(g, r, (batch_size, channels, height, width),
+                                                                 spatial_scale), grad, rois)
+
+
+def _tv_deform_conv2d(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                      dilation_w, groups, offset_groups, use_mask):
+    # (the groups are read from the shapes of the weight and the offset, as torchvision checks them)
+    return _on_our_kernels(lambda x, w, o, m, b: ops.deform_conv2d(
+        x, o, w, b, (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w), m if use_mask else None),
+        input, weight, offset, mask, bias)
+
+
+def _tv_deform_conv2d_backward(grad, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                               dilation_h, dilation_w, groups, offset_groups, use_mask):
+    def compute(g, x, w, o, m):
+        grads = ops.deform_conv2d_backward(g, x, o, w, (stride_h, stride_w), (pad_h, pad_w),
+                                           (dilation_h, dilation_w), m if use_mask else None)
+        grad_input, grad_offset, grad_weight, grad_bias, grad_mask = grads
+        xp = _backend.array_module(g)
+        grad_mask = grad_mask if use_mask else xp.zeros(m.shape, g.dtype)
+        return grad_input, grad_weight, grad_offset, grad_mask, grad_bias
+    return _on_our_kernels(compute, grad, input, weight, offset, mask)
+
+
+_TORCHVISION_KERNELS = {
+    "roi_align": _tv_roi_align, "_roi_align_backward": _tv_roi_align_backward,
+    "roi_pool": _tv_roi_pool, "_roi_pool_backward": _tv_roi_pool_backward,
+    "ps_roi_align": _tv_ps_roi_align, "_ps_roi_align_backward": _tv_ps_roi_align_backward,
+    "ps_roi_pool": _tv_ps_roi_pool, "_ps_roi_pool_backward": _tv_ps_roi_pool_backward,
+    "deform_conv2d": _tv_deform_conv2d, "_deform_conv2d_backward": _tv_deform_conv2d_backward,
+}
+_SERVING = []  # the registrations in force (a Library registers until it is destroyed or collected)
+
+
+class use_for_torchvision:
+    """Serve torchvision's own operators (``torchvision::roi_align``, ``roi_pool``, ``ps_roi_align``,
+    ``ps_roi_pool``, ``deform_conv2d`` and their backwards) with our kernels, on the CPU (and on CUDA
+    where CuPy is installed): every code path that reaches them, ``torchvision.ops.*``,
+    ``MultiScaleRoIAlign``, the detection models' heads, scripted and compiled models, then runs on
+    them; torchvision's autograd formulas stay and call our backwards. A plain call serves until
+    ``restore()``; as a context manager, until the block ends::
+
+        with numba_droi.torch.use_for_torchvision():
+            losses = model(images, targets)
+
+    Leaving restores torchvision's kernels. torchvision must be imported (its operators defined)."""
+
+    def __init__(self):
+        import torchvision  # noqa: F401  (defines the operators we serve)
+        self._library = torch.library.Library("torchvision", "IMPL")
+        keys = ["CPU"] + (["CUDA"] if _backend.cupy is not None and torch.cuda.is_available() else [])
+        for name, kernel in _TORCHVISION_KERNELS.items():
+            for key in keys:
+                self._library.impl(name, kernel, key)
+        _SERVING.append(self)
+
+    def restore(self):
+        """torchvision's kernels again."""
+        if self in _SERVING:
+            _SERVING.remove(self)
+            self._library._destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()

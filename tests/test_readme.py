@@ -24,7 +24,7 @@ def check_training(namespace):
 
 
 # the framework adapters' examples need these; without them the example is skipped
-OPTIONAL_FRAMEWORKS = ("torch", "jax")
+OPTIONAL_FRAMEWORKS = ("torch", "torchvision", "jax")
 
 # what a block defines -> how to check it; every block must define at least one of these names
 CHECKS = {"x": check_gradient, "losses": check_training}
