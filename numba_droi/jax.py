@@ -180,10 +180,7 @@ def multi_scale_roi_align(features, rois, image_shapes, output_size, sampling_ra
     level."""
     rois = _rois(rois)
     scales, k_min, k_max = ops.infer_scales([level.shape for level in features], image_shapes)
-    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-    level = jnp.floor(canonical_level + jnp.log2(jnp.sqrt(area) / canonical_scale)
-                      + jnp.asarray(1e-6, area.dtype))
-    level = jnp.where(jnp.isnan(level), k_min - 1, jnp.clip(level, k_min, k_max)).astype(jnp.int32) - k_min
+    level = ops.map_levels(rois, k_min, k_max, canonical_scale, canonical_level, xp=jnp)
     result = None
     for index, (feature, scale) in enumerate(zip(features, scales)):
         pooled = FUNCTIONS["roi_align"](feature, rois, output_size, scale, sampling_ratio)

@@ -604,11 +604,7 @@ class MultiScaleRoIAlign(nn.Module):
         rois = _rois(boxes)
         with _torch_errors():
             scales, k_min, k_max = ops.infer_scales([f.shape for f in features], image_shapes)
-        area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-        level = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale)
-                            + torch.tensor(1e-6, dtype=area.dtype))
-        level = torch.where(torch.isnan(level), k_min - 1, torch.clamp(level, k_min, k_max))  # NaN: no level
-        level = level.to(torch.int64) - k_min
+        level = ops.map_levels(rois, k_min, k_max, self.canonical_scale, self.canonical_level, xp=torch)
         result = torch.zeros((rois.shape[0], features[0].shape[1]) + self.output_size,
                              dtype=features[0].dtype, device=features[0].device)
         for index, (feature, scale) in enumerate(zip(features, scales)):

@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 
-from .._backend import (add_2d, add_4d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
+from .._backend import (add_2d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
                         parallel_for, thread_start, thread_stride)
-from .bilinear import b2_corner
+from .bilinear import b2_corner, b2_scatter_corner
 from .roi_align import channel_block, channels_first, channels_last, unravel_output_index
 
 
@@ -100,12 +100,6 @@ def prroi_bin(features, c, ph, pw, box):
 
 
 @jitable
-def _add_corner(grad_input, n, c, y, x, value, atomic):
-    if y >= 0 and y < grad_input.shape[2] and x >= 0 and x < grad_input.shape[3]:
-        add_4d(grad_input, n, c, y, x, value, atomic)
-
-
-@jitable
 def prroi_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
     """Scatter ``grad``, the gradient of ``prroi_bin(..., c, ph, pw, box)``, into ``grad_input``."""
     f = grad_input.dtype.type
@@ -120,10 +114,10 @@ def prroi_bin_backward(grad, grad_input, c, ph, pw, box, atomic=True):
         wy_low, wy_high = integral_weights(max(y_start - f(h), f(0)), min(y_end - f(h), f(1)))
         for w in range(w_first, w_stop):
             wx_low, wx_high = integral_weights(max(x_start - f(w), f(0)), min(x_end - f(w), f(1)))
-            _add_corner(grad_input, n, c, h, w, grad * wy_low * wx_low, atomic)
-            _add_corner(grad_input, n, c, h, w + 1, grad * wy_low * wx_high, atomic)
-            _add_corner(grad_input, n, c, h + 1, w, grad * wy_high * wx_low, atomic)
-            _add_corner(grad_input, n, c, h + 1, w + 1, grad * wy_high * wx_high, atomic)
+            b2_scatter_corner(grad_input, n, c, h, w, grad * wy_low * wx_low, atomic)
+            b2_scatter_corner(grad_input, n, c, h, w + 1, grad * wy_low * wx_high, atomic)
+            b2_scatter_corner(grad_input, n, c, h + 1, w, grad * wy_high * wx_low, atomic)
+            b2_scatter_corner(grad_input, n, c, h + 1, w + 1, grad * wy_high * wx_high, atomic)
 
 
 @jitable

@@ -67,17 +67,23 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
         roi_h = max(roi_h, f(1))
     bin_h = roi_h / f(pooled_h)
     bin_w = roi_w / f(pooled_w)
-    grid_h = 0
-    grid_w = 0
-    if finite:
-        # reversed boxes of aligned mode have negative bins: an empty grid
-        # (capped as a float: the int of a huge float is undefined)
-        limit = f(MAX_SAMPLING_RATIO)
-        grid_h = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
-                  else int(math.ceil(min(max(bin_h, f(0)), limit))))
-        grid_w = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
-                  else int(math.ceil(min(max(bin_w, f(0)), limit))))
+    grid_h, grid_w = sampling_grid(bin_h, bin_w, sampling_ratio, finite)
     return int(rois[k, 0]), y1, x1, bin_h, bin_w, grid_h, grid_w
+
+
+@jitable
+def sampling_grid(bin_h, bin_w, sampling_ratio, finite):
+    """``(grid_h, grid_w)`` of a bin: ``sampling_ratio`` samples per side if positive, else
+    ``ceil(bin)``; at most ``MAX_SAMPLING_RATIO``; none for a box that is not ``finite``."""
+    f = type(bin_h)
+    if not finite:
+        return 0, 0
+    # reversed boxes of aligned mode have negative bins: an empty grid
+    # (capped as a float: the int of a huge float is undefined)
+    limit = f(MAX_SAMPLING_RATIO)
+    if sampling_ratio > 0:
+        return min(sampling_ratio, MAX_SAMPLING_RATIO), min(sampling_ratio, MAX_SAMPLING_RATIO)
+    return int(math.ceil(min(max(bin_h, f(0)), limit))), int(math.ceil(min(max(bin_w, f(0)), limit)))
 
 
 @jitable

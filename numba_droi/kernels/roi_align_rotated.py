@@ -24,7 +24,7 @@ import numpy as np
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
 from .bilinear import (b1_add_rows_channels, b1_axis_weights, b1_scatter, b1_scatter_rows_channels, b1_value,
                        b1_weights)
-from .roi_align import (MAX_SAMPLING_RATIO, channel_block, channels_first, channels_last, roi_align_sample,
+from .roi_align import (channel_block, channels_first, channels_last, roi_align_sample, sampling_grid,
                         unravel_output_index)
 
 
@@ -53,15 +53,7 @@ def rotated_box(rois, turns, k, spatial_scale, sampling_ratio, aligned, pooled_h
         roi_h = max(roi_h, f(1))
     bin_h = roi_h / f(pooled_h)
     bin_w = roi_w / f(pooled_w)
-    grid_h = 0
-    grid_w = 0
-    if finite:
-        # negative sizes (aligned mode) have negative bins: an empty grid
-        limit = f(MAX_SAMPLING_RATIO)
-        grid_h = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
-                  else int(math.ceil(min(max(bin_h, f(0)), limit))))
-        grid_w = (min(sampling_ratio, MAX_SAMPLING_RATIO) if sampling_ratio > 0
-                  else int(math.ceil(min(max(bin_w, f(0)), limit))))
+    grid_h, grid_w = sampling_grid(bin_h, bin_w, sampling_ratio, finite)
     grid = (int(rois[k, 0]), -roi_h / f(2), -roi_w / f(2), bin_h, bin_w, grid_h, grid_w)
     return grid, centre_y, centre_x, cos_theta, sin_theta
 

@@ -150,6 +150,21 @@ def position_sensitive_channels(channels, pooled_h, pooled_w, name="input.shape[
     return channels // bins
 
 
+def argmax(array, grad_output, bound, bound_text, forward):
+    """``array``, the argmax that ``forward`` (its name) returned, as a C-contiguous int32 array: on
+    ``grad_output``'s device and of its shape, of an integer dtype, with values in ``[-1, bound)`` (named
+    ``bound_text`` in the error)."""
+    _backend.target_of(grad_output, array, names=("grad_output", "argmax"))
+    array = _backend.as_array(array)
+    same_shape(array, grad_output.shape, "argmax")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"argmax must be an integer array (int32 from {forward}), got {array.dtype}")
+    if array.size and not bool(((array >= -1) & (array < bound)).all()):
+        raise ValueError(f"argmax values must lie in [-1, {bound_text}): not an argmax that {forward} gave "
+                         f"for these arguments")
+    return contiguous(array, np.int32)
+
+
 def input_shape(shape, plane_bound=True):
     """``shape`` as a tuple of four non-negative ints ``(N, C, H, W)`` (a float such as 12.7 is refused,
     not truncated), its planes bounded by ``plane`` unless not ``plane_bound``."""

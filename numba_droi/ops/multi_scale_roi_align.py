@@ -31,23 +31,24 @@ def infer_scales(feature_shapes, image_shapes):
     return scales, k_min, k_max
 
 
-def map_levels(rois, k_min, k_max, canonical_scale=224, canonical_level=4, eps=1e-6):
+def map_levels(rois, k_min, k_max, canonical_scale=224, canonical_level=4, eps=1e-6, xp=None):
     """The pyramid level of each box, counted from ``k_min`` (FPN, Lin et al., 2017, eq. 1, as
     torchvision's ``LevelMapper``)::
 
         level = clip(floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + eps), k_min, k_max) - k_min
 
-    with ``w * h`` the box's area ``(x2 - x1) * (y2 - y1)`` in the boxes' dtype. ``rois``: ``(K, 5)``.
-    Returns an int64 array of ``K`` levels: a box of zero area takes level 0, a reversed box (negative
-    area) -1, no level, so its output is 0 (as torchvision's, where the NaN level matches none)."""
-    xp = _backend.array_module(rois)
+    with ``w * h`` the box's area ``(x2 - x1) * (y2 - y1)`` in the boxes' dtype. ``rois``: ``(K, 5)``, a
+    NumPy or CuPy array, or an array of the module ``xp`` (``torch``, ``jax.numpy``: the adapters map
+    their tensors with it). Returns an int32 array of ``K`` levels: a box of zero area takes level 0, a
+    reversed box (negative area) -1, no level, so its output is 0 (as torchvision's, where the NaN
+    level matches none)."""
+    xp = xp or _backend.array_module(rois)
     area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
     with np.errstate(divide="ignore", invalid="ignore"):
-        size = xp.sqrt(area)
-        level = xp.floor(canonical_level + xp.log2(size / rois.dtype.type(canonical_scale))
-                         + rois.dtype.type(eps))
+        level = xp.floor(canonical_level + xp.log2(xp.sqrt(area) / canonical_scale)
+                         + xp.asarray(eps, dtype=area.dtype))
     level = xp.where(xp.isnan(level), k_min - 1, xp.clip(level, k_min, k_max))
-    return level.astype(np.int64) - k_min
+    return xp.asarray(level, dtype=xp.int32) - k_min
 
 
 def _levels(features, rois, image_shapes, canonical_scale, canonical_level):

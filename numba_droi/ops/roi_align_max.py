@@ -86,16 +86,8 @@ def roi_align_max_backward(grad_output, rois, argmax, input_shape, spatial_scale
     arguments = _arguments(grad_input, rois, spatial_scale, sampling_ratio, aligned, "grad_output")
     _checks.same_shape(grad_output, (arguments[0].shape[0], input_shape[1]) + grad_output.shape[2:],
                        "grad_output")
-    _backend.target_of(grad_output, argmax, names=("grad_output", "argmax"))
-    argmax = _backend.as_array(argmax)
-    _checks.same_shape(argmax, grad_output.shape, "argmax")
-    if argmax.dtype.kind not in "iu":
-        raise TypeError(f"argmax must be an integer array (int32 from roi_align_max_with_argmax), "
-                        f"got {argmax.dtype}")
     samples = MAX_SAMPLING_RATIO ** 2
-    if argmax.size and not bool(((argmax >= -1) & (argmax < samples)).all()):
-        raise ValueError(f"argmax values must lie in [-1, {samples}): not the argmax of a roi_align_max")
-    argmax = _checks.contiguous(argmax, np.int32)
+    argmax = _checks.argmax(argmax, grad_output, samples, str(samples), "roi_align_max_with_argmax")
     target = _backend.target_of(grad_output)
     if grad_input.size:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,

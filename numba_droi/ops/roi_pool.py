@@ -88,17 +88,8 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     rois = _checks.rois(rois, grad_input, features_name="grad_output")
     _checks.same_shape(grad_output, (rois.shape[0], input_shape[1]) + grad_output.shape[2:],
                        "grad_output")
-    _backend.target_of(grad_output, argmax, names=("grad_output", "argmax"))
-    argmax = _backend.as_array(argmax)
-    _checks.same_shape(argmax, grad_output.shape, "argmax")
-    if argmax.dtype.kind not in "iu":
-        raise TypeError(f"argmax must be an integer array (int32 from roi_pool_with_argmax), "
-                        f"got {argmax.dtype}")
     plane = input_shape[2] * input_shape[3]
-    if argmax.size and not bool(((argmax >= -1) & (argmax < plane)).all()):
-        raise ValueError(f"argmax values must lie in [-1, H*W) = [-1, {plane}): not the argmax of a "
-                         f"roi_pool of this input_shape")
-    argmax = _checks.contiguous(argmax, np.int32)
+    argmax = _checks.argmax(argmax, grad_output, plane, f"H*W) = [-1, {plane}", "roi_pool_with_argmax")
     target = _backend.target_of(grad_output)
     if grad_input.size:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
