@@ -248,12 +248,6 @@ ROI_ALIGN = Operator(
 
 # -- roi_align_max ------------------------------------------------------------------------------------
 
-def _roi_align_max_example(rng, dtype=np.float64, batch=2, channels=2, height=5, width=6, boxes=BOX_KINDS,
-                           scale=0.5, output_size=(2, 2), sampling_ratio=2, aligned=True):
-    return _roi_align_example(rng, dtype, batch, channels, height, width, boxes, scale, output_size,
-                              sampling_ratio, aligned)
-
-
 def _roi_align_max_saving(functions, arrays, options, wanted):
     output, argmax = functions.roi_align_max_with_argmax(arrays["input"], arrays["rois"], **options)
     return output, {"argmax": argmax}
@@ -274,7 +268,7 @@ ROI_ALIGN_MAX = Operator(
     gradients=_roi_align_max_gradients, saving=_roi_align_max_saving, kept=(("argmax", np.int32),),
     output_shape=_pooled_shape,
     kernels=roi_align_max_kernels.KERNELS, reference="reference.roi_align_max",
-    example=_roi_align_max_example,
+    example=_roi_align_example,
     choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, aligned=(False, True)),
     benchmark=_torchvision_benchmark("roi_align", dict(output_size=7, spatial_scale=1 / 16,
                                                        sampling_ratio=2, aligned=True)),
