@@ -11,8 +11,9 @@ concrete (not traced) and live on a GPU go to our cuda target through DLPack ins
 (on CuPy's current stream, which is not JAX's: DLPack's stream handshake orders them); under ``jit``
 on a GPU the callback path copies to the host and back.
 
-``float64`` needs ``jax.config.update("jax_enable_x64", True)``; the boxes get no gradient (their
-cotangent is zero) but for ``prroi_pool``, whose output is differentiable in them.
+``float64`` needs ``jax.config.update("jax_enable_x64", True)``. The boxes of ``roi_align``,
+``deform_roi_pool`` and ``prroi_pool`` get the derivative of the output in their corners; those of the
+other operators get zeros. A backward computes only the gradients of the arrays being differentiated.
 """
 import inspect
 from functools import partial
@@ -53,7 +54,8 @@ def _like(array, shape):
 def _operator(operator):
     """The differentiable JAX function ``apply(options, *arrays)`` of ``operator``: ``options`` a
     hashable tuple of ``(name, value)`` pairs, ``arrays`` the operator's arrays in order (None for one
-    left out); the boxes get zeros as their gradient."""
+    left out). The backward computes the gradients of the arrays that are differentiated (JAX's
+    symbolic zeros tell which); the others, and the arrays without a gradient, get zeros."""
     @partial(jax.custom_vjp, nondiff_argnums=(0,))
     def apply(options, *arrays):
         given = [a for a in arrays if a is not None]
@@ -62,23 +64,29 @@ def _operator(operator):
         return _run(lambda *values: operator.call(ops, _named(operator, arrays, values), dict(options)),
                     _like(given[0], shape), *given)
 
-    def apply_forward(options, *arrays):
-        return apply(options, *arrays), arrays
+    def apply_forward(options, *primals):
+        # (symbolic zeros: each array comes as its value and whether it is differentiated)
+        arrays = tuple(None if p is None else p.value for p in primals)
+        differentiated = {name: None for name, p in zip(operator.arrays, primals)
+                          if p is not None and p.perturbed}
+        return apply(options, *arrays), (arrays, differentiated)
 
-    def apply_backward(options, arrays, grad_output):
-        wanted = operator.wanted(dict(zip(operator.arrays, arrays)))
+    def apply_backward(options, residuals, grad_output):
+        arrays, differentiated = residuals
+        wanted = operator.wanted(dict(zip(operator.arrays, arrays)), differentiated)
         given = [a for a in arrays if a is not None]
+        computed = {}
+        if wanted and not isinstance(grad_output, jax.custom_derivatives.SymbolicZero):
+            def gradients(grad, *values):
+                grads = operator.vjp(ops, grad, _named(operator, arrays, values), dict(options), wanted)
+                return tuple(grads[name] for name in wanted)
 
-        def gradients(grad, *values):
-            grads = operator.vjp(ops, grad, _named(operator, arrays, values), dict(options), wanted)
-            return tuple(grads[name] for name in wanted)
-
-        results = tuple(_like(a, a.shape) for name, a in zip(operator.arrays, arrays) if name in wanted)
-        computed = dict(zip(wanted, _run(gradients, results, grad_output, *given)))
+            results = tuple(_like(a, a.shape) for name, a in zip(operator.arrays, arrays) if name in wanted)
+            computed = dict(zip(wanted, _run(gradients, results, grad_output, *given)))
         return tuple(computed[name] if name in computed else None if a is None else _zero_cotangent(a)
                      for name, a in zip(operator.arrays, arrays))
 
-    apply.defvjp(apply_forward, apply_backward)
+    apply.defvjp(apply_forward, apply_backward, symbolic_zeros=True)
     return apply
 
 
