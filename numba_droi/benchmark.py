@@ -82,8 +82,8 @@ def case(name, setting, boxes=512):
     counterparts), else alone."""
     operator = registry.BY_NAME[name]
     example, peer = operator.benchmark(np.random.default_rng(0), boxes)
-    inputs, ours = demo.example_call(operator, example, setting.array)
-    differentiable = operator.wanted(example.arrays)
+    inputs, ours = demo.example_call(operator, example, setting.array, timed=True)
+    differentiable = operator.timed(example.arrays)
     if peer is None:
         return Case(inputs, ours)
     peer_differentiable = [key for key in peer.arrays if key in differentiable]

@@ -23,11 +23,11 @@ def simulator_size(operator, sizes=SIZES["simulator"]):
     return dict(sizes, **dict(operator.simulated))
 
 
-def example_call(operator, example, to_target=np.asarray):
-    """``(inputs, call)``: the NumPy arrays of ``example`` that get gradients, and ``call(*tensors)``,
-    ``functional.<operator>`` on Tensors of them and on the example's other arrays put on the target
-    by ``to_target``."""
-    differentiable = operator.wanted(example.arrays)
+def example_call(operator, example, to_target=np.asarray, timed=False):
+    """``(inputs, call)``: the NumPy arrays of ``example`` that get gradients (those that are timed, if
+    ``timed``: ``Operator.timed``), and ``call(*tensors)``, ``functional.<operator>`` on Tensors of them
+    and on the example's other arrays put on the target by ``to_target``."""
+    differentiable = operator.timed(example.arrays) if timed else operator.wanted(example.arrays)
     fixed = {name: None if a is None else to_target(a) for name, a in example.arrays.items()
              if name not in differentiable}
 
@@ -80,7 +80,8 @@ def run(target=None, repeats=5, out=None):
     with _backend.target(target) if device == "simulator" else contextlib.nullcontext():
         for operator in registry.OPERATORS:
             rng = np.random.default_rng(0)
-            arrays, call = example_call(operator, timing_example(operator, device, rng), to_target)
+            arrays, call = example_call(operator, timing_example(operator, device, rng), to_target,
+                                        timed=True)
             xs = [Tensor(to_target(a), requires_grad=True) for a in arrays]
             start = time.perf_counter()
             output = call(*xs)

@@ -88,6 +88,8 @@ class Operator:
     box_columns: int = 5         # columns of its rois: 6 for rotated boxes
     no_derivative: tuple = ()    # (array, column): elements of a differentiable array that the output
                                  # has no derivative in (a batch index), held by finite differences
+    untimed: tuple = ()          # differentiable arrays that the benchmarks and the demo's timings hold
+                                 # constant: box gradients that the peers do not compute
     simulated: tuple = ()        # (name, value) arguments of example that override the demo's small size
                                  # on the simulator (an operator with many elements per output pixel,
                                  # whose gradient check there evaluates it twice per element)
@@ -120,6 +122,11 @@ class Operator:
         """The differentiable arrays given (not None) among ``names`` (default: all), in order."""
         return tuple(name for name in self.differentiable
                      if arrays.get(name) is not None and (names is None or name in names))
+
+    def timed(self, arrays):
+        """The differentiable arrays given that the benchmarks differentiate (``wanted`` less
+        ``untimed``)."""
+        return tuple(name for name in self.wanted(arrays) if name not in self.untimed)
 
     def forward_saving(self, functions, arrays, options, wanted):
         """``(output, saved)``: the forward, and what ``vjp`` needs for the ``wanted`` gradients
@@ -222,8 +229,15 @@ def _roi_align_example(rng, dtype=np.float64, batch=2, channels=2, height=5, wid
 
 
 def _roi_align_gradients(functions, grad_output, arrays, options, wanted):
-    return {"input": functions.roi_align_backward(grad_output, arrays["rois"], arrays["input"].shape,
-                                                  **_without(options, "output_size"))}
+    options = _without(options, "output_size")
+    grads = {}
+    if "input" in wanted:
+        grads["input"] = functions.roi_align_backward(grad_output, arrays["rois"], arrays["input"].shape,
+                                                      **options)
+    if "rois" in wanted:
+        grads["rois"] = functions.roi_align_box_backward(grad_output, arrays["input"], arrays["rois"],
+                                                         **options)
+    return grads
 
 
 def _pooled_shape(shapes, options):
@@ -236,9 +250,13 @@ _SAMPLING_RATIOS = (-1, 0, 1, 2, 3)
 
 ROI_ALIGN = Operator(
     name="roi_align", forward=ops.roi_align, backward=ops.roi_align_backward,
-    arrays=("input", "rois"), differentiable=("input",),
+    arrays=("input", "rois"), differentiable=("input", "rois"), no_derivative=(("rois", 0),),
+    untimed=("rois",),
     gradients=_roi_align_gradients, output_shape=_pooled_shape,
-    kernels=roi_align_kernels.KERNELS, reference="reference.roi_align",
+    # the box gradient: deformable RoI pooling's coordinate gradients, with zero offsets
+    kernels=dict(roi_align_kernels.KERNELS,
+                 box_backward=deform_roi_pool_kernels.KERNELS["coordinate_grad"]),
+    reference="reference.roi_align",
     example=_roi_align_example,
     choices=dict(output_size=_PAIRS, sampling_ratio=_SAMPLING_RATIOS, aligned=(False, True)),
     benchmark=_torchvision_benchmark("roi_align", dict(output_size=7, spatial_scale=1 / 16,
@@ -466,10 +484,15 @@ def _deform_roi_pool_example(rng, dtype=np.float64, batch=2, channels=2, height=
 
 
 def _deform_roi_pool_gradients(functions, grad_output, arrays, options, wanted):
-    grads = functions.deform_roi_pool_backward(
-        grad_output, arrays["input"], arrays["rois"], arrays["offset"], options["spatial_scale"],
-        options["sampling_ratio"], options["gamma"], arrays.get("mask"), wanted=wanted)
-    return dict(zip(("input", "offset", "mask"), grads))
+    given = (grad_output, arrays["input"], arrays["rois"], arrays["offset"], options["spatial_scale"],
+             options["sampling_ratio"], options["gamma"], arrays.get("mask"))
+    grads = {}
+    if set(wanted) - {"rois"}:
+        grads = dict(zip(("input", "offset", "mask"), functions.deform_roi_pool_backward(
+            *given, wanted=tuple(name for name in wanted if name != "rois"))))
+    if "rois" in wanted:
+        grads["rois"] = functions.deform_roi_pool_box_backward(*given)
+    return grads
 
 
 def _deform_roi_pool_benchmark(rng, boxes=512):
@@ -483,8 +506,8 @@ def _deform_roi_pool_benchmark(rng, boxes=512):
 
 DEFORM_ROI_POOL = Operator(
     name="deform_roi_pool", forward=ops.deform_roi_pool, backward=ops.deform_roi_pool_backward,
-    arrays=("input", "rois", "offset", "mask"), differentiable=("input", "offset", "mask"),
-    optional=("offset", "mask"), offsets=("offset",),
+    arrays=("input", "rois", "offset", "mask"), differentiable=("input", "rois", "offset", "mask"),
+    no_derivative=(("rois", 0),), untimed=("rois",), optional=("offset", "mask"), offsets=("offset",),
     gradients=_deform_roi_pool_gradients, output_shape=_pooled_shape,
     kernels=deform_roi_pool_kernels.KERNELS, reference="reference.deform_roi_pool",
     example=_deform_roi_pool_example,

@@ -32,8 +32,9 @@ tensor is viewed as a NumPy array, a CUDA tensor as a CuPy array (``numba_droi[c
 runs on that view, and its result becomes a tensor sharing the result's memory. On CUDA our kernels,
 and CuPy's work around them, run on torch's current stream of the tensor's device, so they are ordered
 with torch's own work without any synchronisation. Inputs that are not C-contiguous are copied once
-(the kernels read contiguous memory). The boxes get no gradient (as torchvision's) but for
-``prroi_pool``'s, whose output is differentiable in them.
+(the kernels read contiguous memory). Boxes that require a gradient get one from ``roi_align``,
+``deform_roi_pool`` and ``prroi_pool`` (the derivative of the output in the box corners; no peer gives
+one for the first two); the other operators' boxes get none, as torchvision's.
 
 As torchvision's operators: half-precision tensors (float16, bfloat16; under ``torch.autocast`` too,
 where the layers before give them) are computed in float32 and the result returned in the dtype of

@@ -9,7 +9,8 @@ from .roi_align import MAX_GRID
 
 
 def _bins(roi, offset_k, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma):
-    """Batch index and, per bin, its sample points, divisor and ``gamma * (roi_w, roi_h)``."""
+    """Batch index, per bin its sample points, divisor and ``gamma * (roi_w, roi_h)``, and the samples
+    per bin side ``(grid_h, grid_w)``."""
     batch = int(roi[0])
     x1, y1, x2, y2 = (float(v) * spatial_scale - 0.5 for v in roi[1:])
     roi_w, roi_h = x2 - x1, y2 - y1
@@ -29,7 +30,7 @@ def _bins(roi, offset_k, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamm
                        x1 + dx + pw * bin_w + (ix + 0.5) * bin_w / grid_w)
                       for iy in range(grid_h) for ix in range(grid_w)]
             bins[ph, pw] = points, max(grid_h * grid_w, 1), (gamma * roi_w, gamma * roi_h)
-    return batch, bins
+    return batch, bins, (grid_h, grid_w)
 
 
 def _defaults(rois, offset, mask, pooled_h, pooled_w):
@@ -44,7 +45,7 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
     offset, mask = _defaults(rois, offset, mask, pooled_h, pooled_w)
     out = np.zeros((len(rois), input.shape[1], pooled_h, pooled_w))
     for k, roi in enumerate(rois):
-        batch, bins = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
+        batch, bins, _ = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
         for (ph, pw), (points, count, _) in bins.items():
             for c in range(input.shape[1]):
                 pooled = sum(b1(input[batch, c], y, x) for y, x in points) / count
@@ -62,7 +63,7 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0
     grad_offset = np.zeros(offset.shape)
     grad_mask = np.zeros(mask.shape)
     for k, roi in enumerate(rois):
-        batch, bins = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
+        batch, bins, _ = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma)
         for (ph, pw), (points, count, (scale_x, scale_y)) in bins.items():
             m = mask[k, 0, ph, pw]
             for c in range(input.shape[1]):
@@ -74,3 +75,30 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0
                     grad_offset[k, 1, ph, pw] += g * m * scale_y * dy / count
                     grad_mask[k, 0, ph, pw] += g * b1(input[batch, c], y, x) / count
     return grad_input, grad_offset, grad_mask
+
+
+def deform_roi_pool_box_backward(grad_output, input, rois, offset, spatial_scale=1.0, sampling_ratio=0,
+                                 gamma=0.1, mask=None):
+    """Gradient of ``sum(grad_output * deform_roi_pool(...))`` with respect to the boxes ``[n, x1, y1,
+    x2, y2]``, the sampling grid held fixed: each sample ``y = y1 + roi_h * (gamma * offset_y + (ph +
+    (iy + 0.5) / gh) / PH)`` (scaled coordinates) moves with ``y2`` by the bracket and with ``y1`` by
+    one minus it; times ``spatial_scale``."""
+    pooled_h, pooled_w = grad_output.shape[2:]
+    offset, mask = _defaults(rois, offset, mask, pooled_h, pooled_w)
+    grad_rois = np.zeros((len(rois), 5))
+    for k, roi in enumerate(rois):
+        batch, bins, (grid_h, grid_w) = _bins(roi, offset[k], spatial_scale, pooled_h, pooled_w,
+                                              sampling_ratio, gamma)
+        for (ph, pw), (points, count, _) in bins.items():
+            for number, (y, x) in enumerate(points):
+                iy, ix = divmod(number, grid_w)
+                lever_y = gamma * float(offset[k, 1, ph, pw]) + (ph + (iy + 0.5) / grid_h) / pooled_h
+                lever_x = gamma * float(offset[k, 0, ph, pw]) + (pw + (ix + 0.5) / grid_w) / pooled_w
+                for c in range(input.shape[1]):
+                    dy, dx = b1_gradient(input[batch, c], y, x)
+                    if dy == 0 and dx == 0:  # (a sample moved out of the map by a NaN offset)
+                        continue
+                    g = grad_output[k, c, ph, pw] * mask[k, 0, ph, pw] / count * spatial_scale
+                    grad_rois[k, 1:] += g * np.array([dx * (1 - lever_x), dy * (1 - lever_y), dx * lever_x,
+                                                      dy * lever_y])
+    return grad_rois

@@ -69,9 +69,9 @@ def test_check_passes_every_operator_on_the_cpu_and_prints_a_row_each(cpu, capsy
     assert list(rows) == list(registry.BY_NAME)
     assert all(row[2:] == ["pass"] for row in rows.values())
     sizes = demo.SIZES["gradcheck"]
-    assert rows["roi_align"][1] == "x".join(str(sizes[key])
-                                            for key in ("batch", "channels", "height", "width"))
-    assert rows["deform_roi_pool"][1].count(",") == 2  # features, offset, mask
+    features = "x".join(str(sizes[key]) for key in ("batch", "channels", "height", "width"))
+    assert rows["roi_align"][1] == f"{features},{sizes['boxes']}x5"  # features, boxes
+    assert rows["deform_roi_pool"][1].count(",") == 3  # features, boxes, offset, mask
 
 
 def test_check_fails_an_operator_whose_backward_is_wrong(cpu, monkeypatch, capsys):

@@ -115,8 +115,8 @@ def distance_to_kinks(features, rois, offset, options):
     pooled_h, pooled_w = options["output_size"]
     distances = [1.0]
     for k, roi in enumerate(rois):
-        _, bins = reference_bins(roi, offset[k], options["spatial_scale"], pooled_h, pooled_w,
-                                 options["sampling_ratio"], options["gamma"])
+        _, bins, _ = reference_bins(roi, offset[k], options["spatial_scale"], pooled_h, pooled_w,
+                                    options["sampling_ratio"], options["gamma"])
         distances += [abs(v - round(v)) for points, _, _ in bins.values() for point in points
                       for v in point]
     return min(distances)

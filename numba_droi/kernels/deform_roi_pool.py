@@ -3,40 +3,46 @@
 * The body, shared by the targets: a bin is roi_align's bin (``aligned=True``) whose box start is
   moved by the bin's offset. ``deform_roi_pool_bin_box`` builds that moved box, roi_align's
   ``roi_align_bin`` and ``roi_align_bin_backward`` pool it and scatter its gradient, and
-  ``deform_roi_pool_bin_gradient`` gives the gradients of the bin's offset and mask, a sum over
-  channels and samples.
+  ``deform_roi_pool_bin_gradient`` gives the sums over channels and samples that the bin's offset,
+  mask and box gradients are made of (``bin_coordinate_gradients``). roi_align's box gradient is
+  this one with zero offsets (and its own ``aligned``).
 * The cuda schedule: ``*_cuda`` kernels, a thread per output element for the forward and the input
-  gradient (atomic scatter), a thread per (box, bin) for the offset and mask gradients (looping over
+  gradient (atomic scatter), a thread per (box, bin) for the coordinate gradients (looping over
   channels: every thread of a bin would otherwise add into the same two offset elements, a worst case
-  for atomics); the deterministic backward, a thread per gradient plane.
+  for atomics; each bin writes its own part of its box's gradient, which the ops level sums); the
+  deterministic backward, a thread per gradient plane.
 * The cpu fast path: ``*_cpu`` drivers and the helpers above them, a parallel iteration per box for
-  the forward and for the offset and mask gradients, per block of channels for the input gradient
-  (so that no two iterations write the same element), over channels-last copies.
+  the forward and for the coordinate gradients, per block of channels for the input gradient (so that
+  no two iterations write the same element), over channels-last copies.
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
 
 Kernel arguments: ``(features, rois, offset, mask, spatial_scale, sampling_ratio, gamma, output)``,
 ``(grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_input)`` and
-``(features, grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_offset,
-grad_mask)``; a missing offset is passed as zeros and a missing mask as ones, ``grad_input`` is
-zero-filled.
+``(features, grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, aligned,
+grad_offset, grad_mask, grad_box)``, ``grad_box`` of shape ``(K, 4, PH, PW)`` (each bin's part of
+``d/d(x1, y1, x2, y2)``); a missing offset is passed as zeros and a missing mask as ones,
+``grad_input`` is zero-filled.
 """
 import numpy as np
 
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
-from .roi_align import (channel_block, channels_first, channels_last, roi_align_bin, roi_align_bin_backward,
-                        roi_align_bin_backward_channels_from_tables, roi_align_bin_channels_from_tables,
-                        merged_axis_scratch, roi_align_box, roi_align_sample, unravel_output_index)
+from .roi_align import (channel_block, channels_first, channels_last, merged_axis_scratch, roi_align_bin,
+                        roi_align_bin_backward, roi_align_bin_backward_channels_from_tables,
+                        roi_align_bin_channels_from_tables, roi_align_box, roi_align_sample,
+                        roi_align_size_free, unravel_output_index)
 
 
 # -- body: one output element and its gradient, from the definition --------------------------------
 
 @jitable
-def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio, gamma):
-    """roi_align's aligned geometry of box ``k`` with its start moved by the offset of bin ``(ph, pw)``.
+def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_ratio, gamma, aligned=True):
+    """roi_align's geometry of box ``k`` (aligned, as deformable pooling always is; roi_align's box
+    gradient passes its own ``aligned`` and zero offsets) with its start moved by the offset of bin
+    ``(ph, pw)``.
 
     Returns ``(box, scale_y, scale_x)``: ``box`` as ``roi_align_box`` gives it (the sampling grid is
     fixed by the RoI before the offset), and ``scale = gamma * roi_size``, the derivative of the start
@@ -45,7 +51,7 @@ def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_rat
     f = rois.dtype.type
     pooled_h, pooled_w = offset.shape[2], offset.shape[3]
     n, y_start, x_start, bin_h, bin_w, grid_h, grid_w = roi_align_box(
-        rois, k, spatial_scale, sampling_ratio, True, pooled_h, pooled_w)
+        rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w)
     scale_y = gamma * (bin_h * f(pooled_h))
     scale_x = gamma * (bin_w * f(pooled_w))
     y_start += scale_y * offset[k, 1, ph, pw]
@@ -54,28 +60,82 @@ def deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale, sampling_rat
 
 
 @jitable
-def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box, scale_y, scale_x):
+def sample_place(p, i, grid, pooled):
+    """``u = (p + (i + 0.5) / grid) / pooled``: where sample ``i`` of bin ``p`` lies along its axis of
+    the box, as a fraction of the box's size (the derivative of its coordinate in that size)."""
+    f = type(grid)
+    return (f(p) + (f(i) + f(0.5)) / grid) / f(pooled)
+
+
+@jitable
+def deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box):
     """For bin ``(ph, pw)`` of box ``k`` (``box`` from ``deform_roi_pool_bin_box``), with
-    ``g = grad_output[k, :, ph, pw]``: ``(sum_c g_c * d pooled_c / d offset_x, ... / d offset_y,
-    sum_c g_c * pooled_c)``, the unmodulated offset gradients and the mask gradient."""
+    ``g = grad_output[k, :, ph, pw]``, the means over the bin's samples of ``sum_c g_c * d pooled_c /
+    dx``, of the same in y, of those times the sample's ``sample_place`` along the axis, and of
+    ``sum_c g_c * pooled_c``: ``(d_x, d_y, moment_x, moment_y, weighted)``, the sums that the offset,
+    mask and box gradients are made of (``bin_coordinate_gradients``)."""
     f = features.dtype.type
     n, _, _, _, _, grid_h, grid_w = box
-    if grid_h * grid_w == 0:  # also a non-finite box, whose scales are NaN
-        return f(0), f(0), f(0)
-    grad_y = f(0)
-    grad_x = f(0)
+    d_x = f(0)
+    d_y = f(0)
+    moment_x = f(0)
+    moment_y = f(0)
     weighted = f(0)
+    if grid_h * grid_w == 0:  # also a non-finite box
+        return d_x, d_y, moment_x, moment_y, weighted
     for iy in range(grid_h):
+        place_y = sample_place(ph, iy, f(grid_h), grad_output.shape[2])
         for ix in range(grid_w):
             y, x = roi_align_sample(box, ph, pw, iy, ix)
+            sample_y = f(0)
+            sample_x = f(0)
             for c in range(features.shape[1]):
                 g = grad_output[k, c, ph, pw]
                 dy, dx = b1_coordinate_gradient(features, n, c, y, x)
-                grad_y += g * dy
-                grad_x += g * dx
+                sample_y += g * dy
+                sample_x += g * dx
                 weighted += g * b1_value(features, n, c, y, x)
+            d_y += sample_y
+            d_x += sample_x
+            moment_y += place_y * sample_y
+            moment_x += sample_place(pw, ix, f(grid_w), grad_output.shape[3]) * sample_x
     count = f(grid_h * grid_w)
-    return scale_x * grad_x / count, scale_y * grad_y / count, weighted / count
+    return d_x / count, d_y / count, moment_x / count, moment_y / count, weighted / count
+
+
+@jitable
+def scaled(scale, derivative):
+    """``scale * derivative``, 0 where the derivative is (a NaN scale of a sample outside the map, whose
+    coordinate does not matter, gives no NaN)."""
+    return scale * derivative if derivative != type(derivative)(0) else derivative
+
+
+@jitable
+def bin_coordinate_gradients(rois, offset, mask, k, ph, pw, spatial_scale, gamma, aligned, sums, scale_y,
+                             scale_x, grad_offset, grad_mask, grad_box):
+    """Write the gradients of bin ``(ph, pw)`` of box ``k`` from its ``sums``
+    (``deform_roi_pool_bin_gradient``): its offset's, its mask's, and its part of the box's,
+    ``grad_box[k, :, ph, pw] = d/d(x1, y1, x2, y2)``.
+
+    A sample at ``y = y1*s - 0.5 + roi_h * (gamma*offset_y + u)`` (``u`` its ``sample_place``,
+    ``roi_h = (y2 - y1) * s``; no half pixel unless aligned) moves by ``s * (1 - gamma*offset_y - u)``
+    with ``y1`` and by ``s * (gamma*offset_y + u)`` with ``y2``; where roi_align clamps the size to 1
+    (not aligned) it follows ``y1`` alone. The sampling grid counts as fixed: the adaptive grid's size
+    is piecewise constant in the box's."""
+    f = rois.dtype.type
+    d_x, d_y, moment_x, moment_y, weighted = sums
+    m = mask[k, 0, ph, pw]
+    grad_offset[k, 0, ph, pw] = m * scaled(scale_x, d_x)
+    grad_offset[k, 1, ph, pw] = m * scaled(scale_y, d_y)
+    grad_mask[k, 0, ph, pw] = weighted
+    free_h, free_w = roi_align_size_free(rois, k, spatial_scale, aligned)
+    # the derivatives in the far edges (x2, y2): the samples' places, offsets included
+    far_x = scaled(gamma * offset[k, 0, ph, pw], d_x) + moment_x if free_w else f(0)
+    far_y = scaled(gamma * offset[k, 1, ph, pw], d_y) + moment_y if free_h else f(0)
+    grad_box[k, 0, ph, pw] = m * (spatial_scale * (d_x - far_x))
+    grad_box[k, 1, ph, pw] = m * (spatial_scale * (d_y - far_y))
+    grad_box[k, 2, ph, pw] = m * (spatial_scale * far_x)
+    grad_box[k, 3, ph, pw] = m * (spatial_scale * far_y)
 
 
 # -- cuda schedule ---------------------------------------------------------------------------------
@@ -102,18 +162,16 @@ def deform_roi_pool_backward_cuda(grad_output, rois, offset, mask, spatial_scale
                                box)
 
 
-@cuda_kernel("F4 F4 F2 F4 F4 f i f F4 F4")
-def deform_roi_pool_offset_mask_grad_cuda(features, grad_output, rois, offset, mask, spatial_scale,
-                                          sampling_ratio, gamma, grad_offset, grad_mask):
+@cuda_kernel("F4 F4 F2 F4 F4 f i f b F4 F4 F4")
+def deform_roi_pool_coordinate_grad_cuda(features, grad_output, rois, offset, mask, spatial_scale,
+                                         sampling_ratio, gamma, aligned, grad_offset, grad_mask, grad_box):
     for index in range(thread_start(), grad_mask.size, thread_stride()):
         k, _, ph, pw = unravel_output_index(index, grad_mask.shape)
         box, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                        sampling_ratio, gamma)
-        grad_x, grad_y, grad_m = deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box,
-                                                              scale_y, scale_x)
-        grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * grad_x
-        grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * grad_y
-        grad_mask[k, 0, ph, pw] = grad_m
+                                                        sampling_ratio, gamma, aligned)
+        sums = deform_roi_pool_bin_gradient(features, grad_output, k, ph, pw, box)
+        bin_coordinate_gradients(rois, offset, mask, k, ph, pw, spatial_scale, gamma, aligned, sums, scale_y,
+                                 scale_x, grad_offset, grad_mask, grad_box)
 
 
 @cuda_kernel("F4 F2 F4 F4 f i f F4")
@@ -138,7 +196,8 @@ def deform_roi_pool_backward_deterministic_cuda(grad_output, rois, offset, mask,
 # -- cpu fast path: the body's values by another schedule ------------------------------------------
 
 @jitable
-def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma):
+def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampling_ratio, gamma,
+                                aligned=True):
     """Rule B1 along each axis at the row and column samples of every (moved) bin of box ``k``, for
     cpu drivers that reuse them across channels: ``(batch, grid_h, grid_w, corners, weights, free)``.
     Bin ``(ph, pw)`` has its ``grid_h`` row samples at ``rows = (ph*PW + pw) * (grid_h + grid_w)``
@@ -147,7 +206,8 @@ def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampli
     ``b1_axis_weights`` gives them."""
     pooled_h, pooled_w = offset.shape[2], offset.shape[3]
     height, width = features.shape[2], features.shape[3]
-    first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio, gamma)
+    first, _, _ = deform_roi_pool_bin_box(rois, offset, k, 0, 0, spatial_scale, sampling_ratio, gamma,
+                                          aligned)
     n, _, _, _, _, grid_h, grid_w = first
     size = pooled_h * pooled_w * (grid_h + grid_w)
     corners = np.empty((size, 2), np.uint32)
@@ -156,7 +216,7 @@ def deform_roi_pool_box_samples(features, rois, offset, k, spatial_scale, sampli
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             box, _, _ = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                sampling_ratio, gamma)
+                                                sampling_ratio, gamma, aligned)
             rows = (ph * pooled_w + pw) * (grid_h + grid_w)
             for iy in range(grid_h):
                 y, _ = roi_align_sample(box, ph, pw, iy, 0)
@@ -232,28 +292,29 @@ def _deform_roi_pool_backward_blocks(start, stop, width, grad_output, rois, offs
                                                                 weights, offsets, sums)
 
 
-def deform_roi_pool_offset_mask_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
-                                         sampling_ratio, gamma, grad_offset, grad_mask):
+def deform_roi_pool_coordinate_grad_cpu(features, grad_output, rois, offset, mask, spatial_scale,
+                                        sampling_ratio, gamma, aligned, grad_offset, grad_mask, grad_box):
     # Per box: the samples tabulated once. A sample's value and coordinate derivatives are linear in
     # its four corner values, so the sums over channels of grad_output times them are those of the
     # channel sums of grad_output times each corner: one pass over the channels of a channels-last
     # copy (four contiguous corner rows) accumulates those four sums per sample, and rule B1 is
     # applied to them once. The same sums as deform_roi_pool_bin_gradient, in another order.
-    parallel_for(_deform_roi_pool_offset_mask_grad_boxes, rois.shape[0], features, channels_last(features),
-                 grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, grad_offset,
-                 grad_mask)
+    parallel_for(_deform_roi_pool_coordinate_grad_boxes, rois.shape[0], features, channels_last(features),
+                 grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, aligned, grad_offset,
+                 grad_mask, grad_box)
 
 
 @cpu_function
-def _deform_roi_pool_offset_mask_grad_boxes(start, stop, features, pixels, grad_output, rois, offset, mask,
-                                            spatial_scale, sampling_ratio, gamma, grad_offset, grad_mask):
+def _deform_roi_pool_coordinate_grad_boxes(start, stop, features, pixels, grad_output, rois, offset, mask,
+                                           spatial_scale, sampling_ratio, gamma, aligned, grad_offset,
+                                           grad_mask, grad_box):
     f = features.dtype.type
     channels, pooled_h, pooled_w = grad_output.shape[1:]
     for k in range(start, stop):
         n, grid_h, grid_w, corners, weights, free = deform_roi_pool_box_samples(
-            features, rois, offset, k, spatial_scale, sampling_ratio, gamma)
+            features, rois, offset, k, spatial_scale, sampling_ratio, gamma, aligned)
         if grid_h * grid_w == 0:
-            continue  # grad_offset and grad_mask stay 0 (a non-finite box has NaN scales)
+            continue  # every gradient stays 0 (a non-finite box has NaN scales)
         image = pixels[n, 0]
         grads = np.empty(channels, features.dtype)
         count = f(grid_h * grid_w)
@@ -262,11 +323,14 @@ def _deform_roi_pool_offset_mask_grad_boxes(start, stop, features, pixels, grad_
                 for c in range(channels):
                     grads[c] = grad_output[k, c, ph, pw]
                 rows = (ph * pooled_w + pw) * (grid_h + grid_w)
-                grad_x = f(0)
-                grad_y = f(0)
+                d_x = f(0)
+                d_y = f(0)
+                moment_x = f(0)
+                moment_y = f(0)
                 weighted = f(0)
                 for iy in range(grid_h):
                     r = rows + iy
+                    place_y = sample_place(ph, iy, f(grid_h), pooled_h)
                     for ix in range(grid_w):
                         s = rows + grid_h + ix
                         inside = b1_axis_inside(weights, r) and b1_axis_inside(weights, s)
@@ -288,20 +352,22 @@ def _deform_roi_pool_offset_mask_grad_boxes(start, stop, features, pixels, grad_
                         w_hl, w_hh = weights[r, 1] * weights[s, 0], weights[r, 1] * weights[s, 1]
                         dy, dx = b1_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, w_ll, w_lh, w_hl,
                                                         w_hh, inside and free[r], inside and free[s])
-                        grad_x += dx
-                        grad_y += dy
+                        d_x += dx
+                        d_y += dy
+                        moment_x += sample_place(pw, ix, f(grid_w), pooled_w) * dx
+                        moment_y += place_y * dy
                         weighted += w_ll * v_ll + w_lh * v_lh + w_hl * v_hl + w_hh * v_hh
                 _, scale_y, scale_x = deform_roi_pool_bin_box(rois, offset, k, ph, pw, spatial_scale,
-                                                              sampling_ratio, gamma)
-                grad_offset[k, 0, ph, pw] = mask[k, 0, ph, pw] * (scale_x * grad_x / count)
-                grad_offset[k, 1, ph, pw] = mask[k, 0, ph, pw] * (scale_y * grad_y / count)
-                grad_mask[k, 0, ph, pw] = weighted / count
+                                                              sampling_ratio, gamma, aligned)
+                sums = (d_x / count, d_y / count, moment_x / count, moment_y / count, weighted / count)
+                bin_coordinate_gradients(rois, offset, mask, k, ph, pw, spatial_scale, gamma, aligned, sums,
+                                         scale_y, scale_x, grad_offset, grad_mask, grad_box)
 
 
 KERNELS = {
     "forward": {"cpu": deform_roi_pool_forward_cpu, "cuda": deform_roi_pool_forward_cuda},
     "backward": {"cpu": deform_roi_pool_backward_cpu, "cuda": deform_roi_pool_backward_cuda,
                  "cuda_deterministic": deform_roi_pool_backward_deterministic_cuda},
-    "offset_mask_grad": {"cpu": deform_roi_pool_offset_mask_grad_cpu,
-                         "cuda": deform_roi_pool_offset_mask_grad_cuda},
+    "coordinate_grad": {"cpu": deform_roi_pool_coordinate_grad_cpu,
+                        "cuda": deform_roi_pool_coordinate_grad_cuda},
 }

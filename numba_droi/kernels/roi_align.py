@@ -72,6 +72,18 @@ def roi_align_box(rois, k, spatial_scale, sampling_ratio, aligned, pooled_h, poo
 
 
 @jitable
+def roi_align_size_free(rois, k, spatial_scale, aligned):
+    """``(free_h, free_w)``: whether box ``k``'s height and width, as ``roi_align_box`` uses them, are
+    its own (always when aligned), not the least size of 1 it clamps them up to (not aligned): where
+    they follow the box's far edges."""
+    if aligned:
+        return True, True
+    f = rois.dtype.type
+    return (rois[k, 4] * spatial_scale - rois[k, 2] * spatial_scale > f(1),
+            rois[k, 3] * spatial_scale - rois[k, 1] * spatial_scale > f(1))
+
+
+@jitable
 def sampling_grid(bin_h, bin_w, sampling_ratio, finite):
     """``(grid_h, grid_w)`` of a bin: ``sampling_ratio`` samples per side if positive, else
     ``ceil(bin)``; at most ``MAX_SAMPLING_RATIO``; none for a box that is not ``finite``."""

@@ -3,7 +3,7 @@ from .. import _backend
 from ..kernels.deform_roi_pool import KERNELS
 from . import _checks
 
-__all__ = ["deform_roi_pool", "deform_roi_pool_backward"]
+__all__ = ["deform_roi_pool", "deform_roi_pool_backward", "deform_roi_pool_box_backward"]
 
 
 def _arguments(features, rois, offset, mask, pooled_h, pooled_w, spatial_scale, sampling_ratio,
@@ -99,15 +99,54 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, spatial_scale=1.0
     grad_output = grad_output.astype(features.dtype, copy=False)
     xp = _backend.array_module(features)
     grad_input = xp.zeros(features.shape, dtype=features.dtype) if want_input else None
-    grad_offset = xp.zeros(offset.shape, dtype=features.dtype)
-    grad_mask = xp.zeros(mask.shape, dtype=features.dtype)
+    grad_offset = grad_mask = None
     if features.size and want_input:
         kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
                                                features.shape[0] * features.shape[1])
         _backend.run(target, kernel, size, grad_output, rois, offset, mask, spatial_scale,
                      sampling_ratio, gamma, grad_input)
-    if features.size and (want_offset or want_mask):
-        _backend.run(target, KERNELS["offset_mask_grad"][target], grad_mask.size, features,
-                     grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
-                     grad_offset, grad_mask)
+    if want_offset or want_mask:
+        grad_offset, grad_mask, _ = coordinate_gradients(features, grad_output, rois, offset, mask,
+                                                         spatial_scale, sampling_ratio, gamma, True)
     return grad_input, grad_offset if want_offset else None, grad_mask if want_mask else None
+
+
+def deform_roi_pool_box_backward(grad_output, input, rois, offset, spatial_scale=1.0, sampling_ratio=0,
+                                 gamma=0.1, mask=None):
+    """Gradient of ``deform_roi_pool`` with respect to its boxes: the derivative of the forward in
+    ``x1, y1, x2, y2`` (columns 1 to 4; the batch column gets 0), through the samples' positions
+    (their offsets, ``gamma * offset * roi_size``, included), as ``roi_align_box_backward`` says.
+
+    Args:
+        grad_output: ``(K, C, PH, PW)`` gradient of the output.
+        input, rois, offset, spatial_scale, sampling_ratio, gamma, mask: as given to the forward.
+
+    Returns:
+        ``grad_rois`` of shape ``(K, 5)``, in the input's dtype.
+    """
+    features = _checks.features(input)
+    grad_output = _checks.features(grad_output, "grad_output")
+    _backend.target_of(features, grad_output, names=("input", "grad_output"))
+    rois, offset, mask, spatial_scale, sampling_ratio, gamma = _arguments(
+        features, rois, offset, mask, *grad_output.shape[2:], spatial_scale, sampling_ratio, gamma)
+    _checks.same_shape(grad_output, (rois.shape[0], features.shape[1]) + grad_output.shape[2:], "grad_output")
+    return coordinate_gradients(features, grad_output.astype(features.dtype, copy=False), rois, offset, mask,
+                                spatial_scale, sampling_ratio, gamma, True)[2]
+
+
+def coordinate_gradients(features, grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma,
+                         aligned):
+    """``(grad_offset, grad_mask, grad_rois)`` of checked arguments, from the kernels' per-bin parts
+    (for roi_align too: zero offsets, ``gamma = 0``, a mask of ones)."""
+    xp = _backend.array_module(features)
+    grad_offset = xp.zeros(offset.shape, dtype=features.dtype)
+    grad_mask = xp.zeros(mask.shape, dtype=features.dtype)
+    grad_box = xp.zeros((rois.shape[0], 4) + mask.shape[2:], dtype=features.dtype)
+    grad_rois = xp.zeros(rois.shape, dtype=features.dtype)
+    if features.size and grad_mask.size:
+        target = _backend.target_of(features)
+        _backend.run(target, KERNELS["coordinate_grad"][target], grad_mask.size, features, grad_output,
+                     rois, offset, mask, spatial_scale, sampling_ratio, gamma, bool(aligned), grad_offset,
+                     grad_mask, grad_box)
+        grad_rois[:, 1:] = grad_box.sum(axis=(2, 3))
+    return grad_offset, grad_mask, grad_rois

@@ -2,8 +2,9 @@
 from .. import _backend
 from ..kernels.roi_align import KERNELS
 from . import _checks
+from .deform_roi_pool import coordinate_gradients
 
-__all__ = ["roi_align", "roi_align_backward"]
+__all__ = ["roi_align", "roi_align_backward", "roi_align_box_backward"]
 
 
 def _arguments(features, rois, spatial_scale, sampling_ratio, aligned, features_name="input"):
@@ -82,3 +83,37 @@ def roi_align_backward(grad_output, rois, input_shape, spatial_scale=1.0, sampli
         _backend.run(target, kernel, size,
                      grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input)
     return grad_input
+
+
+def roi_align_box_backward(grad_output, input, rois, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Gradient of ``roi_align`` with respect to its boxes: the derivative of the forward in ``x1, y1,
+    x2, y2`` (columns 1 to 4; the batch column gets 0).
+
+    A sample's coordinate is affine in the box: ``y = y1*s - o + (y2 - y1)*s * u`` with ``u = (ph + (iy
+    + 0.5)/gh) / PH`` (``o = 0.5`` when aligned), so the gradient is the sum over the samples of the
+    derivative of rule B1 in the coordinate (0 where B1 clamps it) times ``s*(1 - u)`` for ``y1`` and
+    ``s*u`` for ``y2``. Where the box is clamped to a size of 1 (not aligned), the samples follow ``y1``
+    alone. The sampling grid counts as fixed: with ``sampling_ratio > 0`` this is the derivative of the
+    forward wherever it has one (it has kinks where a sample crosses a pixel row or column, or the size
+    crosses 1); with the adaptive grid, whose size ``ceil(bin)`` is piecewise constant in the box's
+    size, the forward jumps where that size changes, and between the jumps this is its derivative.
+
+    Args:
+        grad_output: ``(K, C, PH, PW)`` gradient of the output.
+        input, rois, spatial_scale, sampling_ratio, aligned: as given to ``roi_align``.
+
+    Returns:
+        ``grad_rois`` of shape ``(K, 5)``, in the input's dtype.
+    """
+    features = _checks.features(input)
+    grad_output = _checks.features(grad_output, "grad_output")
+    _backend.target_of(features, grad_output, names=("input", "grad_output"))
+    rois, spatial_scale, sampling_ratio, aligned = _arguments(features, rois, spatial_scale, sampling_ratio,
+                                                              aligned)
+    _checks.same_shape(grad_output, (rois.shape[0], features.shape[1]) + grad_output.shape[2:], "grad_output")
+    xp = _backend.array_module(features)
+    bins = (rois.shape[0], 1) + grad_output.shape[2:]
+    offset = xp.zeros((rois.shape[0], 2) + grad_output.shape[2:], dtype=features.dtype)
+    return coordinate_gradients(features, _checks.contiguous(grad_output, features.dtype), rois, offset,
+                                xp.ones(bins, dtype=features.dtype), spatial_scale, sampling_ratio,
+                                features.dtype.type(0), aligned)[2]
