@@ -1,6 +1,7 @@
 """PyTorch adapter: our operators as ``torch.library`` custom operators (``torch.ops.numba_droi.<name>``,
 with a fake implementation and an autograd formula: torch.compile, torch.export and fx trace them),
-functions and ``torch.nn.Module`` layers, with the names and signatures of torchvision and mmcv. Import
+functions and ``torch.nn.Module`` layers, with the names and signatures of torchvision and mmcv. The
+functions, the operators' layers and ``DeformConv2d`` also compile with ``torch.jit.script``. Import
 it explicitly (``import numba_droi.torch``): it needs torch.
 
 Every operator of ``numba_droi.registry`` is here as a function of its name and, where it has one, a
@@ -45,12 +46,15 @@ threads; a bad argument raises an error that is also a ``RuntimeError`` (``BadAr
 import ast
 import contextlib
 import inspect
+import linecache
 import math
 import numbers
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch._jit_internal import BroadcastingList2  # noqa: F401 (in the generated functions' types)
 from torch.nn.modules.utils import _pair
 
 from . import _backend, ops, registry
@@ -239,33 +243,99 @@ def _signature(operator):
                                          for p in signature.parameters.values()])
 
 
-def _arguments(operator, signature, args, kwargs):
-    """``(tensors, options)`` of a call with ``signature``: the operator's arrays in order (the boxes
-    as a ``(K, 5)`` tensor) and its options."""
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    if "boxes" in arguments:
-        arguments["rois"] = arguments.pop("boxes")
-    if "rois" in arguments:
-        arguments["rois"] = _rois(arguments["rois"], operator.box_columns)
-    return [arguments[name] for name in operator.arrays], {name: arguments[name] for name in operator.options}
+# The functions and the layers' forwards are generated as source text (registered with linecache, so
+# that TorchScript, which compiles from source, reads it), with TorchScript's types: called in Python
+# they check and convert their arguments as torch users expect (``_rois``, ``_plain``); scripted, they
+# build the same options text with TorchScript's ``str`` (which writes floats to 17 digits, so that
+# ``ast.literal_eval`` gives the same values back).
+
+# TorchScript types of options, by name; those with a default not named here take its type
+_OPTION_TYPES = {"output_size": "BroadcastingList2[int]", "stride": "BroadcastingList2[int]",
+                 "padding": "BroadcastingList2[int]", "dilation": "BroadcastingList2[int]",
+                 "spatial_scale": "float", "part_size": "Optional[int]",
+                 **{name: "int" for name in ("output_dim", "group_size", "pooled_size", "kernel_h",
+                                             "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
+                                             "dilation_h", "dilation_w", "group", "group_channels")}}
+_DEFAULT_TYPES = {bool: "bool", int: "int", float: "float"}
+
+
+def _option_type(parameter):
+    if parameter.name in _OPTION_TYPES:
+        return _OPTION_TYPES[parameter.name]
+    return _DEFAULT_TYPES[type(parameter.default)]
+
+
+def _array_type(operator, name):
+    if name == "rois":
+        return "Union[Tensor, List[Tensor]]"
+    return "Optional[Tensor]" if name in operator.optional else "Tensor"
+
+
+def _parameter_text(name, annotation, parameter):
+    default = "" if parameter.default is parameter.empty else f" = {parameter.default!r}"
+    return f"{name}: {annotation}{default}"
+
+
+def _as_rois(boxes: Union[Tensor, List[Tensor]], columns: int) -> Tensor:
+    """``_rois`` in Python; scripted, the same conversion (the operator checks the shapes)."""
+    if not torch.jit.is_scripting():
+        return _rois(boxes, columns)
+    if isinstance(boxes, torch.Tensor):
+        return boxes
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+
+
+def _options_text(options):
+    """The options as the custom operators take them: the ``repr`` of a dict of plain constants."""
+    return repr({name: _plain(value) for name, value in options.items()})
+
+
+def _generated(name, source, namespace, place):
+    """The function ``name`` defined by ``source`` in ``namespace``, its text kept for TorchScript under
+    a file name of its own that says what ``place`` it has."""
+    filename = f"<numba_droi.torch: generated {place}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (our own generated text)
+    return namespace.pop(name)
 
 
 def _function(operator):
     signature = _signature(operator)
-
-    def apply(*args, **kwargs):
-        tensors, options = _arguments(operator, signature, args, kwargs)
-        output = CUSTOM_OPS[operator.name](*tensors, repr({name: _plain(v) for name, v in options.items()}))
-        return output[0] if operator.kept else output
-
-    apply.__name__ = apply.__qualname__ = operator.name
+    names = {name: "rois" if name == "boxes" else name for name in signature.parameters}  # ours -> the op's
+    parameters = [_parameter_text(name, _array_type(operator, original) if original in operator.arrays
+                                  else _option_type(signature.parameters[name]), signature.parameters[name])
+                  for name, original in names.items()]
+    given = {original: name for name, original in names.items()}
+    arrays = [f"_as_rois({given['rois']}, {operator.box_columns})" if name == "rois" else given[name]
+              for name in operator.arrays]
+    scripted = ' + ", " + '.join(f'"{name!r}: " + str({given[name]})' for name in operator.options)
+    eager = ", ".join(f"{name!r}: {given[name]}" for name in operator.options)
+    call = (f"torch.ops.numba_droi.{operator.name}({', '.join(arrays)}, options)"
+            f"{'[0]' if operator.kept else ''}")  # (the output, not what the forward kept)
+    source = "\n".join([
+        f"def {operator.name}({', '.join(parameters)}) -> Tensor:",
+        "    if torch.jit.is_scripting():",
+        f"        options = \"{{\" + {scripted or repr('')} + \"}}\"",
+        "    else:",
+        f"        options = _options_text({{{eager}}})",
+        f"    return {call}", ""])
+    apply = _generated(operator.name, source, globals(), operator.name)
     apply.__module__ = __name__
-    apply.__signature__ = signature
     apply.__doc__ = (f"``numba_droi.{operator.name}`` on tensors, differentiable in "
                      f"{', '.join(operator.differentiable)}.\n\n{operator.forward.__doc__ or ''}")
     return apply
+
+
+def _forward(operator):
+    """The forward of ``operator``'s layer: its arrays (the optional ones after the last required one
+    defaulting to None), its options from the layer's attributes."""
+    signature, arrays = _signature(operator), _arrays_signature(operator)
+    parameters = ["self"] + [_parameter_text(name, _array_type(operator, name.replace("boxes", "rois")), p)
+                             for name, p in arrays.parameters.items()]
+    arguments = [name if name in arrays.parameters else f"self.{name}" for name in signature.parameters]
+    source = (f"def forward({', '.join(parameters)}) -> Tensor:\n"
+              f"    return {operator.name}({', '.join(arguments)})\n")
+    return _generated("forward", source, globals(), f"{operator.module}.forward")
 
 
 class OperatorModule(nn.Module):
@@ -276,16 +346,13 @@ class OperatorModule(nn.Module):
 
     def __init__(self, *args, **kwargs):
         super().__init__()
-        bound = _options_signature(self.operator).bind(*args, **kwargs)
+        signature = _options_signature(self.operator)
+        bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        for name, value in bound.arguments.items():
+        for name, value in bound.arguments.items():  # (a float option given as an int: a float, as
+            if _option_type(signature.parameters[name]) == "float":  # TorchScript's types want)
+                value = float(value)
             setattr(self, name, value)
-
-    def forward(self, *args, **kwargs):
-        bound = _arrays_signature(self.operator).bind(*args, **kwargs)
-        bound.apply_defaults()
-        options = {name: getattr(self, name) for name in self.operator.options}
-        return FUNCTIONS[self.operator.name](**dict(bound.arguments, **options))
 
     def extra_repr(self):
         return ", ".join(f"{name}={getattr(self, name)}" for name in self.operator.options)
@@ -308,7 +375,7 @@ def _arrays_signature(operator):
 # name -> the operator's function and, where it has one, its layer
 FUNCTIONS = {operator.name: _function(operator) for operator in registry.OPERATORS}
 MODULES = {operator.name: type(operator.module, (OperatorModule,), {
-    "operator": operator, "__module__": __name__,
+    "operator": operator, "__module__": __name__, "forward": _forward(operator),
     "__doc__": f"``{operator.name}`` as a layer: ``{operator.module}{_options_signature(operator)}"
                f"{_arrays_signature(operator)}``."})
     for operator in registry.OPERATORS if operator.module}
@@ -370,9 +437,9 @@ class DeformConv2d(_Convolution):
             bound = 1 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, input, offset, mask=None):
-        return FUNCTIONS["deform_conv2d"](input, offset, self.weight, self.bias, self.stride,
-                                          self.padding, self.dilation, mask)
+    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return deform_conv2d(  # noqa: F821 (one of FUNCTIONS, made a global above)
+            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
 # -- mmcv's layers ----------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from typing import List  # noqa: E402
+
 import numba_droi.torch as nt  # noqa: E402
 from torch.autograd.gradcheck import GradcheckError  # noqa: E402
 from numba_droi import functional as F  # noqa: E402
@@ -473,6 +475,78 @@ def test_fx_symbolic_trace_of_a_module_and_of_a_function():
     function = torch.fx.symbolic_trace(lambda x, rois: nt.ps_roi_align(x, rois, 2, 0.5, 2))
     features = torch.rand(2, 8, 6, 7)
     assert torch.equal(function(features, rois), nt.ps_roi_align(features, rois, 2, 0.5, 2))
+
+
+# torch 2.13 deprecates TorchScript (in favour of torch.compile and torch.export, tested above); it still
+# works, and models deployed with it still call it
+SCRIPT_DEPRECATED = pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
+
+
+def scripted_arguments(operator):
+    """The record's example as the function takes it, positionally (optional arrays left out: None)."""
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    arrays = {name: None if a is None else torch.tensor(a) for name, a in example.arrays.items()}
+    return operator.positional(arrays, example.options)
+
+
+@pytest.mark.parametrize("name", [operator.name for operator in registry.OPERATORS])
+@SCRIPT_DEPRECATED
+def test_torch_jit_script_of_every_function_gives_eagers_numbers(name):
+    arguments = scripted_arguments(registry.BY_NAME[name])
+    scripted = torch.jit.script(nt.FUNCTIONS[name])
+    assert torch.equal(scripted(*arguments), nt.FUNCTIONS[name](*arguments))
+
+
+@pytest.mark.parametrize("name", list(nt.MODULES))
+@SCRIPT_DEPRECATED
+def test_torch_jit_script_of_every_layer_gives_eagers_numbers(name):
+    operator = registry.BY_NAME[name]
+    example = operator.example(np.random.default_rng(0), batch=2, channels=2, height=8, width=9)
+    layer = nt.MODULES[name](**example.options)
+    arrays = [None if example.arrays[n] is None else torch.tensor(example.arrays[n]) for n in operator.arrays]
+    assert torch.equal(torch.jit.script(layer)(*arrays), layer(*arrays))
+
+
+class ScriptableHead(torch.nn.Module):
+    """torchvision's deformable convolution and RoI Align layers, the boxes as a list per image."""
+
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.nn.Conv2d(3, 18, 3, padding=1)
+        self.conv = nt.DeformConv2d(3, 4, 3, padding=1)
+        self.pool = nt.RoIAlign(3, 1, 2, aligned=True)  # (an int scale: kept as a float)
+
+    def forward(self, x, boxes: List[torch.Tensor]):
+        return self.pool(torch.relu(self.conv(x, self.offset(x))), boxes).square().sum()
+
+
+@SCRIPT_DEPRECATED
+def test_torch_jit_script_of_a_model_saves_loads_and_differentiates(tmp_path):
+    _, x, boxes = head_inputs()
+    torch.manual_seed(1)
+    head = ScriptableHead()
+    path = str(tmp_path / "head.pt")
+    torch.jit.script(head).save(path)
+    loaded = torch.jit.load(path)
+    expected = head(x, boxes)
+    expected_grads = torch.autograd.grad(expected, [x, head.conv.weight])
+    output = loaded(x, boxes)
+    grads = torch.autograd.grad(output, [x, loaded.conv.weight])
+    assert torch.equal(output, expected)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
+@SCRIPT_DEPRECATED
+def test_torch_jit_script_of_functions_with_either_box_format():
+    _, x, boxes = head_inputs()
+    rois = nt._rois(boxes)
+
+    def pooled(x, per_image: List[torch.Tensor], rois):
+        aligned = nt.roi_align(x, per_image, [2, 3], 0.5, 2, True) + nt.roi_align(x, rois, (2, 3), 0.5)
+        return aligned + nt.roi_pool(x, rois, 2).sum() + nt.ps_roi_align(x.repeat(1, 4, 1, 1), rois, 2).sum()
+
+    assert torch.equal(torch.jit.script(pooled)(x, boxes, rois), pooled(x, boxes, rois))
 
 
 def test_roi_pools_backward_uses_the_argmax_its_forward_kept(monkeypatch):
