@@ -549,6 +549,14 @@ def test_torch_jit_script_of_functions_with_either_box_format():
     assert torch.equal(torch.jit.script(pooled)(x, boxes, rois), pooled(x, boxes, rois))
 
 
+def test_torch_jit_trace_of_a_model_runs_on_other_inputs():
+    head, x, boxes = head_inputs()
+    rois = nt._rois(boxes)
+    traced = torch.jit.trace(head, (x.detach(), rois))
+    other_x, other_rois = torch.randn(1, 3, 8, 9), torch.tensor([[0, 1.0, 1.5, 6.5, 7.0]])
+    assert torch.equal(traced(other_x, other_rois), head(other_x, other_rois))
+
+
 def test_roi_pools_backward_uses_the_argmax_its_forward_kept(monkeypatch):
     calls = []
     with_argmax = ops.roi_pool_with_argmax
