@@ -2,13 +2,18 @@
 
 Compiling needs the CUDA simulator off (``NUMBA_ENABLE_CUDASIM=0`` before Numba is imported); reading
 PTX and running ``ptxas`` work anywhere. ``ptxas`` must come from the CUDA release whose NVVM wrote the
-PTX (its header names that release): ``find_ptxas`` looks for one. Used by the PTX tests and by
-``experiments/ptx_report.py``.
+PTX (its header names that release): ``find_ptxas`` looks for one. ``memory_traffic`` estimates the
+bytes each kernel reads and writes per output element, on the simulator instead
+(``NUMBA_ENABLE_CUDASIM=1``). Used by the PTX tests and by ``experiments/ptx_report.py``.
 """
+import collections
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+
+import numpy as np
 
 from . import _backend, registry
 
@@ -115,3 +120,86 @@ def ptxas_resources(ptxas, ptx_path, cc, max_registers=None):
             "spill_loads": sum(numbers(r"(\d+) bytes spill loads")),
             "stack_frame": sum(numbers(r"(\d+) bytes stack frame")),
             "shared": sum(numbers(r"(\d+) bytes smem"))}
+
+
+# -- memory traffic, counted on the simulator -------------------------------------------------------
+
+@contextlib.contextmanager
+def counting_traffic():
+    """Count, while inside, the bytes that simulated cuda kernels read and write: ``{"read": bytes,
+    "written": bytes}``, each array element a thread reads or writes counted at its size (an atomic
+    add as one read and one write). That is the traffic the threads request, before any cache: what a
+    GPU roofline judges a kernel by. Needs the simulator."""
+    if not _backend.SIMULATED:
+        raise RuntimeError("counting memory traffic needs the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)")
+    from numba.cuda.simulator import kernelapi
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    counts = collections.Counter()
+    get, put, atomic_add = FakeCUDAArray.__getitem__, FakeCUDAArray.__setitem__, kernelapi.FakeCUDAAtomic.add
+
+    def counted_get(array, index):
+        value = get(array, index)
+        if not isinstance(value, FakeCUDAArray):  # an element, not a view
+            counts["read"] += array._ary.itemsize
+        return value
+
+    def counted_put(array, index, value):
+        counts["written"] += array._ary.itemsize
+        put(array, index, value)
+
+    def counted_atomic_add(self, array, index, value):
+        counts["read"] += array._ary.itemsize
+        counts["written"] += array._ary.itemsize
+        with kernelapi.addlock:
+            old = array._ary[index]
+            array._ary[index] += value
+        return old
+
+    FakeCUDAArray.__getitem__, FakeCUDAArray.__setitem__ = counted_get, counted_put
+    kernelapi.FakeCUDAAtomic.add = counted_atomic_add
+    try:
+        yield counts
+    finally:
+        FakeCUDAArray.__getitem__, FakeCUDAArray.__setitem__ = get, put
+        kernelapi.FakeCUDAAtomic.add = atomic_add
+
+
+def memory_traffic(names=None, example=None):
+    """``{kernel: (operator, bytes read, bytes written)}`` per element of the operator's output, for
+    every cuda kernel of the operators ``names`` (default: all), each counted (``counting_traffic``)
+    at its first launch while its operator runs forward and every gradient, atomic and deterministic,
+    on the simulator: on ``example(operator)`` (default: the record's float32 example at the demo's
+    simulator size, with three boxes inside the map). A kernel that several operators run is counted
+    with the first."""
+    from . import deterministic, demo, ops
+    if example is None:
+        def example(operator):
+            inside = {"boxes": (registry.INSIDE,) * 3} if "rois" in operator.arrays else {}
+            return operator.example(np.random.default_rng(0), np.float32,
+                                    **dict(demo.simulator_size(operator), **inside))
+    traffic = {}
+    launch = _backend.launch
+    for name in names or registry.BY_NAME:
+        operator = registry.BY_NAME[name]
+        case = example(operator)
+        size = []
+
+        def counted_launch(kernel, *args):
+            with counting_traffic() as counts:
+                launch(kernel, *args)
+            if kernel.__name__ not in traffic:
+                traffic[kernel.__name__] = (operator.name, counts["read"], counts["written"], size)
+        _backend.launch = counted_launch
+        try:
+            with _backend.target("cuda"):
+                output = operator.call(ops, case.arrays, case.options)
+                size.append(output.size)
+                grad_output = np.ones(output.shape, output.dtype)
+                operator.vjp(ops, grad_output, case.arrays, case.options)
+                with deterministic():
+                    operator.vjp(ops, grad_output, case.arrays, case.options)
+        finally:
+            _backend.launch = launch
+    return {kernel: (name, read / max(size[0], 1), written / max(size[0], 1))
+            for kernel, (name, read, written, size) in traffic.items()}

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from numba_droi import _backend, kernels, ptx, registry
@@ -100,3 +101,18 @@ def test_float32_forward_kernels_fit_in_64_registers(resources):
         kernel, dtype = name.split(".")[:2]
         if ptx.is_forward(kernel) and dtype == "float32":
             assert used["registers"] <= ptx.FORWARD_REGISTER_TARGET, (name, used)
+
+
+@pytest.mark.skipif(not _backend.SIMULATED, reason="counts on the CUDA simulator")
+def test_memory_traffic_counts_what_each_thread_reads_and_writes():
+    """roi_align on one box inside the map, one channel, one bin of one sample (float32): a forward
+    thread reads the box's 5 numbers and the sample's 4 corners and writes its output, (5 + 4) * 4
+    bytes read and 4 written; the atomic backward's reads the output's gradient and the box, and adds
+    into the 4 corners (a read and a write each): (1 + 5 + 4) * 4 read, 4 * 4 written."""
+    example = registry.Example(
+        dict(input=np.ones((1, 1, 4, 5), np.float32), rois=np.array([[0, 1.2, 1.3, 2.6, 2.9]], np.float32)),
+        dict(output_size=1, spatial_scale=1.0, sampling_ratio=1, aligned=True))
+    traffic = ptx.memory_traffic(["roi_align"], lambda operator: example)
+    assert traffic["roi_align_forward_cuda"] == ("roi_align", 36.0, 4.0)
+    assert traffic["roi_align_backward_cuda"] == ("roi_align", 40.0, 16.0)
+    assert set(traffic) == registry.BY_NAME["roi_align"].cuda_kernels
