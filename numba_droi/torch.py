@@ -1,8 +1,8 @@
 """PyTorch adapter: our operators as ``torch.library`` custom operators (``torch.ops.numba_droi.<name>``,
 with a fake implementation and an autograd formula: torch.compile, torch.export and fx trace them),
 functions and ``torch.nn.Module`` layers, with the names and signatures of torchvision and mmcv. The
-functions, the operators' layers and ``DeformConv2d`` also compile with ``torch.jit.script``. Import
-it explicitly (``import numba_droi.torch``): it needs torch.
+functions, the operators' layers, ``DeformConv2d`` and ``MultiScaleRoIAlign`` also compile with
+``torch.jit.script``. Import it explicitly (``import numba_droi.torch``): it needs torch.
 
 Every operator of ``numba_droi.registry`` is here as a function of its name and, where it has one, a
 layer of its ``module`` name (options at construction, tensors at the call), with the signature of our
@@ -49,7 +49,7 @@ import inspect
 import linecache
 import math
 import numbers
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -653,6 +653,31 @@ class ROIAlignRotated(nn.Module):
                 f"sampling_ratio={self.sampling_ratio}")
 
 
+# ops.infer_scales and ops.map_levels for TorchScript (which compiles neither NumPy nor np.errstate):
+# the same formulas on torch's types; the scripted layer's tests hold them equal.
+
+def _scripted_scales(heights: List[int],
+                     image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], int, int]:
+    tallest = max([height for height, _ in image_shapes])
+    scales = [2.0 ** float(torch.round(torch.log2(torch.tensor(height / tallest, dtype=torch.float32))))
+              for height in heights]
+    for i, scale in enumerate(scales):
+        if scale != scales[0] / 2 ** i:
+            raise ValueError("the features' inferred scales must halve from each level to the next")
+    ends = torch.log2(torch.tensor([scales[0], scales[-1]], dtype=torch.float32))
+    return scales, int(-float(ends[0])), int(-float(ends[1]))
+
+
+def _scripted_levels(rois: Tensor, k_min: int, k_max: int, canonical_scale: float,
+                     canonical_level: int) -> Tensor:
+    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+    level = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_scale)
+                        + torch.tensor(1e-6, dtype=area.dtype))
+    level = torch.where(torch.isnan(level), torch.full_like(level, k_min - 1),
+                        torch.clip(level, k_min, k_max))
+    return level.to(torch.int32) - k_min
+
+
 class MultiScaleRoIAlign(nn.Module):
     """torchvision's ``MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, *,
     canonical_scale=224, canonical_level=4)`` on our ``roi_align``: ``forward(x, boxes, image_shapes)``
@@ -665,20 +690,25 @@ class MultiScaleRoIAlign(nn.Module):
         self.featmap_names = list(featmap_names)
         self.output_size = _pair(output_size)
         self.sampling_ratio = sampling_ratio
-        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.canonical_scale, self.canonical_level = float(canonical_scale), canonical_level
 
-    def forward(self, x, boxes, image_shapes):
+    def forward(self, x: Dict[str, Tensor], boxes: Union[Tensor, List[Tensor]],
+                image_shapes: List[Tuple[int, int]]) -> Tensor:
         features = [x[name] for name in self.featmap_names]
-        rois = _rois(boxes)
-        with _torch_errors():
-            scales, k_min, k_max = ops.infer_scales([f.shape for f in features], image_shapes)
-        level = ops.map_levels(rois, k_min, k_max, self.canonical_scale, self.canonical_level, xp=torch)
-        result = torch.zeros((rois.shape[0], features[0].shape[1]) + self.output_size,
+        rois = _as_rois(boxes, 5)
+        if torch.jit.is_scripting():
+            scales, k_min, k_max = _scripted_scales([f.shape[-2] for f in features], image_shapes)
+            level = _scripted_levels(rois, k_min, k_max, self.canonical_scale, self.canonical_level)
+        else:
+            with _torch_errors():
+                scales, k_min, k_max = ops.infer_scales([f.shape for f in features], image_shapes)
+            level = ops.map_levels(rois, k_min, k_max, self.canonical_scale, self.canonical_level, xp=torch)
+        result = torch.zeros([rois.shape[0], features[0].shape[1], self.output_size[0], self.output_size[1]],
                              dtype=features[0].dtype, device=features[0].device)
-        for index, (feature, scale) in enumerate(zip(features, scales)):
+        for index, feature in enumerate(features):
             chosen = torch.where(level == index)[0]
-            result = result.index_put((chosen,), FUNCTIONS["roi_align"](
-                feature, rois[chosen], self.output_size, scale, self.sampling_ratio).to(result.dtype))
+            result = result.index_put((chosen,), roi_align(  # noqa: F821 (one of FUNCTIONS)
+                feature, rois[chosen], self.output_size, scales[index], self.sampling_ratio).to(result.dtype))
         return result
 
     def extra_repr(self):

@@ -260,7 +260,8 @@ def test_multi_scale_arguments_are_checked_naming_them(no_launch, call, error, m
         call(features, rois, image_shapes)
 
 
-def test_the_torch_layer_equals_ours_and_torchvisions():
+@pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
+def test_the_torch_layer_equals_ours_and_torchvisions_scripted_too():
     torch = pytest.importorskip("torch")
     from numba_droi import torch as adapter
     from reference.multi_scale_roi_align import multi_scale_roi_align as reference_forward
@@ -280,6 +281,9 @@ def test_the_torch_layer_equals_ours_and_torchvisions():
     for grad, expected in zip(grads, reference_backward(grad_output, [f.shape for f in features], ordered,
                                                         image_shapes, 2, canonical_scale=28)):
         np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-12, atol=1e-12)
+    scripted = torch.jit.script(layer)  # (torch 2.13 deprecates TorchScript; it still works)
+    for box_format in (boxes, adapter._rois(boxes)):
+        torch.testing.assert_close(scripted(x, box_format, image_shapes), output, rtol=0, atol=0)
     torchvision = pytest.importorskip("torchvision")
     theirs = torchvision.ops.MultiScaleRoIAlign(names, (3, 2), 2, canonical_scale=28)(x, boxes, image_shapes)
     np.testing.assert_allclose(output.detach().numpy(), theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
