@@ -262,6 +262,8 @@ _DEFAULT_TYPES = {bool: "bool", int: "int", float: "float"}
 def _option_type(parameter):
     if parameter.name in _OPTION_TYPES:
         return _OPTION_TYPES[parameter.name]
+    if type(parameter.default) not in _DEFAULT_TYPES:
+        raise TypeError(f"option {parameter.name!r} has no TorchScript type: name it in _OPTION_TYPES")
     return _DEFAULT_TYPES[type(parameter.default)]
 
 

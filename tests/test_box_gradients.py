@@ -181,3 +181,18 @@ def test_the_jax_adapter_gives_the_box_gradient_only_when_the_boxes_are_differen
     np.testing.assert_allclose(np.asarray(grad_boxes),
                                ops.roi_align_box_backward(grad_output, features(6), ROIS, 0.5, 2, True),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["roi_align_box_backward", "deform_roi_pool_box_backward"])
+def test_the_box_backwards_check_their_arguments_before_any_kernel_runs(no_launch, name):
+    backward = getattr(ops, name)
+    x, grad_output = features(), np.zeros((6, 2, 2, 2))
+    offset = () if name == "roi_align_box_backward" else (None,)
+    with pytest.raises(ValueError, match=r"grad_output must have shape \(6, 2, 2, 2\)"):
+        backward(np.zeros((6, 3, 2, 2)), x, ROIS, *offset, 0.5, 2)
+    with pytest.raises(ValueError, match=r"rois\[1, 0\]"):
+        backward(grad_output, x[:1], ROIS, *offset, 0.5, 2)
+    with pytest.raises(ValueError, match="rois"):
+        backward(grad_output, x, ROIS[:, :4], *offset, 0.5, 2)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        backward(grad_output, x, ROIS, *offset, np.nan, 2)
