@@ -22,7 +22,7 @@ class OperatorFunction(Function):
     @classmethod
     def forward(cls, ctx, *arguments):
         operator = cls.operator
-        named = dict(zip(inspect.signature(operator.forward).parameters, arguments))
+        named = dict(zip(operator.parameters, arguments))
         arrays = {name: named[name] for name in operator.arrays}
         needs = dict(zip(named, ctx.needs_input_grad))
         ctx.options = {name: named[name] for name in operator.options}
@@ -33,7 +33,7 @@ class OperatorFunction(Function):
     @classmethod
     def backward(cls, ctx, grad_output):
         grads = cls.operator.vjp(ops, grad_output, ctx.saved, ctx.options, ctx.wanted)
-        return tuple(grads.get(name) for name in inspect.signature(cls.operator.forward).parameters)
+        return tuple(grads.get(name) for name in cls.operator.parameters)
 
 
 def _differentiable(operator):

@@ -14,6 +14,7 @@ A new operator is its kernel, ops, reference and test files (or another operator
 dcnv4 run ms_deform_attn's) and one record here, in ``OPERATORS``.
 """
 import dataclasses
+import functools
 import inspect
 import math
 from typing import Callable, Optional
@@ -95,10 +96,14 @@ class Operator:
                                  # whose gradient check there evaluates it twice per element)
 
     @property
+    def parameters(self):
+        """The forward's parameters, by name in order (``inspect.Signature.parameters``)."""
+        return _parameters(self.forward)
+
+    @property
     def options(self):
         """Names of the forward's arguments that are not arrays, in order."""
-        return tuple(name for name in inspect.signature(self.forward).parameters
-                     if name not in self.arrays)
+        return tuple(name for name in self.parameters if name not in self.arrays)
 
     def call(self, functions, arrays, options):
         """The forward of ``functions`` (``numba_droi.ops`` or the reference module) on ``arrays``
@@ -110,11 +115,11 @@ class Operator:
         defaults for those left out)."""
         options = self.with_defaults(options)
         return [arrays.get(name) if name in self.arrays else options[name]
-                for name in inspect.signature(self.forward).parameters]
+                for name in self.parameters]
 
     def with_defaults(self, options):
         """``options`` with the forward's defaults for those left out."""
-        parameters = inspect.signature(self.forward).parameters
+        parameters = self.parameters
         return {name: options.get(name, parameters[name].default) for name in self.options
                 if name in options or parameters[name].default is not parameters[name].empty}
 
@@ -150,6 +155,12 @@ class Operator:
         """The names of this operator's cuda kernels."""
         return {kernel.__name__ for stage in self.kernels.values() for target, kernel in stage.items()
                 if target.startswith("cuda")}
+
+
+@functools.cache
+def _parameters(forward):
+    # inspect.signature takes longer than a small operator's kernels: once per forward
+    return inspect.signature(forward).parameters
 
 
 # -- example cases -----------------------------------------------------------------------------------
