@@ -5,6 +5,7 @@ of ``group_channels``, ``K`` points per output position and group, each weighted
 ``ms_deform_attn``'s kernels on the input seen as one level of ``H*W`` rows, with the sample positions
 computed here, in pixels, from the offsets (as InternImage's CUDA kernels compute them).
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,19 +46,30 @@ class Geometry:
 
         (``c_w = dilation_w*(kw-1) // 2``; the same for y), the kernel's window scaled by
         ``offset_scale`` about its centre, as InternImage's CUDA kernels group the terms."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         out_h, out_w = self.output
         scale = self.offset_scale
-        centre_y, centre_x = dh * (kh - 1) // 2, dw * (kw - 1) // 2
-        start_x = xp.asarray(np.arange(out_w) * sw - pw + centre_x - centre_x * scale, dtype)
-        start_y = xp.asarray(np.arange(out_h) * sh - ph + centre_y - centre_y * scale, dtype)
-        taps = np.array(self.taps(), np.int64).reshape(-1, 2)
-        tap_x = xp.asarray(taps[:, 0] * dw, dtype)
-        tap_y = xp.asarray(taps[:, 1] * dh, dtype)
+        start_x, start_y, tap_x, tap_y = (xp.asarray(a) for a in self._grid(np.dtype(dtype)))
         locations = xp.empty(offset.shape, dtype)
         locations[..., 0] = (tap_x + offset[..., 0]) * scale + start_x[:, None, None]
         locations[..., 1] = (tap_y + offset[..., 1]) * scale + start_y[:, None, None, None]
         return locations.reshape(offset.shape[0], out_h * out_w, self.group, 1, self.points, 2)
+
+    @functools.lru_cache(maxsize=64)
+    def _grid(self, dtype):
+        """``locations``' terms without the offsets, as NumPy arrays of ``dtype``: ``(start_x (Wo,),
+        start_y (Ho,), tap_x (K,), tap_y (K,))`` (once per geometry: NumPy's calls on such small
+        arrays take as long as a small call's kernels)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        out_h, out_w = self.output
+        scale = self.offset_scale
+        centre_y, centre_x = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+        taps = np.array(self.taps(), np.int64).reshape(-1, 2)
+        grid = (np.arange(out_w) * sw - pw + centre_x - centre_x * scale,
+                np.arange(out_h) * sh - ph + centre_y - centre_y * scale, taps[:, 0] * dw, taps[:, 1] * dh)
+        grid = tuple(np.asarray(a, dtype) for a in grid)
+        for a in grid:
+            a.flags.writeable = False
+        return grid
 
 
 def geometry(input_shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
