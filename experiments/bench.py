@@ -8,7 +8,12 @@ forward+backward from cleared gradients (as after a training step's ``zero_grad(
 reports medians and their ratio (ours / peer: below 1 is faster). Prints the table and, when every
 operator ran, saves it with a plot under experiments/results/ (first calls: experiments/first_calls.py).
 
-    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...]
+With ``--busy``, each operator is timed twice, quiet and then while other processes keep every core
+busy (one spinning process per core, started and stopped by the benchmark, as a data loader's workers
+share the cores with a training step): the table gives both ratios and how much the ratio grew under
+load; saved as bench_cpu_busy.md and .png.
+
+    python experiments/bench.py [--threads 2] [--repeats 15] [--only roi_align ...] [--busy]
 """
 import argparse
 import os
@@ -16,7 +21,8 @@ import os
 import numpy as np
 
 import numba_droi
-from numba_droi.benchmark import Setting, measure, table, torchvision_installed
+from numba_droi.benchmark import (Setting, busy_table, measure, measure_quiet_and_busy, table,
+                                  torchvision_installed)
 from numba_droi.registry import BY_NAME
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -48,15 +54,49 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def plot_busy(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in rows if row[4] is not None]
+    labels = [f"{row[0]} {row[1]} (vs {row[2]})" for row in rows]
+    positions = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(rows)))
+    ax.barh(positions + 0.2, [row[3] / row[4] for row in rows], 0.4, label="quiet")
+    ax.barh(positions - 0.2, [row[5] / row[6] for row in rows], 0.4, label="every core busy")
+    ax.axvline(1, color="grey", linewidth=0.8)
+    ax.set_yticks(positions, labels, fontsize=8)
+    ax.set_xlabel("time ratio, numba_droi / peer (below 1: faster)")
+    ax.set_title("CPU, quiet and with every core kept busy by other processes")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these operators only")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--busy", action="store_true",
+                        help="time each operator quiet and with every core busy too")
     args = parser.parse_args(argv)
     numba_droi.set_num_threads(args.threads)
     setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
+    if args.busy:
+        processes = os.cpu_count()
+        rows = measure_quiet_and_busy(args.only or list(BY_NAME), args.repeats, setting, processes)
+        text = busy_table(rows, args.threads, processes, setting)
+        print(text)
+        if not (args.no_save or args.only):
+            os.makedirs(RESULTS, exist_ok=True)
+            with open(os.path.join(RESULTS, "bench_cpu_busy.md"), "w") as f:
+                f.write("# CPU benchmark, quiet and with every core busy\n\n" + text)
+            plot_busy(rows, os.path.join(RESULTS, "bench_cpu_busy.png"))
+        return rows
     rows = measure(args.only or list(BY_NAME), args.repeats, setting)
     text = table(rows, args.threads, setting)
     print(text)

@@ -150,6 +150,64 @@ def _measure(name, repeats, setting):
     return rows
 
 
+# A child that keeps one core busy, until ``sys.argv[1]`` seconds have passed or its parent has gone.
+_SPIN_SCRIPT = """
+import os, sys, time
+parent, end = os.getppid(), time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end and os.getppid() == parent:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def busy_cores(processes=None, seconds=600.0):
+    """Inside the block, ``processes`` other processes (default: one per core) each keep a core busy,
+    as a data loader's workers do beside a training step; they stop when the block ends, and by
+    themselves after ``seconds`` or if this process dies."""
+    processes = os.cpu_count() if processes is None else processes
+    children = [subprocess.Popen([sys.executable, "-c", _SPIN_SCRIPT, str(seconds)])
+                for _ in range(processes)]
+    try:
+        yield children
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait()
+
+
+def measure_quiet_and_busy(names, repeats, setting=None, processes=None):
+    """Rows ``(operator, pass, peer name, ours quiet ms, peer quiet ms, ours busy ms, peer busy ms)``:
+    ``measure``'s medians of each operator, then again while ``busy_cores(processes)`` keeps the cores
+    busy (an operator at a time, so that both figures come from about the same machine state)."""
+    setting = setting or Setting()
+    rows = []
+    with setting.context():
+        for name in names:
+            quiet = _measure(name, repeats, setting)
+            with busy_cores(processes):
+                busy = _measure(name, repeats, setting)
+            rows += [(name, direction, peer_name, ours, peer, busy_row[2], busy_row[4])
+                     for (name, direction, ours, peer_name, peer), busy_row in zip(quiet, busy)]
+    return rows
+
+
+def busy_table(rows, threads, processes, setting=None):
+    """``measure_quiet_and_busy``'s rows as a markdown table: each side's times quiet and busy, the
+    ratios ours / peer, and how much the ratio grew under load (busy ratio / quiet ratio)."""
+    lines = [f"| operator | pass | peer | quiet: ours (ms) | peer (ms) | ratio | busy ({processes} spinning "
+             "processes): ours (ms) | peer (ms) | ratio | busy ratio / quiet ratio |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, direction, peer_name, ours, peer, ours_busy, peer_busy in rows:
+        if peer is None:
+            continue
+        quiet_ratio, busy_ratio = ours / peer, ours_busy / peer_busy
+        lines.append(f"| {name} | {direction} | {peer_name} | {ours:.1f} | {peer:.1f} | {quiet_ratio:.2f} "
+                     f"| {ours_busy:.1f} | {peer_busy:.1f} | {busy_ratio:.2f} "
+                     f"| {busy_ratio / quiet_ratio:.2f} |")
+    return "\n".join(lines) + "\n\n" + machine_and_versions(threads, setting) + "\n"
+
+
 def case_calls(case, setting):
     """Callables that each run ``case`` once: ``{(pass, side): fn}``, with pass ``"forward"`` or
     ``"forward+backward"`` and side ``"ours"`` or, when the case has a peer, ``"peer"``."""

@@ -1,6 +1,10 @@
-"""The command line, ``python -m numba_droi demo|check|bench|info`` (demo itself: test_demo.py)."""
+"""The command line, ``python -m numba_droi demo|check|bench|info`` (demo itself: test_demo.py), and the
+benchmark's busy-core mode."""
+import contextlib
 import importlib.util
+import os
 import re
+import time
 
 import numba
 import numpy as np
@@ -200,3 +204,55 @@ def test_bench_forward_backward_starts_from_cleared_gradients():
     once = ops.roi_align_backward(np.ones((4, 3, 2, 2)), rois, features.shape, 1.0, 2)
     assert np.any(once != 0)
     np.testing.assert_array_equal(seen[-1].grad, once)
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_busy_cores_keeps_processes_spinning_until_the_block_ends():
+    with benchmark.busy_cores(2) as children:
+        time.sleep(1.0)
+        assert all(child.poll() is None for child in children)
+        spent = [_cpu_seconds(child.pid) for child in children]
+    assert len(children) == 2 and all(child.poll() is not None for child in children)
+    assert sum(spent) > 0.5  # two spinning processes on two cores, one second: about 2 s between them
+
+
+def test_busy_cores_stop_by_themselves_after_their_time():
+    with benchmark.busy_cores(1, seconds=0.2) as (child,):
+        deadline = time.monotonic() + 10
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.returncode == 0
+
+
+def test_measure_quiet_and_busy_times_each_operator_both_ways(monkeypatch):
+    detection_case = registry.detection_case
+    monkeypatch.setattr(registry, "detection_case", lambda rng, **sizes: detection_case(
+        rng, batch=1, channels=2, height=6, width=7, boxes=2))
+    busy = []
+
+    @contextlib.contextmanager
+    def recording_busy_cores(processes=None):
+        busy.append(processes)
+        yield []
+    monkeypatch.setattr(benchmark, "busy_cores", recording_busy_cores)
+    measured = []
+    measure = benchmark._measure
+    monkeypatch.setattr(benchmark, "_measure", lambda name, *args: measured.append((name, len(busy)))
+                        or measure(name, *args))
+    rows = benchmark.measure_quiet_and_busy(["deform_roi_pool"], 1, processes=3)
+    assert busy == [3] and measured == [("deform_roi_pool", 0), ("deform_roi_pool", 1)]
+    assert [row[:3] for row in rows] == [("deform_roi_pool", direction, "numba_droi roi_align")
+                                         for direction in ("forward", "forward+backward")]
+    assert all(value > 0 for row in rows for value in row[3:])
+
+
+def test_busy_table_gives_both_ratios_and_their_quotient():
+    rows = [("roi_align", "forward", "torchvision", 2.0, 8.0, 3.0, 6.0),
+            ("roi_align", "forward+backward", None, 2.0, None, 3.0, None)]
+    (row,) = table_rows(benchmark.busy_table(rows, 2, 2))
+    assert row == ["roi_align", "forward", "torchvision", "2.0", "8.0", "0.25", "3.0", "6.0", "0.50", "2.00"]
