@@ -86,25 +86,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     numba_droi.set_num_threads(args.threads)
     setting = Setting("cpu", torchvision=torchvision_installed())  # torch on as many threads as numba
+    names = args.only or list(BY_NAME)
     if args.busy:
         processes = os.cpu_count()
-        rows = measure_quiet_and_busy(args.only or list(BY_NAME), args.repeats, setting, processes)
+        rows = measure_quiet_and_busy(names, args.repeats, setting, processes)
         text = busy_table(rows, args.threads, processes, setting)
-        print(text)
-        if not (args.no_save or args.only):
-            os.makedirs(RESULTS, exist_ok=True)
-            with open(os.path.join(RESULTS, "bench_cpu_busy.md"), "w") as f:
-                f.write("# CPU benchmark, quiet and with every core busy\n\n" + text)
-            plot_busy(rows, os.path.join(RESULTS, "bench_cpu_busy.png"))
-        return rows
-    rows = measure(args.only or list(BY_NAME), args.repeats, setting)
-    text = table(rows, args.threads, setting)
+        stem, title, plotter = "bench_cpu_busy", "CPU benchmark, quiet and with every core busy", plot_busy
+    else:
+        rows = measure(names, args.repeats, setting)
+        text = table(rows, args.threads, setting)
+        stem, title, plotter = "bench_cpu", "CPU benchmark", plot
     print(text)
     if not (args.no_save or args.only):
         os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "bench_cpu.md"), "w") as f:
-            f.write("# CPU benchmark\n\n" + text)
-        plot(rows, os.path.join(RESULTS, "bench_cpu.png"))
+        with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+            f.write(f"# {title}\n\n" + text)
+        plotter(rows, os.path.join(RESULTS, stem + ".png"))
     return rows
 
 
