@@ -159,7 +159,8 @@ def argmax(array, grad_output, bound, bound_text, forward):
     same_shape(array, grad_output.shape, "argmax")
     if array.dtype.kind not in "iu":
         raise TypeError(f"argmax must be an integer array (int32 from {forward}), got {array.dtype}")
-    if array.size and not bool(((array >= -1) & (array < bound)).all()):
+    # min and max, not a comparison of the whole array: no temporaries the size of the output
+    if array.size and not (int(array.min()) >= -1 and int(array.max()) < bound):
         raise ValueError(f"argmax values must lie in [-1, {bound_text}): not an argmax that {forward} gave "
                          f"for these arguments")
     return contiguous(array, np.int32)
