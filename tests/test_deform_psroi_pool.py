@@ -85,6 +85,23 @@ def test_more_output_channels_than_a_cpu_block_match_reference(cpu, no_trans):
     check_against_reference(cpu, features, rois, trans, options)
 
 
+
+@pytest.mark.parametrize("no_trans", [False, True])
+def test_boxes_in_several_cpu_chunks_match_reference(cpu, monkeypatch, no_trans):
+    # The cpu input gradient tabulates the samples of BOX_CHUNK boxes at a time: 7 boxes in chunks of
+    # 3 (the last one short) must give what one chunk gives.
+    monkeypatch.setattr(kernels, "BOX_CHUNK", 3)
+    features, rois, trans, options = random_case(np.random.default_rng(11), max_boxes=1, no_trans=no_trans)
+    rng = np.random.default_rng(12)
+    height, width = features.shape[2:]
+    low = rng.uniform(-0.4, 0.9, (7, 2)) * (width, height)
+    size = rng.uniform(0.2, 1.0, (7, 2)) * (width, height)
+    scale = options["spatial_scale"]
+    rois = np.concatenate([rng.integers(0, features.shape[0], (7, 1)), low / scale, (low + size) / scale], 1)
+    if not no_trans:
+        trans = rng.standard_normal((7,) + trans.shape[1:])
+    check_against_reference(cpu, features, rois, trans, options)
+
 def test_a_value_derived_by_hand(on):
     """A 5x5 arange map, box [1, 1, 2, 2]: start = 1 - 0.5, one bin of size 2, two samples per side at
     the sub-bin corners 0.5 and 1.5, each value 5y + x; trans moves x by 0.25 * 2 * 0.5 = 0.25."""

@@ -340,8 +340,10 @@ def _deform_psroi_pool_forward_boxes(start, stop, features, pixels, rois, trans,
 
 
 # The input gradient on the cpu: a parallel iteration per (group, block of output channels), which
-# own disjoint input channels.
+# own disjoint input channels. The boxes' sample tables (about ten times the size of their output) are
+# made for BOX_CHUNK boxes at a time, in order, so that their memory does not grow with the boxes.
 CHANNEL_BLOCK = 16
+BOX_CHUNK = 256
 
 
 def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, trans_std, group_size,
@@ -350,16 +352,22 @@ def deform_psroi_pool_backward_cpu(grad_output, rois, trans, spatial_scale, tran
     classes = 1 if no_trans else trans.shape[1] // 2
     groups = group_size * group_size
     samples = sample_per_part * sample_per_part
-    cells = np.empty((boxes, classes, pooled_size, pooled_size, samples, 4), np.int32)
-    fractions = np.empty((boxes, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
-    counts = np.empty((boxes, classes, pooled_size, pooled_size), np.int64)
-    parallel_for(_deform_psroi_samples_boxes, boxes, grad_input, rois, trans, spatial_scale, trans_std,
-                 group_size, part_size, sample_per_part, no_trans, output_dim, cells, fractions, counts)
+    chunk = max(1, min(boxes, BOX_CHUNK))
+    cells = np.empty((chunk, classes, pooled_size, pooled_size, samples, 4), np.int32)
+    fractions = np.empty((chunk, classes, pooled_size, pooled_size, samples, 2), grad_input.dtype)
+    counts = np.empty((chunk, classes, pooled_size, pooled_size), np.int64)
     grad_pixels = np.zeros((grad_input.shape[0], groups, grad_input.shape[2] * grad_input.shape[3],
                             output_dim), grad_input.dtype)
     blocks = (output_dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    parallel_for(_deform_psroi_pool_backward_tasks, groups * blocks, grad_output, rois, group_size, classes,
-                 cells, fractions, counts, grad_pixels, grad_input.shape[3])
+    for start in range(0, boxes, chunk):
+        stop = min(start + chunk, boxes)
+        chunk_rois = rois[start:stop]
+        chunk_trans = trans if no_trans else trans[start:stop]
+        parallel_for(_deform_psroi_samples_boxes, stop - start, grad_input, chunk_rois, chunk_trans,
+                     spatial_scale, trans_std, group_size, part_size, sample_per_part, no_trans, output_dim,
+                     cells, fractions, counts)
+        parallel_for(_deform_psroi_pool_backward_tasks, groups * blocks, grad_output[start:stop], chunk_rois,
+                     group_size, classes, cells, fractions, counts, grad_pixels, grad_input.shape[3])
     channels_first(grad_pixels, grad_input)
 
 
