@@ -247,11 +247,12 @@ def _rss_kib(field):
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
-def peak_mib(fn):
+def peak_mib(fn, warm_up=None):
     """MiB ``fn()`` lifts this process's resident set by at its peak (Linux's VmHWM, reset through
-    /proc/self/clear_refs), after a warm-up call (whose results the call frees as it makes its own)."""
+    /proc/self/clear_refs), after a warm-up call of ``warm_up`` (default: ``fn``; its results are freed
+    before ``fn`` runs)."""
     import gc
-    fn()  # compile, load, warm up
+    (warm_up or fn)()  # compile, load, warm up
     gc.collect()
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:

@@ -256,3 +256,13 @@ def test_busy_table_gives_both_ratios_and_their_quotient():
             ("roi_align", "forward+backward", None, 2.0, None, 3.0, None)]
     (row,) = table_rows(benchmark.busy_table(rows, 2, 2))
     assert row == ["roi_align", "forward", "torchvision", "2.0", "8.0", "0.25", "3.0", "6.0", "0.50", "2.00"]
+
+
+def test_peak_mib_counts_the_memory_a_call_holds_after_its_warm_up():
+    calls = []
+
+    def allocate():  # 64 MiB, every page written
+        calls.append("call")
+        return float(np.ones(64 * 2 ** 20 // 8).sum())
+    assert 60 < benchmark.peak_mib(allocate, warm_up=lambda: calls.append("warm up")) < 80
+    assert calls == ["warm up", "call"]
