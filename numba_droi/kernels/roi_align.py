@@ -10,7 +10,8 @@
   ``_backend.parallel_for``) and the helpers above them, which compute the body's values by another
   schedule: every box's separable sampling grid tabulated once, the forward box by box over a
   channels-last copy of the features, the backward by blocks of channels into a channels-last
-  gradient.
+  gradient, a box's bins added by their sample rows and columns (separable: each pixel once per bin
+  row, not once per bin).
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
@@ -184,8 +185,8 @@ def roi_align_backward_deterministic_cuda(grad_output, rois, spatial_scale, samp
 # B1 row and column weights once, before the channels, and reuse them for all of them. The forward
 # gives each parallel iteration a box and computes each bin for all channels at once from a
 # channels-last copy of the features (the innermost loop, over contiguous channels, is vectorised).
-# The backward gives each parallel iteration one input channel, so that its gradient plane stays in
-# cache while every box adds to it and no two iterations write the same element.
+# The backward gives each parallel iteration a block of channels, so that no two iterations write the
+# same element, and adds each box's gradient by the grid's rows and columns (roi_align_backward_cpu).
 
 @jitable
 def roi_align_tables(features, rois, spatial_scale, sampling_ratio, aligned, pooled_h, pooled_w):
@@ -414,39 +415,93 @@ def channel_block(channels):
     return min(64, max(16, channels // (2 * get_num_threads()) // 8 * 8))
 
 
+def thread_channel_block(channels):
+    """Channels per parallel iteration of a cpu input gradient whose iterations each walk every box:
+    a block per thread (the per-box work, done once per block, is then done least often), a multiple
+    of 8."""
+    return -(-channels // (8 * get_num_threads())) * 8
+
+
 def roi_align_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, grad_input):
-    # As the forward, each bin for a block of channels at once, into a channels-last gradient: a
-    # parallel iteration per block of channels, which own disjoint elements of it.
+    # A parallel iteration per block of channels, which own disjoint elements of a channels-last
+    # gradient. A box's sample grid is separable, the same rows for every bin of a bin row and the same
+    # columns for every bin of a bin column, so each box's gradient is added in two steps:
+    #   column sums  t[ph, x, c] = sum over pw of  g[c, ph, pw] * (weight of column x in bin column pw)
+    #   then         grad[y, x, c] += (weight of row y in bin row ph) * t[ph, x, c]
+    # (g the output's gradient over the bin's samples). Each of the box's pixels is then added to once
+    # per bin row instead of once per bin; small boxes, whose bins share most of their corners, gain
+    # most. The same sums as roi_align_bin_backward, in another order: equal to rounding.
     tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned, *grad_output.shape[2:])
     channels = grad_output.shape[1]
     grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
                            grad_input.dtype)
-    width = channel_block(channels)
+    width = thread_channel_block(channels)
     parallel_for(_roi_align_backward_blocks, (channels + width - 1) // width, width, grad_output, rois,
-                 *tables, grad_pixels)
-    channels_first(grad_pixels, grad_input)
+                 *tables, grad_pixels, grad_input)
 
 
 @cpu_function
 def _roi_align_backward_blocks(start, stop, width, grad_output, rois, layout, corners, weights,
-                               grad_pixels):
+                               grad_pixels, grad_input):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
+    map_width = grad_input.shape[3]
+    grad_planes = grad_input.reshape((grad_input.shape[0], channels, -1))
+    f = grad_pixels.dtype.type
+    most = 2 * MAX_SAMPLING_RATIO + 2  # distinct corners of a bin side
     for block in range(start, stop):
         first = block * width
         last = min(first + width, channels)
-        grads = np.empty(width, grad_pixels.dtype)
-        offsets, sums = merged_axis_scratch(grad_pixels.dtype)
+        grads = np.empty((pooled_h, pooled_w, width), grad_pixels.dtype)
+        bin_columns = np.empty((pooled_w, most), np.uint32)  # a bin column's distinct columns,
+        bin_column_weights = np.empty((pooled_w, most), grad_pixels.dtype)  # their summed weights,
+        bin_column_slots = np.empty((pooled_w, most), np.int64)  # and their places in box_columns
+        bin_column_counts = np.empty(pooled_w, np.int64)
+        box_columns = np.empty(map_width, np.uint32)  # the box's distinct columns
+        slot_of_column = np.full(map_width, -1, np.int64)
+        column_sums = np.empty((map_width, width), grad_pixels.dtype)
+        row_offsets, row_weights = merged_axis_scratch(grad_pixels.dtype)
         for k in range(boxes):
             grad_image = grad_pixels[int(rois[k, 0]), 0]
             rows, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+            columns = rows + pooled_h * grid_h
+            count = f(max(grid_h * grid_w, 1))
+            for c in range(first, last):  # read in order, written across
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        grads[ph, pw, c - first] = grad_output[k, c, ph, pw] / count
+            distinct = 0
+            for pw in range(pooled_w):
+                kept = merged_axis(corners, weights, columns + pw * grid_w, grid_w, bin_columns[pw],
+                                   bin_column_weights[pw])
+                bin_column_counts[pw] = kept
+                for j in range(kept):
+                    x = bin_columns[pw, j]
+                    if slot_of_column[x] < 0:
+                        slot_of_column[x] = distinct
+                        box_columns[distinct] = x
+                        distinct += 1
+                    bin_column_slots[pw, j] = slot_of_column[x]
             for ph in range(pooled_h):
+                column_sums[:distinct] = f(0)
                 for pw in range(pooled_w):
-                    for c in range(first, last):
-                        grads[c - first] = grad_output[k, c, ph, pw]
-                    roi_align_bin_backward_channels_from_tables(
-                        grads, grad_image, first, last, rows + ph * grid_h,
-                        rows + pooled_h * grid_h + pw * grid_w, grid_h, grid_w, corners, weights, offsets,
-                        sums)
+                    for j in range(bin_column_counts[pw]):
+                        sums = column_sums[bin_column_slots[pw, j]]
+                        weight = bin_column_weights[pw, j]
+                        for c in range(last - first):
+                            sums[c] += weight * grads[ph, pw, c]
+                kept = merged_axis(corners, weights, rows + ph * grid_h, grid_h, row_offsets[0],
+                                   row_weights[0])
+                for i in range(kept):
+                    for j in range(distinct):
+                        b1_scatter_pixel_channels(grad_image, first, last, column_sums[j],
+                                                  row_offsets[0, i] + box_columns[j], row_weights[0, i])
+            for j in range(distinct):
+                slot_of_column[box_columns[j]] = -1
+        for n in range(grad_planes.shape[0]):  # the block's channels, channels first
+            for pixel in range(grad_planes.shape[2]):
+                values = grad_pixels[n, 0, pixel]
+                for c in range(first, last):
+                    grad_planes[n, c, pixel] = values[c]
 
 
 KERNELS = {
