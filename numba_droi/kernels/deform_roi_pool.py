@@ -30,10 +30,10 @@ import numpy as np
 from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
 from .bilinear import (b1_axis_inside, b1_axis_weights, b1_coordinate_gradient, b1_gradient_of_corners,
                        b1_value)
-from .roi_align import (channel_block, channels_first, channels_last, merged_axis_scratch, roi_align_bin,
+from .roi_align import (channels_first, channels_last, merged_axis_scratch, roi_align_bin,
                         roi_align_bin_backward, roi_align_bin_backward_channels_from_tables,
                         roi_align_bin_channels_from_tables, roi_align_box, roi_align_sample,
-                        roi_align_size_free, unravel_output_index)
+                        roi_align_size_free, thread_channel_block, unravel_output_index)
 
 
 # -- body: one output element and its gradient, from the definition --------------------------------
@@ -263,7 +263,7 @@ def deform_roi_pool_backward_cpu(grad_output, rois, offset, mask, spatial_scale,
     channels = grad_output.shape[1]
     grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
                            grad_input.dtype)
-    width = channel_block(channels)
+    width = thread_channel_block(channels)
     parallel_for(_deform_roi_pool_backward_blocks, (channels + width - 1) // width, width, grad_output, rois,
                  offset, mask, spatial_scale, sampling_ratio, gamma, grad_input, grad_pixels)
     channels_first(grad_pixels, grad_input)
