@@ -281,12 +281,18 @@ def _no_grad(torch, fn, xs):
 
 
 def table(rows, threads, setting=None):
-    lines = ["| operator | pass | numba_droi (ms) | peer | peer (ms) | ratio |",
-             "|---|---|---:|---|---:|---:|"]
+    """``measure``'s rows as a markdown table, with our backward's time over our forward's (the
+    forward+backward's time less the forward's) on each forward+backward row."""
+    forward = {name: ours for name, direction, ours, _, _ in rows if direction == "forward"}
+    lines = ["| operator | pass | numba_droi (ms) | peer | peer (ms) | ratio | backward / forward |",
+             "|---|---|---:|---|---:|---:|---:|"]
     for name, direction, ours, peer_name, peer in rows:
         peer_text = f"{peer:.1f}" if peer is not None else "n/a"
         ratio = f"{ours / peer:.2f}" if peer is not None else "n/a"
-        lines.append(f"| {name} | {direction} | {ours:.1f} | {peer_name or 'n/a'} | {peer_text} | {ratio} |")
+        backward = (f"{(ours - forward[name]) / forward[name]:.2f}"
+                    if direction == "forward+backward" and name in forward else "")
+        lines.append(f"| {name} | {direction} | {ours:.1f} | {peer_name or 'n/a'} | {peer_text} | {ratio} "
+                     f"| {backward} |")
     return "\n".join(lines) + "\n\n" + machine_and_versions(threads, setting) + "\n"
 
 

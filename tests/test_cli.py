@@ -129,7 +129,10 @@ def test_bench_prints_a_row_per_pass_of_the_chosen_operator(cpu, capsys):
     assert cli.main(["bench", "--target", "cpu", "--only", "roi_align", "--repeats", "1"]) == 0
     rows = table_rows(capsys.readouterr().out)
     assert [row[:2] for row in rows] == [["roi_align", "forward"], ["roi_align", "forward+backward"]]
-    assert all(float(row[2]) > 0 and row[3:] == ["n/a", "n/a", "n/a"] for row in rows)
+    assert all(float(row[2]) > 0 and row[3:6] == ["n/a", "n/a", "n/a"] for row in rows)
+    (_, _, forward, *_, no_ratio), (_, _, both, *_, backward_ratio) = rows
+    assert no_ratio == "" and float(backward_ratio) == pytest.approx(
+        (float(both) - float(forward)) / float(forward), abs=0.01 + 0.06 * float(backward_ratio))
 
 
 def test_bench_with_torchvision_compares_with_it(cpu, capsys):
@@ -140,7 +143,7 @@ def test_bench_with_torchvision_compares_with_it(cpu, capsys):
     out = capsys.readouterr().out
     rows = table_rows(out)
     assert [row[:2] for row in rows] == [["roi_align", "forward"], ["roi_align", "forward+backward"]]
-    for _, _, ours, peer_name, peer, ratio in rows:
+    for _, _, ours, peer_name, peer, ratio, _ in rows:
         assert peer_name == "torchvision"
         assert float(ratio) == pytest.approx(float(ours) / float(peer), rel=0.05)
     assert f"torch {torch.__version__}" in out
