@@ -409,9 +409,13 @@ class MultiScaleRoIAlign(Module):
         if missing:
             raise ValueError(f"x has no features named {missing}: it has {list(x)}")
         if isinstance(boxes, (list, tuple)):
-            xp = _backend.array_module(_backend.as_array(boxes[0])) if boxes else np
+            boxes = [_backend.as_array(b) for b in boxes]
+            if not boxes or not all(b.ndim == 2 and b.shape[1] == 4 for b in boxes):
+                raise ValueError("boxes must be a (K, 5) array or a non-empty list of (L, 4) arrays, one per "
+                                 f"image, got a list of shapes {[tuple(b.shape) for b in boxes]}")
+            xp = _backend.array_module(boxes[0])
             boxes = xp.concatenate([xp.concatenate([xp.full((len(b), 1), i, b.dtype), b], 1)
-                                    for i, b in enumerate(_backend.as_array(b) for b in boxes)])
+                                    for i, b in enumerate(boxes)])
         return functional.multi_scale_roi_align([x[name] for name in self.featmap_names], boxes, image_shapes,
                                                 self.output_size, self.sampling_ratio, self.canonical_scale,
                                                 self.canonical_level)

@@ -242,6 +242,16 @@ def test_multi_scale_gradients_match_finite_differences(cpu):
         features, rois, image_shapes[:1], 2, 2, canonical_scale=28).data)
 
 
+
+@pytest.mark.parametrize("boxes, shapes", [([], r"\[\]"), ([np.zeros((3, 5))], r"\[\(3, 5\)\]")])
+def test_the_multi_scale_layer_names_a_bad_list_of_boxes(no_launch, boxes, shapes):
+    from numba_droi import nn
+    features, _, image_shapes = pyramid_case(np.random.default_rng(13))
+    layer = nn.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 2, 2, canonical_scale=28)
+    with pytest.raises(ValueError, match=r"boxes must be a \(K, 5\) array or a non-empty list of \(L, 4\) "
+                                         rf"arrays, one per image, got a list of shapes {shapes}"):
+        layer(dict(zip(["p2", "p3", "p4", "p5"], features)), boxes, image_shapes)
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda f, r, s: numba_droi.multi_scale_roi_align(f[0], r, s, 2, 2), ValueError,
      "features must be a non-empty list"),
