@@ -31,7 +31,7 @@ import numpy as np
 from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
                         thread_start, thread_stride)
 from .bilinear import (b2_cell, b2_combine, b2_coordinate_gradient, b2_corner, b2_gradient_of_corners,
-                       b2_interpolate, b2_scatter, b2_scatter_cell, b2_value)
+                       b2_scatter, b2_scatter_cell, b2_value)
 from .roi_align import unravel_output_index
 
 
@@ -196,12 +196,23 @@ def deform_im2col_coordinate_gradient_cuda(grad_columns, input, offset, mask, ke
 def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                       dilation_h, dilation_w, use_offset, use_mask, columns):
     # Per (image, offset group, tap), the B2 cell of every output pixel is computed once and reused
-    # for all the group's channels (the same helpers as deform_im2col_element, in another order).
+    # for all the group's channels (the same helpers as deform_im2col_element, in another order): as
+    # the flat index of its top-left corner in a copy of the planes with a border of zeros (a corner
+    # outside the map reads a zero, without a test) and its four corner weights.
     taps = kernel_h * kernel_w
     parallel_for(_deform_im2col_planes, columns.shape[0] * offset_groups(offset, mask, taps, use_offset,
                                                                          use_mask) * taps,
-                 input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                 dilation_w, use_offset, use_mask, columns)
+                 input, zero_bordered(input), offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                 pad_w, dilation_h, dilation_w, use_offset, use_mask, columns)
+
+
+def zero_bordered(input):
+    """A copy of ``(N, C, H, W)`` planes with a border of one zero all round, ``(N, C, H + 2, W + 2)``:
+    every corner of a B2 cell in ``(-1, H) x (-1, W)`` lies in it."""
+    images, channels, height, width = input.shape
+    bordered = np.zeros((images, channels, height + 2, width + 2), input.dtype)
+    bordered[:, :, 1:-1, 1:-1] = input
+    return bordered
 
 
 @jitable
@@ -236,26 +247,47 @@ def plane_of(plane, group_taps, taps):
 
 
 @cpu_function
-def _deform_im2col_planes(start, stop, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                          pad_w, dilation_h, dilation_w, use_offset, use_mask, columns):
+def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                          pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, columns):
+    f = input.dtype.type
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
     out_h, out_w = columns.shape[2], columns.shape[3]
+    pixels = out_h * out_w
+    row_length = bordered.shape[3]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
     corners = np.empty((out_h, out_w, 2), np.int64)
     fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
+    firsts = np.empty(pixels, np.int64)  # the top-left corner's index in a bordered plane
+    weights = np.empty((pixels, 4), input.dtype)  # b2_combine's corner weights
+    flat_columns = columns.reshape((columns.shape[0], columns.shape[1], pixels))
+    flat_bordered = bordered.reshape((bordered.shape[0], bordered.shape[1], -1))
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
                            fractions)
+        for oy in range(out_h):
+            for ox in range(out_w):
+                p = oy * out_w + ox
+                ly, lx = fractions[oy, ox, 0], fractions[oy, ox, 1]
+                hy, hx = f(1) - ly, f(1) - lx
+                # a sample outside (its cell at (-2, -2)) reads the bordered plane's first zero 4 times
+                firsts[p] = 0 if corners[oy, ox, 0] < -1 else (
+                    (corners[oy, ox, 0] + 1) * row_length + corners[oy, ox, 1] + 1)
+                weights[p, 0], weights[p, 1] = hy * hx, hy * lx
+                weights[p, 2], weights[p, 3] = ly * hx, ly * lx
+        modulations = fractions.reshape((pixels, 3))
         for c in range(g * per_group, (g + 1) * per_group):
-            row = c * taps + tap
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    columns[b, row, oy, ox] = fractions[oy, ox, 2] * b2_interpolate(
-                        input, b, c, corners[oy, ox, 0], corners[oy, ox, 1], fractions[oy, ox, 0],
-                        fractions[oy, ox, 1])
+            source = flat_bordered[b, c]
+            target = flat_columns[b, c * taps + tap]
+            for p in range(pixels):
+                first = firsts[p]
+                below = first + row_length
+                # b2_combine's products and sums, in its order
+                target[p] = modulations[p, 2] * (
+                    weights[p, 0] * source[first] + weights[p, 1] * source[first + 1]
+                    + weights[p, 2] * source[below] + weights[p, 3] * source[below + 1])
 
 
 def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
