@@ -234,6 +234,19 @@ def test_nan_and_inf_offsets_give_zero_samples_and_read_nothing_outside(on):
                                rtol=1e-12, atol=1e-12)
 
 
+
+def test_samples_outside_the_map_are_zero_whatever_the_features_hold(on):
+    # Every sample lies far outside (the cpu's corners there read zeros of a bordered copy): the
+    # output and the gradients are 0, although the features hold inf and NaN, the first pixel too.
+    input = np.full((1, 2, 3, 4), np.inf)
+    input[0, 1] = np.nan
+    arrays = dict(input=input, offset=np.full((1, 18, 3, 4), 1e3), weight=np.ones((2, 2, 3, 3)), bias=None,
+                  mask=np.full((1, 9, 3, 4), 0.5))
+    output, grads = call_ours(on, arrays, dict(stride=1, padding=1, dilation=1), np.ones((1, 2, 3, 4)))
+    assert np.array_equal(output, np.zeros((1, 2, 3, 4)))
+    grad_input, grad_offset, grad_weight, _, grad_mask = grads  # (the bias's is grad_output's sum)
+    assert all(np.array_equal(g, np.zeros_like(g)) for g in (grad_input, grad_offset, grad_weight, grad_mask))
+
 # -- bad inputs: clear errors before any launch ----------------------------------------------------
 
 X = np.zeros((2, 4, 6, 6))

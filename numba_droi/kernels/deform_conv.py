@@ -30,8 +30,8 @@ import numpy as np
 
 from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
                         thread_start, thread_stride)
-from .bilinear import (b2_cell, b2_combine, b2_coordinate_gradient, b2_corner, b2_gradient_of_corners,
-                       b2_scatter, b2_scatter_cell, b2_value)
+from .bilinear import (b2_cell, b2_combine, b2_coordinate_gradient, b2_gradient_of_corners,
+                       b2_scatter, b2_value)
 from .roi_align import unravel_output_index
 
 
@@ -207,11 +207,12 @@ def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
 
 
 def zero_bordered(input):
-    """A copy of ``(N, C, H, W)`` planes with a border of one zero all round, ``(N, C, H + 2, W + 2)``:
-    every corner of a B2 cell in ``(-1, H) x (-1, W)`` lies in it."""
+    """A copy of ``(N, C, H, W)`` planes with a border of one zero all round and a second zero row at
+    the bottom, ``(N, C, H + 3, W + 2)``: every corner of a B2 cell in ``(-1, H) x (-1, W)`` lies in
+    it, and a sample outside the map reads its last two rows (``bordered_cells``)."""
     images, channels, height, width = input.shape
-    bordered = np.zeros((images, channels, height + 2, width + 2), input.dtype)
-    bordered[:, :, 1:-1, 1:-1] = input
+    bordered = np.zeros((images, channels, height + 3, width + 2), input.dtype)
+    bordered[:, :, 1:height + 1, 1:-1] = input
     return bordered
 
 
@@ -246,10 +247,31 @@ def plane_of(plane, group_taps, taps):
     return b, g, group_tap - g * taps
 
 
+@jitable
+def bordered_cells(corners, fractions, height, width, firsts, weights):
+    """``deform_plane_cells``' cells in a ``zero_bordered`` plane of an ``height x width`` map, flat
+    over the output pixels: ``firsts[p]``, the index of the cell's top-left corner, and
+    ``weights[p]``, ``b2_combine``'s four corner weights then the modulation. A sample outside the map
+    (its cell at (-2, -2)) gets a cell in the two zero rows at the bottom, so that all its corners
+    read (or take) zeros."""
+    f = fractions.dtype.type
+    out_w = corners.shape[1]
+    row_length = width + 2
+    for oy in range(corners.shape[0]):
+        for ox in range(out_w):
+            p = oy * out_w + ox
+            ly, lx = fractions[oy, ox, 0], fractions[oy, ox, 1]
+            hy, hx = f(1) - ly, f(1) - lx
+            firsts[p] = (height + 1) * row_length if corners[oy, ox, 0] < -1 else (
+                (corners[oy, ox, 0] + 1) * row_length + corners[oy, ox, 1] + 1)
+            weights[p, 0], weights[p, 1] = hy * hx, hy * lx
+            weights[p, 2], weights[p, 3] = ly * hx, ly * lx
+            weights[p, 4] = fractions[oy, ox, 2]
+
+
 @cpu_function
 def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                           pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, columns):
-    f = input.dtype.type
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
     out_h, out_w = columns.shape[2], columns.shape[3]
@@ -259,25 +281,15 @@ def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, 
     per_group = input.shape[1] // (group_taps // taps)
     corners = np.empty((out_h, out_w, 2), np.int64)
     fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
-    firsts = np.empty(pixels, np.int64)  # the top-left corner's index in a bordered plane
-    weights = np.empty((pixels, 4), input.dtype)  # b2_combine's corner weights
+    firsts = np.empty(pixels, np.int64)
+    weights = np.empty((pixels, 5), input.dtype)
     flat_columns = columns.reshape((columns.shape[0], columns.shape[1], pixels))
     flat_bordered = bordered.reshape((bordered.shape[0], bordered.shape[1], -1))
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
                            fractions)
-        for oy in range(out_h):
-            for ox in range(out_w):
-                p = oy * out_w + ox
-                ly, lx = fractions[oy, ox, 0], fractions[oy, ox, 1]
-                hy, hx = f(1) - ly, f(1) - lx
-                # a sample outside (its cell at (-2, -2)) reads the bordered plane's first zero 4 times
-                firsts[p] = 0 if corners[oy, ox, 0] < -1 else (
-                    (corners[oy, ox, 0] + 1) * row_length + corners[oy, ox, 1] + 1)
-                weights[p, 0], weights[p, 1] = hy * hx, hy * lx
-                weights[p, 2], weights[p, 3] = ly * hx, ly * lx
-        modulations = fractions.reshape((pixels, 3))
+        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
         for c in range(g * per_group, (g + 1) * per_group):
             source = flat_bordered[b, c]
             target = flat_columns[b, c * taps + tap]
@@ -285,7 +297,7 @@ def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, 
                 first = firsts[p]
                 below = first + row_length
                 # b2_combine's products and sums, in its order
-                target[p] = modulations[p, 2] * (
+                target[p] = weights[p, 4] * (
                     weights[p, 0] * source[first] + weights[p, 1] * source[first + 1]
                     + weights[p, 2] * source[below] + weights[p, 3] * source[below + 1])
 
@@ -293,93 +305,125 @@ def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, 
 def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
                                grad_input):
-    # The cells of every (image, offset group, tap) first, then an iteration per plane
-    # grad_input[b, c], which it owns: only the rows of channel c scatter into it.
+    # The cells of every (image, offset group, tap) first (bordered_cells), then an iteration per
+    # plane grad_input[b, c], which it owns: only the rows of channel c scatter into it, into a
+    # zero-bordered plane (no bounds tests) whose inside is then copied out.
     taps = kernel_h * kernel_w
     planes = grad_input.shape[0] * offset_groups(offset, mask, taps, use_offset, use_mask) * taps
-    corners = np.empty((planes,) + grad_columns.shape[2:] + (2,), np.int64)
-    fractions = np.empty((planes,) + grad_columns.shape[2:] + (3,), grad_input.dtype)
+    pixels = grad_columns.shape[2] * grad_columns.shape[3]
+    firsts = np.empty((planes, pixels), np.int64)
+    weights = np.empty((planes, pixels, 5), grad_input.dtype)
     parallel_for(_deform_cells_planes, planes, grad_input, offset, mask, kernel_h, kernel_w, stride_h,
-                 stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, corners, fractions)
+                 stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, grad_columns.shape[2],
+                 grad_columns.shape[3], firsts, weights)
     parallel_for(_deform_im2col_backward_planes, grad_input.shape[0] * grad_input.shape[1], grad_columns,
-                 taps, corners, fractions, grad_input)
+                 taps, firsts, weights, grad_input)
 
 
 @cpu_function
 def _deform_cells_planes(start, stop, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                         pad_w, dilation_h, dilation_w, use_offset, use_mask, corners, fractions):
+                         pad_w, dilation_h, dilation_w, use_offset, use_mask, out_h, out_w, firsts, weights):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners[plane],
-                           fractions[plane])
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions)
+        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts[plane], weights[plane])
 
 
 @cpu_function
-def _deform_im2col_backward_planes(start, stop, grad_columns, taps, corners, fractions, grad_input):
-    channels = grad_input.shape[1]
-    groups = corners.shape[0] // (grad_input.shape[0] * taps)
+def _deform_im2col_backward_planes(start, stop, grad_columns, taps, firsts, weights, grad_input):
+    channels, height, width = grad_input.shape[1:]
+    groups = firsts.shape[0] // (grad_input.shape[0] * taps)
     per_group = channels // groups
-    out_h, out_w = grad_columns.shape[2], grad_columns.shape[3]
+    pixels = grad_columns.shape[2] * grad_columns.shape[3]
+    row_length = width + 2
+    flat_grad_columns = grad_columns.reshape((grad_columns.shape[0], grad_columns.shape[1], pixels))
+    bordered = np.empty((height + 3) * row_length, grad_input.dtype)  # as zero_bordered's planes
     for plane in range(start, stop):
         b = plane // channels
         c = plane - b * channels
         g = c // per_group
+        bordered[:] = 0
         for tap in range(taps):
             cells = (b * groups + g) * taps + tap
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    grad = fractions[cells, oy, ox, 2] * grad_columns[b, c * taps + tap, oy, ox]
-                    b2_scatter_cell(grad_input, b, c, corners[cells, oy, ox, 0], corners[cells, oy, ox, 1],
-                                    fractions[cells, oy, ox, 0], fractions[cells, oy, ox, 1], grad)
+            plane_firsts, plane_weights = firsts[cells], weights[cells]
+            grads = flat_grad_columns[b, c * taps + tap]
+            for p in range(pixels):
+                # b2_scatter_cell's products, into the corners in its order
+                grad = plane_weights[p, 4] * grads[p]
+                first = plane_firsts[p]
+                below = first + row_length
+                bordered[first] += plane_weights[p, 0] * grad
+                bordered[first + 1] += plane_weights[p, 1] * grad
+                bordered[below] += plane_weights[p, 2] * grad
+                bordered[below + 1] += plane_weights[p, 3] * grad
+        for y in range(height):
+            for x in range(width):
+                grad_input[b, c, y, x] = bordered[(y + 1) * row_length + x + 1]
 
 
 def deform_im2col_coordinate_gradient_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w,
                                           stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                           use_offset, use_mask, grad_offset, grad_mask):
     # Each iteration owns one (image, group, tap): its two offset planes and its mask plane, which
-    # must be zero-filled. It computes the plane's cells once, then sums over the group's channels in
-    # the order of deform_coordinate_gradient, plane by plane (contiguous reads), then applies the
-    # mask.
+    # must be zero-filled. It computes the plane's cells once (bordered_cells, on a zero-bordered copy
+    # of the input, as the im2col), then sums over the group's channels in the order of
+    # deform_coordinate_gradient, plane by plane (contiguous reads), then applies the mask.
     images, group_taps, _, _ = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
     parallel_for(_deform_im2col_coordinate_gradient_planes, images * group_taps, grad_columns, input,
-                 offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                 use_offset, use_mask, grad_offset, grad_mask)
+                 zero_bordered(input), offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                 dilation_h, dilation_w, use_offset, use_mask, grad_offset, grad_mask)
 
 
 @cpu_function
-def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, offset, mask, kernel_h,
-                                              kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                                              dilation_w, use_offset, use_mask, grad_offset, grad_mask):
+def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, bordered, offset, mask,
+                                              kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                              dilation_h, dilation_w, use_offset, use_mask, grad_offset,
+                                              grad_mask):
     geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     taps = kernel_h * kernel_w
     _, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    pixels = out_h * out_w
+    row_length = input.shape[3] + 2
     per_group = input.shape[1] // (group_taps // taps)
     corners = np.empty((out_h, out_w, 2), np.int64)
     fractions = np.empty((out_h, out_w, 3), input.dtype)
+    firsts = np.empty(pixels, np.int64)
+    weights = np.empty((pixels, 5), input.dtype)
+    flat_fractions = fractions.reshape((pixels, 3))
+    flat_columns = grad_columns.reshape((grad_columns.shape[0], grad_columns.shape[1], pixels))
+    flat_bordered = bordered.reshape((bordered.shape[0], bordered.shape[1], -1))
+    # (the one not in use is a placeholder of size 0)
+    flat_offset = grad_offset.reshape((grad_offset.shape[0], grad_offset.shape[1],
+                                       grad_offset.shape[2] * grad_offset.shape[3]))
+    flat_mask = grad_mask.reshape((grad_mask.shape[0], grad_mask.shape[1],
+                                   grad_mask.shape[2] * grad_mask.shape[3]))
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         group_tap = g * taps + tap
         deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
                            fractions)
+        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
         for c in range(g * per_group, (g + 1) * per_group):
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    grad = grad_columns[b, c * taps + tap, oy, ox]
-                    y_low, x_low = corners[oy, ox, 0], corners[oy, ox, 1]
-                    v_ll = b2_corner(input, b, c, y_low, x_low)
-                    v_lh = b2_corner(input, b, c, y_low, x_low + 1)
-                    v_hl = b2_corner(input, b, c, y_low + 1, x_low)
-                    v_hh = b2_corner(input, b, c, y_low + 1, x_low + 1)
-                    ly, lx = fractions[oy, ox, 0], fractions[oy, ox, 1]
-                    if use_offset:
-                        dy, dx = b2_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, ly, lx)
-                        grad_offset[b, 2 * group_tap, oy, ox] += grad * dy
-                        grad_offset[b, 2 * group_tap + 1, oy, ox] += grad * dx
-                    if use_mask:
-                        grad_mask[b, group_tap, oy, ox] += grad * b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
+            source = flat_bordered[b, c]
+            grads = flat_columns[b, c * taps + tap]
+            for p in range(pixels):
+                grad = grads[p]
+                first = firsts[p]
+                below = first + row_length
+                v_ll, v_lh = source[first], source[first + 1]
+                v_hl, v_hh = source[below], source[below + 1]
+                ly, lx = flat_fractions[p, 0], flat_fractions[p, 1]
+                if use_offset:
+                    dy, dx = b2_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, ly, lx)
+                    flat_offset[b, 2 * group_tap, p] += grad * dy
+                    flat_offset[b, 2 * group_tap + 1, p] += grad * dx
+                if use_mask:
+                    flat_mask[b, group_tap, p] += grad * b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
         if use_offset and use_mask:
             for oy in range(out_h):
                 for ox in range(out_w):
