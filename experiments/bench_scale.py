@@ -17,7 +17,6 @@ experiments/results/bench_scale_cpu.md and .png.
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -72,16 +71,12 @@ def measure_time(names, boxes_list, repeats, setting):
     steps = [(name, boxes) for name in names for boxes in boxes_list]
     for name, boxes in tqdm(steps, desc="time", file=sys.stderr):
         table, _, peers[name] = calls(name, boxes, setting)
-        # Untimed: every call at the smallest size (compiling), and at each size our forward, the
+        # Warmed up: every call at the smallest size (compiling), and at each size our forward, the
         # cheapest call: a process's first use of gigabytes costs seconds of the kernel's page reclaim.
-        for fn in table.values() if boxes == boxes_list[0] else [table["forward", "ours"]]:
-            fn()
-        times = {key: [] for key in table}
-        for _ in range(1 if boxes >= SINGLE_REPEAT_FROM else repeats):
-            for key, fn in table.items():  # interleaved: both sides see the same machine state
-                times[key].append(benchmark._timed(fn, setting))
-        for (direction, side), values in times.items():
-            medians[name, boxes, direction, side] = 1e3 * statistics.median(values)
+        warm_up = None if boxes == boxes_list[0] else [("forward", "ours")]
+        repeat = 1 if boxes >= SINGLE_REPEAT_FROM else repeats
+        for (direction, side), ms in benchmark.timed_medians(table, repeat, setting, warm_up).items():
+            medians[name, boxes, direction, side] = ms
     return medians, peers
 
 

@@ -231,11 +231,13 @@ def case_calls(case, setting):
     return calls
 
 
-def timed_medians(calls, repeats, setting):
-    """``{key: median ms}`` of each of ``calls`` over ``repeats``, after one warm-up call each."""
+def timed_medians(calls, repeats, setting, warm_up=None):
+    """``{key: median ms}`` of each of ``calls`` over ``repeats``, after one warm-up call of each of
+    those whose keys are in ``warm_up`` (default: all)."""
     times = {key: [] for key in calls}
-    for fn in calls.values():
-        fn()  # compile and warm up
+    for key, fn in calls.items():
+        if warm_up is None or key in warm_up:
+            fn()  # compile and warm up
     for _ in range(repeats):  # interleaved: both sides see the same machine state
         for key, fn in calls.items():
             times[key].append(_timed(fn, setting))

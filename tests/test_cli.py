@@ -269,3 +269,15 @@ def test_peak_mib_counts_the_memory_a_call_holds_after_its_warm_up():
         return float(np.ones(64 * 2 ** 20 // 8).sum())
     assert 60 < benchmark.peak_mib(allocate, warm_up=lambda: calls.append("warm up")) < 80
     assert calls == ["warm up", "call"]
+
+
+def test_timed_medians_warms_up_only_the_calls_named():
+    counts = {"a": 0, "b": 0}
+
+    def counted(key):
+        def call():
+            counts[key] += 1
+        return call
+    medians = benchmark.timed_medians({"a": counted("a"), "b": counted("b")}, 3, benchmark.Setting(),
+                                      warm_up=["a"])
+    assert counts == {"a": 4, "b": 3} and set(medians) == {"a", "b"}
