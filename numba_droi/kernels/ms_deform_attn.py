@@ -16,9 +16,11 @@ of channel ``d`` of head ``m`` sampled by rule B2 at ``y = loc_y * H_l - 0.5``, 
   gradient, a thread per ``(n, q, m, l, p)`` for the location and weight gradients (looping over the
   channels, so without atomics); the deterministic value gradient, a thread per ``(n, m, d)`` column
   of the value gradient, which it owns.
-* The cpu fast path: ``*_cpu`` drivers, a parallel iteration per ``(n, m)`` (image and head), whose
-  value rows stay in cache while its queries sample them and whose value gradient it owns; each
-  sample's cell computed once for all the head's channels (contiguous in ``value``).
+* The cpu fast path: ``*_cpu`` drivers, a parallel iteration per ``(n, m)`` (image and head), which
+  copies its value rows into a zero-bordered slab that stays in cache while its queries sample it,
+  and owns its value gradient; each sample's cell computed once for all the head's channels
+  (contiguous in the slab), and, where all three gradients are wanted, used once for all of them
+  (``backward_all``, a cpu-only stage).
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
@@ -227,153 +229,184 @@ def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes,
 
 # -- cpu fast path: the body's values by another schedule ------------------------------------------
 #
-# A sample's cell is computed once for all the head's channels, whose values are contiguous rows of
-# ``value`` (and of the value gradient); a corner outside the map reads a row of zeros (writes a
-# scratch row), so that the loops over the channels have no branch and are vectorised. The same
-# products and sums as the body's, per channel.
+# Each (image, head) first copies its value rows ``value[n, :, m, :]`` into a slab of its own, every
+# level's map surrounded by a ring of zero rows: a sample's four corners are then rows of the slab
+# whatever the cell (``b2_cell_of`` gives ``-1 <= y_low <= H - 1``), read (and, for the value
+# gradient, added to: the ring's rows are dropped) without a branch, and the loops over the head's
+# channels, contiguous in the slab, are vectorised. Corners outside the map read zeros, as the body's
+# do: the same products and sums per channel.
 
-@jitable_inlined_on_cpu(by_numba=True)
-def msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh):
-    """The channels of head ``m`` at the four corners of a cell of ``msda_cell_rows``, as contiguous
-    rows of ``value[n]`` (which the compiler knows to be contiguous), ``zeros`` for those outside the
-    map."""
-    return (value[n, r_ll, m] if in_ll else zeros, value[n, r_lh, m] if in_lh else zeros,
-            value[n, r_hl, m] if in_hl else zeros, value[n, r_hh, m] if in_hh else zeros)
+def padded_levels(spatial_shapes):
+    """``(starts, rows)``: the start row of each level in a head's slab, where level ``l`` takes
+    ``(H_l + 2) * (W_l + 2)`` rows, and the slab's rows."""
+    sizes = (np.asarray(spatial_shapes[:, 0]) + 2) * (np.asarray(spatial_shapes[:, 1]) + 2)
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), int(sizes.sum())
+
+
+@jitable
+def msda_slab_row(padded_start, width, y, x):
+    """The slab row of pixel ``(y, x)`` (``-1 <= y <= H``, the same for x) of a level."""
+    return padded_start + (y + 1) * (width + 2) + x + 1
+
+
+@jitable
+def msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, slab):
+    """``value[n, :, m, :]`` into the interior of ``slab`` (rows, D), whose ring rows are zero."""
+    for level in range(spatial_shapes.shape[0]):
+        height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
+        for y in range(height):
+            source = level_start_index[level] + y * width
+            target = msda_slab_row(padded_starts[level], width, y, 0)
+            for x in range(width):
+                for d in range(slab.shape[1]):
+                    slab[target + x, d] = value[n, source + x, m, d]
+
+
+@jitable
+def msda_store_head(slab, n, m, spatial_shapes, level_start_index, padded_starts, grad_value):
+    """The interior of ``slab`` into ``grad_value[n, :, m, :]`` (the ring's adds dropped)."""
+    for level in range(spatial_shapes.shape[0]):
+        height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
+        for y in range(height):
+            target = level_start_index[level] + y * width
+            source = msda_slab_row(padded_starts[level], width, y, 0)
+            for x in range(width):
+                for d in range(slab.shape[1]):
+                    grad_value[n, target + x, m, d] = slab[source + x, d]
 
 
 def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, normalised, output):
+    padded_starts, rows = padded_levels(spatial_shapes)
     parallel_for(_ms_deform_attn_forward_heads, output.shape[0] * output.shape[2], value, spatial_shapes,
-                 level_start_index, sampling_locations, attention_weights, normalised, output)
+                 level_start_index, padded_starts, rows, sampling_locations, attention_weights, normalised,
+                 output)
 
 
 @cpu_function
-def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, sampling_locations,
-                                  attention_weights, normalised, output):
+def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, padded_starts, rows,
+                                  sampling_locations, attention_weights, normalised, output):
     queries, heads, channels = output.shape[1:]
+    slab = np.zeros((rows, channels), value.dtype)
     for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
-        total = np.empty(channels, value.dtype)
-        zeros = np.zeros(channels, value.dtype)
+        msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, slab)
         for q in range(queries):
             locations = sampling_locations[n, q, m]
             weights = attention_weights[n, q, m]
-            total[:] = 0
+            total = output[n, q, m]  # zero-filled
             for level in range(weights.shape[0]):
-                start = np.int32(level_start_index[level])
+                padded_start = padded_starts[level]
                 for p in range(weights.shape[1]):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
                                                                               level, p, normalised)
                     if not inside:
                         continue
-                    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
-                        start, height, width, y_low, x_low)
-                    v_ll, v_lh, v_hl, v_hh = msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh, r_hl,
-                                                       in_hl, r_hh, in_hh)
+                    ll = msda_slab_row(padded_start, width, y_low, x_low)
+                    hl = ll + width + 2
                     weight = weights[level, p]
                     for d in range(channels):
-                        total[d] += weight * b2_combine(v_ll[d], v_lh[d], v_hl[d], v_hh[d], ly, lx)
-            for d in range(channels):
-                output[n, q, m, d] = total[d]
+                        total[d] += weight * b2_combine(slab[ll, d], slab[ll + 1, d], slab[hl, d],
+                                                        slab[hl + 1, d], ly, lx)
 
 
 def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, sampling_locations,
                                 attention_weights, normalised, grad_value):
-    # Per (image, head): the columns grad_value[n, :, m, :] are its own. Queries, levels and points in
-    # order: every element gets the adds of msda_element_backward in the same order.
-    parallel_for(_ms_deform_attn_backward_heads, grad_output.shape[0] * grad_output.shape[2], grad_output,
-                 spatial_shapes, level_start_index, sampling_locations, attention_weights, normalised,
-                 grad_value)
-
-
-@cpu_function
-def _ms_deform_attn_backward_heads(start, stop, grad_output, spatial_shapes, level_start_index,
-                                   sampling_locations, attention_weights, normalised, grad_value):
-    queries, heads, channels = grad_output.shape[1:]
-    f = grad_value.dtype.type
-    for owner in range(start, stop):
-        n = owner // heads
-        m = owner - n * heads
-        scratch = np.empty(channels, grad_value.dtype)
-        for q in range(queries):
-            locations = sampling_locations[n, q, m]
-            weights = attention_weights[n, q, m]
-            grad_row = grad_output[n, q, m]
-            for level in range(weights.shape[0]):
-                start = np.int32(level_start_index[level])
-                for p in range(weights.shape[1]):
-                    inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
-                                                                              level, p, normalised)
-                    if not inside:
-                        continue
-                    r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
-                        start, height, width, y_low, x_low)
-                    g_ll, g_lh, g_hl, g_hh = msda_rows(grad_value, n, m, scratch, r_ll, in_ll, r_lh, in_lh,
-                                                       r_hl, in_hl, r_hh, in_hh)
-                    hy = f(1) - ly
-                    hx = f(1) - lx
-                    weight = weights[level, p]
-                    for d in range(channels):
-                        g = weight * grad_row[d]
-                        g_ll[d] += hy * hx * g
-                        g_lh[d] += hy * lx * g
-                        g_hl[d] += ly * hx * g
-                        g_hh[d] += ly * lx * g
+    _backward(None, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              normalised, grad_value, None, None)
 
 
 def ms_deform_attn_location_weight_grad_cpu(value, grad_output, spatial_shapes, level_start_index,
                                             sampling_locations, attention_weights, normalised, grad_locations,
                                             grad_weights):
-    # msda_point_gradient's sums over the channels, from the corner rows; vectorised, in another order.
-    parallel_for(_ms_deform_attn_location_weight_grad_heads, grad_weights.shape[0] * grad_weights.shape[2],
-                 value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                 normalised, grad_locations, grad_weights)
+    _backward(value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              normalised, None, grad_locations, grad_weights)
+
+
+def ms_deform_attn_backward_all_cpu(value, grad_output, spatial_shapes, level_start_index, sampling_locations,
+                                    attention_weights, normalised, grad_value, grad_locations, grad_weights):
+    """All three gradients in one pass over the samples (cpu only)."""
+    _backward(value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              normalised, grad_value, grad_locations, grad_weights)
+
+
+def _backward(value, grad_output, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              normalised, grad_value, grad_locations, grad_weights):
+    # Per (image, head): the columns grad_value[n, :, m, :] are its own. Queries, levels and points in
+    # order: every element of the value gradient gets the adds of msda_element_backward in the same
+    # order. The location and weight gradients are msda_point_gradient's sums over the channels, in
+    # another order. A gradient not wanted is None: an empty array of its dimensions goes instead.
+    padded_starts, rows = padded_levels(spatial_shapes)
+    dtype = grad_output.dtype
+    want_value, want_points = grad_value is not None, grad_weights is not None
+    parallel_for(_ms_deform_attn_backward_heads, grad_output.shape[0] * grad_output.shape[2],
+                 value if want_points else np.empty((0,) * 4, dtype), grad_output, spatial_shapes,
+                 level_start_index, padded_starts, rows, sampling_locations, attention_weights, normalised,
+                 grad_value if want_value else np.empty((0,) * 4, dtype),
+                 grad_locations if want_points else np.empty((0,) * 6, dtype),
+                 grad_weights if want_points else np.empty((0,) * 5, dtype), want_value, want_points)
 
 
 @cpu_function(reassociate=True)
-def _ms_deform_attn_location_weight_grad_heads(start, stop, value, grad_output, spatial_shapes,
-                                               level_start_index, sampling_locations, attention_weights,
-                                               normalised, grad_locations, grad_weights):
-    queries, heads, levels, points = grad_weights.shape[1:]
-    f = value.dtype.type
+def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shapes, level_start_index,
+                                   padded_starts, rows, sampling_locations, attention_weights, normalised,
+                                   grad_value, grad_locations, grad_weights, want_value, want_points):
+    queries, heads, channels = grad_output.shape[1:]
+    levels, points = attention_weights.shape[3:]
+    f = grad_output.dtype.type
+    values = np.zeros((rows if want_points else 0, channels), grad_output.dtype)
+    grads = np.empty((rows if want_value else 0, channels), grad_output.dtype)
     for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
-        zeros = np.zeros(value.shape[3], value.dtype)
+        if want_points:
+            msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, values)
+        if want_value:
+            grads[:] = 0
         for q in range(queries):
             locations = sampling_locations[n, q, m]
             weights = attention_weights[n, q, m]
             grad_row = grad_output[n, q, m]
             for level in range(levels):
-                start = np.int32(level_start_index[level])
+                padded_start = padded_starts[level]
                 for p in range(points):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
                                                                               level, p, normalised)
+                    ll = msda_slab_row(padded_start, width, y_low, x_low)
+                    hl = ll + width + 2
+                    weight = weights[level, p]
+                    hy = f(1) - ly
+                    hx = f(1) - lx
                     s_ll = f(0)
                     s_lh = f(0)
                     s_hl = f(0)
                     s_hh = f(0)
-                    if inside:
-                        r_ll, in_ll, r_lh, in_lh, r_hl, in_hl, r_hh, in_hh = msda_cell_rows(
-                            start, height, width, y_low, x_low)
-                        v_ll, v_lh, v_hl, v_hh = msda_rows(value, n, m, zeros, r_ll, in_ll, r_lh, in_lh,
-                                                           r_hl, in_hl, r_hh, in_hh)
-                        for d in range(value.shape[3]):
+                    if inside and want_points:
+                        for d in range(channels):
                             g = grad_row[d]
-                            s_ll += g * v_ll[d]
-                            s_lh += g * v_lh[d]
-                            s_hl += g * v_hl[d]
-                            s_hh += g * v_hh[d]
-                    dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
-                    weight = weights[level, p]
-                    if normalised:
-                        grad_locations[n, q, m, level, p, 0] = weight * f(width) * dx
-                        grad_locations[n, q, m, level, p, 1] = weight * f(height) * dy
-                    else:
-                        grad_locations[n, q, m, level, p, 0] = weight * dx
-                        grad_locations[n, q, m, level, p, 1] = weight * dy
-                    grad_weights[n, q, m, level, p] = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+                            s_ll += g * values[ll, d]
+                            s_lh += g * values[ll + 1, d]
+                            s_hl += g * values[hl, d]
+                            s_hh += g * values[hl + 1, d]
+                    if inside and want_value:  # a loop of its own: vectorised, as the sums' is
+                        for d in range(channels):
+                            g = weight * grad_row[d]
+                            grads[ll, d] += hy * hx * g
+                            grads[ll + 1, d] += hy * lx * g
+                            grads[hl, d] += ly * hx * g
+                            grads[hl + 1, d] += ly * lx * g
+                    if want_points:
+                        dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
+                        if normalised:
+                            grad_locations[n, q, m, level, p, 0] = weight * f(width) * dx
+                            grad_locations[n, q, m, level, p, 1] = weight * f(height) * dy
+                        else:
+                            grad_locations[n, q, m, level, p, 0] = weight * dx
+                            grad_locations[n, q, m, level, p, 1] = weight * dy
+                        grad_weights[n, q, m, level, p] = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
+        if want_value:
+            msda_store_head(grads, n, m, spatial_shapes, level_start_index, padded_starts, grad_value)
 
 
 KERNELS = {
@@ -382,4 +415,5 @@ KERNELS = {
                  "cuda_deterministic": ms_deform_attn_backward_deterministic_cuda},
     "location_weight_grad": {"cpu": ms_deform_attn_location_weight_grad_cpu,
                              "cuda": ms_deform_attn_location_weight_grad_cuda},
+    "backward_all": {"cpu": ms_deform_attn_backward_all_cpu},
 }

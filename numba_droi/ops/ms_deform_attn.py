@@ -162,18 +162,27 @@ def sample_backward(grad_output, value, spatial_shapes, level_start_index, locat
     # the location and weight kernels write every element
     grad_locations = xp.empty_like(locations) if want_points else None
     grad_weights = xp.empty_like(weights) if want_points else None
-    if grad_value is not None and value.size and grad_output.size:
-        kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
-                                               images * heads * channels)
-        _backend.run(target, kernel, size, grad_output, spatial_shapes, level_start_index, locations,
-                     weights, normalised, grad_value)
-    if want_points:
-        if value.size and grad_weights.size:
+    if value.size and grad_output.size:
+        if grad_value is not None and want_points and target in KERNELS["backward_all"]:
+            _backend.run(target, KERNELS["backward_all"][target], grad_weights.size, value, grad_output,
+                         spatial_shapes, level_start_index, locations, weights, normalised, grad_value,
+                         grad_locations, grad_weights)
+            return _wanted(wanted, grad_value, grad_locations, grad_weights)
+        if grad_value is not None:
+            kernel, size = _backend.scatter_kernel(KERNELS["backward"], target, grad_output.size,
+                                                   images * heads * channels)
+            _backend.run(target, kernel, size, grad_output, spatial_shapes, level_start_index, locations,
+                         weights, normalised, grad_value)
+        if want_points:
             _backend.run(target, KERNELS["location_weight_grad"][target], grad_weights.size, value,
                          grad_output, spatial_shapes, level_start_index, locations, weights, normalised,
                          grad_locations, grad_weights)
-        else:
-            grad_locations[...] = 0
-            grad_weights[...] = 0
+    elif want_points:
+        grad_locations[...] = 0
+        grad_weights[...] = 0
+    return _wanted(wanted, grad_value, grad_locations, grad_weights)
+
+
+def _wanted(wanted, grad_value, grad_locations, grad_weights):
     return (grad_value, grad_locations if "sampling_locations" in wanted else None,
             grad_weights if "attention_weights" in wanted else None)
