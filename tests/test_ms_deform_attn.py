@@ -12,6 +12,7 @@ import numba_droi
 from numba_droi import functional, nn, optim, registry
 from numba_droi.autograd import Tensor
 from numba_droi.gradcheck import gradcheck
+from reference.ms_deform_attn import ms_deform_attn_backward as reference_backward
 
 SHAPES, STARTS = np.array([[2, 3], [1, 2]]), np.array([0, 6])
 
@@ -127,6 +128,27 @@ def test_only_the_wanted_gradients_are_computed(cpu):
     grad_value, grad_locations, grad_weights = numba_droi.ms_deform_attn_backward(
         grad_output, **good(), wanted=("attention_weights",))
     assert grad_value is None and grad_locations is None and grad_weights.any()
+
+
+
+@pytest.mark.parametrize("wanted", [("value",), ("sampling_locations", "attention_weights"),
+                                    ("value", "attention_weights"), None])
+def test_each_set_of_wanted_gradients_equals_the_reference(cpu, wanted):
+    """The backward computes the value gradient alone, the point gradients alone or all in one pass:
+    each equals the reference's gradients, samples outside the maps and on their borders included."""
+    rng = np.random.default_rng(64)
+    arrays = registry.BY_NAME["ms_deform_attn"].example(rng, channels=5, spread=0.3).arrays
+    locations = arrays["sampling_locations"]
+    locations[0, 0, 0, 0, :, 0] = [0.0, 1.0]  # x = -0.5 and W - 0.5: the border band
+    grad_output = rng.standard_normal((2, 3, 2 * 5))
+    got = numba_droi.ms_deform_attn_backward(grad_output, **arrays, wanted=wanted)
+    expected = reference_backward(grad_output, *arrays.values())
+    names = ("value", "sampling_locations", "attention_weights")
+    for name, grad, want in zip(names, got, expected):
+        if wanted is None or name in wanted:
+            np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12, err_msg=name)
+        else:
+            assert grad is None, name
 
 
 # -- the module ----------------------------------------------------------------------------------------
