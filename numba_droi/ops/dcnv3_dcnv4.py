@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _backend
+from ..kernels.dcnv3_dcnv4 import dcnv_position, dcnv_positions_cpu
 from . import _checks
 from .ms_deform_attn import MAX_ROWS, sample, sample_backward
 
@@ -48,10 +49,15 @@ class Geometry:
         ``offset_scale`` about its centre, as InternImage's CUDA kernels group the terms."""
         out_h, out_w = self.output
         scale = self.offset_scale
-        start_x, start_y, tap_x, tap_y = (xp.asarray(a) for a in self._grid(np.dtype(dtype)))
         locations = xp.empty(offset.shape, dtype)
-        locations[..., 0] = (tap_x + offset[..., 0]) * scale + start_x[:, None, None]
-        locations[..., 1] = (tap_y + offset[..., 1]) * scale + start_y[:, None, None, None]
+        if _backend.target_of(offset) == "cpu":
+            if not offset.flags.writeable:  # Numba would compile again for a read-only array
+                offset = offset.copy()
+            dcnv_positions_cpu(offset, *self._grid(np.dtype(dtype)), scale, locations)
+        else:
+            start_x, start_y, tap_x, tap_y = (xp.asarray(a) for a in self._grid(np.dtype(dtype)))
+            locations[..., 0] = dcnv_position(start_x[:, None, None], tap_x, offset[..., 0], scale)
+            locations[..., 1] = dcnv_position(start_y[:, None, None, None], tap_y, offset[..., 1], scale)
         return locations.reshape(offset.shape[0], out_h * out_w, self.group, 1, self.points, 2)
 
     @functools.lru_cache(maxsize=64)
@@ -249,6 +255,8 @@ def _dcnv4_arguments(input, offset_mask, options):
     used = 3 * group * points
     offset_mask = _float_array(offset_mask, input, "offset_mask", (images, out_h, out_w, used),
                                "(N, Ho, Wo, P)", longer=True)
+    if isinstance(offset_mask, np.ndarray) and not offset_mask.flags.writeable:
+        offset_mask = offset_mask.copy()  # its offsets' view then has the layout of a writable one's
     packed = offset_mask[..., :used].reshape(images, out_h, out_w, group, 3 * points)
     offset = packed[..., :2 * points].reshape(images, out_h, out_w, group, points, 2)
     mask = _checks.contiguous(packed[..., 2 * points:], input.dtype)
