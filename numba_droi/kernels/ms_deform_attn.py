@@ -250,29 +250,21 @@ def msda_slab_row(padded_start, width, y, x):
 
 
 @jitable
-def msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, slab):
-    """``value[n, :, m, :]`` into the interior of ``slab`` (rows, D), whose ring rows are zero."""
+def msda_copy_head(array, n, m, spatial_shapes, level_start_index, padded_starts, slab, into_slab):
+    """Head ``m``'s rows ``array[n, :, m, :]`` into the interior of ``slab`` (rows, D), whose ring rows
+    stay zero (``into_slab``), or else the slab's interior (a value gradient) back into them, the
+    ring's adds dropped."""
     for level in range(spatial_shapes.shape[0]):
         height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
         for y in range(height):
-            source = level_start_index[level] + y * width
-            target = msda_slab_row(padded_starts[level], width, y, 0)
+            row = level_start_index[level] + y * width
+            slab_row = msda_slab_row(padded_starts[level], width, y, 0)
             for x in range(width):
                 for d in range(slab.shape[1]):
-                    slab[target + x, d] = value[n, source + x, m, d]
-
-
-@jitable
-def msda_store_head(slab, n, m, spatial_shapes, level_start_index, padded_starts, grad_value):
-    """The interior of ``slab`` into ``grad_value[n, :, m, :]`` (the ring's adds dropped)."""
-    for level in range(spatial_shapes.shape[0]):
-        height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
-        for y in range(height):
-            target = level_start_index[level] + y * width
-            source = msda_slab_row(padded_starts[level], width, y, 0)
-            for x in range(width):
-                for d in range(slab.shape[1]):
-                    grad_value[n, target + x, m, d] = slab[source + x, d]
+                    if into_slab:
+                        slab[slab_row + x, d] = array[n, row + x, m, d]
+                    else:
+                        array[n, row + x, m, d] = slab[slab_row + x, d]
 
 
 def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
@@ -291,7 +283,7 @@ def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_star
     for owner in range(start, stop):
         n = owner // heads
         m = owner - n * heads
-        msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, slab)
+        msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, slab, True)
         for q in range(queries):
             locations = sampling_locations[n, q, m]
             weights = attention_weights[n, q, m]
@@ -361,7 +353,7 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
         n = owner // heads
         m = owner - n * heads
         if want_points:
-            msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, values)
+            msda_copy_head(value, n, m, spatial_shapes, level_start_index, padded_starts, values, True)
         if want_value:
             grads[:] = 0
         for q in range(queries):
@@ -406,7 +398,7 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
                             grad_locations[n, q, m, level, p, 1] = weight * dy
                         grad_weights[n, q, m, level, p] = b2_combine(s_ll, s_lh, s_hl, s_hh, ly, lx)
         if want_value:
-            msda_store_head(grads, n, m, spatial_shapes, level_start_index, padded_starts, grad_value)
+            msda_copy_head(grad_value, n, m, spatial_shapes, level_start_index, padded_starts, grads, False)
 
 
 KERNELS = {
