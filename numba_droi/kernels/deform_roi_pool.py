@@ -298,13 +298,14 @@ def deform_roi_pool_coordinate_grad_cpu(features, grad_output, rois, offset, mas
     # its four corner values, so the sums over channels of grad_output times them are those of the
     # channel sums of grad_output times each corner: one pass over the channels of a channels-last
     # copy (four contiguous corner rows) accumulates those four sums per sample, and rule B1 is
-    # applied to them once. The same sums as deform_roi_pool_bin_gradient, in another order.
+    # applied to them once. The same sums as deform_roi_pool_bin_gradient, in another order (and
+    # reassociated, so that the channel loops' sums are vectorised).
     parallel_for(_deform_roi_pool_coordinate_grad_boxes, rois.shape[0], features, channels_last(features),
                  grad_output, rois, offset, mask, spatial_scale, sampling_ratio, gamma, aligned, grad_offset,
                  grad_mask, grad_box)
 
 
-@cpu_function
+@cpu_function(reassociate=True)
 def _deform_roi_pool_coordinate_grad_boxes(start, stop, features, pixels, grad_output, rois, offset, mask,
                                            spatial_scale, sampling_ratio, gamma, aligned, grad_offset,
                                            grad_mask, grad_box):
