@@ -8,7 +8,8 @@
 * The cpu drivers: the forward box by box over a channels-last copy of the features (each bin for
   every channel at once, the body's values bit for bit), the backward by blocks of channels into a
   channels-last gradient (each iteration owns its channels, and walks the boxes in order, as the
-  deterministic cuda backward does: the same sums in the same order).
+  deterministic cuda backward does; a bin's corner weights summed per pixel first: the same sums to
+  rounding).
 
 Kernel arguments: ``(features, rois, turns, spatial_scale, sampling_ratio, aligned, output)`` and
 ``(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned, grad_input)``, with ``rois``
@@ -21,10 +22,11 @@ import math
 
 import numpy as np
 
-from .._backend import cpu_function, cuda_kernel, jitable, parallel_for, thread_start, thread_stride
-from .bilinear import (b1_add_rows_channels, b1_axis_weights, b1_scatter, b1_scatter_rows_channels, b1_value,
+from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+                       thread_start, thread_stride)
+from .bilinear import (b1_add_rows_channels, b1_axis_weights, b1_scatter, b1_scatter_pixel_channels, b1_value,
                        b1_weights)
-from .roi_align import (channel_block, channels_first, channels_last, roi_align_sample, sampling_grid,
+from .roi_align import (channels_first, channels_last, roi_align_sample, sampling_grid, thread_channel_block,
                         unravel_output_index)
 
 
@@ -178,14 +180,33 @@ def _forward_boxes(start, stop, pixels, features, rois, turns, spatial_scale, sa
 def roi_align_rotated_backward_cpu(grad_output, rois, turns, spatial_scale, sampling_ratio, aligned,
                                    grad_input):
     # A parallel iteration per block of channels, which own disjoint elements of a channels-last
-    # gradient; each sample's weights computed once per block (as roi_align's backward).
+    # gradient; each sample's weights computed once per block (as roi_align's backward). A bin's
+    # samples share most of their corners: the corner weights are first summed per distinct pixel
+    # (up to MERGED at a time), so that each pixel's channels are added to once per bin. The same
+    # sums as the body's to rounding.
     channels = grad_output.shape[1]
     grad_pixels = np.zeros((grad_input.shape[0], 1, grad_input.shape[2] * grad_input.shape[3], channels),
                            grad_input.dtype)
-    width = channel_block(channels)
+    width = thread_channel_block(channels)
     parallel_for(_backward_blocks, (channels + width - 1) // width, width, grad_output, grad_input, rois,
                  turns, spatial_scale, sampling_ratio, aligned, grad_pixels)
     channels_first(grad_pixels, grad_input)
+
+
+MERGED = 16  # distinct pixels of a bin held before they are added (a sample has four corners)
+
+
+@jitable_inlined_on_cpu
+def _merged(pixels, sums, distinct, pixel, weight):
+    """Add ``weight`` to the sum of ``pixel`` if it is among the first ``distinct`` of ``pixels``, else
+    append both; return how many are now held."""
+    for i in range(distinct):
+        if pixels[i] == pixel:
+            sums[i] += weight
+            return distinct
+    pixels[distinct] = pixel
+    sums[distinct] = weight
+    return distinct + 1
 
 
 @cpu_function
@@ -194,6 +215,8 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     height, plane_width = grad_input.shape[2], grad_input.shape[3]
     grads = np.empty(width, grad_pixels.dtype)
+    pixels = np.empty(MERGED, np.int64)
+    sums = np.empty(MERGED, grad_pixels.dtype)
     for block in range(start, stop):
         first = block * width
         last = min(first + width, channels)
@@ -206,14 +229,25 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
                 for pw in range(pooled_w):
                     for c in range(first, last):
                         grads[c - first] = grad_output[k, c, ph, pw] / count
+                    distinct = 0
                     for sample in range(grid_h * grid_w):
                         iy = sample // grid_w
                         y, x = rotated_sample(box, ph, pw, iy, sample - iy * grid_w)
                         y_low, y_high, hy, ly, _ = b1_axis_weights(grad_input, y, height)
                         x_low, x_high, hx, lx, _ = b1_axis_weights(grad_input, x, plane_width)
-                        if hy + ly != 0 and hx + lx != 0:
-                            b1_scatter_rows_channels(grad_image, first, last, grads, y_low * plane_width,
-                                                     y_high * plane_width, hy, ly, x_low, x_high, hx, lx)
+                        if hy + ly == 0 or hx + lx == 0:
+                            continue
+                        if distinct > MERGED - 4:
+                            for i in range(distinct):
+                                b1_scatter_pixel_channels(grad_image, first, last, grads, pixels[i], sums[i])
+                            distinct = 0
+                        row_low, row_high = y_low * plane_width, y_high * plane_width
+                        distinct = _merged(pixels, sums, distinct, row_low + x_low, hy * hx)
+                        distinct = _merged(pixels, sums, distinct, row_low + x_high, hy * lx)
+                        distinct = _merged(pixels, sums, distinct, row_high + x_low, ly * hx)
+                        distinct = _merged(pixels, sums, distinct, row_high + x_high, ly * lx)
+                    for i in range(distinct):
+                        b1_scatter_pixel_channels(grad_image, first, last, grads, pixels[i], sums[i])
 
 
 KERNELS = {
