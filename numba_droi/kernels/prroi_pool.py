@@ -7,8 +7,9 @@
   the bin's edges).
 * The cuda schedule: a thread per output element (the box gradient added atomically into its box's
   row); the deterministic backwards, a thread per gradient plane and a thread per box.
-* The cpu drivers run the body: the forward box by box, the input gradient channel by channel (boxes
-  in order), the box gradient box by box (the order of the deterministic cuda kernel).
+* The cpu drivers: the forward box by box, the input gradient by blocks of channels (boxes in order,
+  each pixel of a bin added to once), the box gradient box by box (the order of the deterministic cuda
+  kernel).
 
 Kernel arguments: ``(features, rois, spatial_scale, output)``; ``(grad_output, rois, spatial_scale,
 grad_input)``; ``(grad_output, features, rois, spatial_scale, grad_rois)``, with ``spatial_scale`` of
@@ -21,7 +22,7 @@ import numpy as np
 
 from .._backend import (add_2d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
                         parallel_for, thread_start, thread_stride)
-from .bilinear import b2_corner, b2_scatter_corner
+from .bilinear import b1_scatter_pixel_channels, b2_corner, b2_scatter_corner
 from .roi_align import channel_block, channels_first, channels_last, unravel_output_index
 
 
@@ -350,28 +351,30 @@ def edge_integral_channels(total, image, height, width, at, start, end, vertical
                                _pixel(across + 1, i + 1, height, width), t, w_here, w_after)
 
 
-@jitable_inlined_on_cpu(by_numba=True)
-def _scatter_cell_channels(grad_image, first, last, grads, p00, p01, p10, p11, w00, w01, w10, w11):
-    """``grads[c - first]`` times each corner's weight added to channel ``c`` of the four corners' rows
-    of a padded channels-last gradient, for every ``first <= c < last``."""
-    g00, g01, g10, g11 = grad_image[p00], grad_image[p01], grad_image[p10], grad_image[p11]
-    for c in range(first, last):
-        grad = grads[c - first]
-        g00[c] += grad * w00
-        g01[c] += grad * w01
-        g10[c] += grad * w10
-        g11[c] += grad * w11
+@jitable_inlined_on_cpu
+def _pixel_weights(weights, start, end, first, stop):
+    """``weights[i - first]``: the sum of the integral weights of pixel ``i`` (``first <= i <= stop``)
+    over the cells ``first <= cell < stop`` that ``[start, end]`` overlaps, the pixel being a cell's
+    low corner or its high one."""
+    f = weights.dtype.type
+    weights[:stop - first + 1] = f(0)
+    for i in range(first, stop):
+        low, high = integral_weights(max(start - f(i), f(0)), min(end - f(i), f(1)))
+        weights[i - first] += low
+        weights[i - first + 1] += high
 
 
 def prroi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
     # A parallel iteration per block of channels, which own disjoint elements of a channels-last
-    # gradient (its zero row takes the corners outside the map); boxes in order.
+    # gradient; boxes in order. A bin's corner weights are separable, a row's times a column's: each
+    # row's and column's are first summed over the cells that share it, so that each pixel of the
+    # bin is added to once (the same sums as the body's to rounding; pixels outside the map skipped).
     images, channels, height, width = grad_input.shape
-    grad_pixels = np.zeros((images, 1, height * width + 1, channels), grad_input.dtype)
+    grad_pixels = np.zeros((images, 1, height * width, channels), grad_input.dtype)
     block = channel_block(channels)
     parallel_for(_backward_blocks, (channels + block - 1) // block, block, grad_output, height, width, rois,
                  spatial_scale, grad_pixels)
-    channels_first(grad_pixels[:, :, :height * width], grad_input)
+    channels_first(grad_pixels, grad_input)
 
 
 @cpu_function
@@ -379,6 +382,8 @@ def _backward_blocks(start, stop, block, grad_output, height, width, rois, spati
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     f = grad_pixels.dtype.type
     grads = np.empty(block, grad_pixels.dtype)
+    row_weights = np.empty(height + 2, grad_pixels.dtype)
+    column_weights = np.empty(width + 2, grad_pixels.dtype)
     for b in range(start, stop):
         first = b * block
         last = min(first + block, channels)
@@ -394,17 +399,12 @@ def _backward_blocks(start, stop, block, grad_output, height, width, rois, spati
                         grads[c - first] = grad_output[k, c, ph, pw] / area
                     h_first, h_stop = cells(y_start, y_end, height)
                     w_first, w_stop = cells(x_start, x_end, width)
-                    for h in range(h_first, h_stop):
-                        wy_low, wy_high = integral_weights(max(y_start - f(h), f(0)), min(y_end - f(h), f(1)))
-                        for w in range(w_first, w_stop):
-                            wx_low, wx_high = integral_weights(max(x_start - f(w), f(0)),
-                                                               min(x_end - f(w), f(1)))
-                            _scatter_cell_channels(grad_image, first, last, grads,
-                                                   _pixel(h, w, height, width),
-                                                   _pixel(h, w + 1, height, width),
-                                                   _pixel(h + 1, w, height, width),
-                                                   _pixel(h + 1, w + 1, height, width), wy_low * wx_low,
-                                                   wy_low * wx_high, wy_high * wx_low, wy_high * wx_high)
+                    _pixel_weights(row_weights, y_start, y_end, h_first, h_stop)
+                    _pixel_weights(column_weights, x_start, x_end, w_first, w_stop)
+                    for h in range(max(h_first, 0), min(h_stop, height - 1) + 1):
+                        for w in range(max(w_first, 0), min(w_stop, width - 1) + 1):
+                            b1_scatter_pixel_channels(grad_image, first, last, grads, h * width + w,
+                                                      row_weights[h - h_first] * column_weights[w - w_first])
 
 
 def prroi_pool_box_backward_cpu(grad_output, features, rois, spatial_scale, grad_rois):
