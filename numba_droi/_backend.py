@@ -415,9 +415,11 @@ _helpers = _Helpers()
 
 
 def _forget_helpers():
-    """In a forked child the parent's helper threads are gone: start new ones when needed."""
-    global _helpers
+    """In a forked child the parent's helper threads are gone: start new ones when needed (and a new
+    lock of the BLAS limit, which a thread of the parent may have held)."""
+    global _helpers, _blas_lock
     _helpers = _Helpers()
+    _blas_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_helpers)
@@ -465,6 +467,79 @@ def _call(loop, start, stop, args):
     except MemoryError as error:
         raise MemoryError(f"{loop.__name__} could not allocate its working arrays ({error}): the inputs "
                           "are too large for the memory available") from error
+
+
+# -- matrix products on the cpu ---------------------------------------------------------------------
+#
+# A BLAS library's thread pool (OpenBLAS's, MKL's) spin-waits for a while after each product, holding
+# cores that another pool in the process (torch's OpenMP threads, this module's helpers) then lacks,
+# and the reverse. Interleaved with torch's dense convolutions, deform_conv2d's NumPy products on
+# OpenBLAS's two threads made both sides 2-10x slower than alone. So the cpu operators' products run
+# as slices of rows on this module's threads, each a single-threaded BLAS call (NumPy's matmul
+# releases the GIL); the BLAS libraries are limited to one thread (threadpoolctl) only while one runs.
+
+_blas = {"controller": None, "limiter": None, "users": 0}
+_blas_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """The process's BLAS libraries on one thread in this context (nested and concurrent uses share
+    one limit: the first sets it, the last restores the libraries' own)."""
+    with _blas_lock:
+        if _blas["users"] == 0:
+            if _blas["controller"] is None:
+                import threadpoolctl
+                _blas["controller"] = threadpoolctl.ThreadpoolController()
+            _blas["limiter"] = _blas["controller"].limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None
+
+
+MATMUL_SLICES = 8  # at most, per output matrix
+MATMUL_SLICE = 128  # rows or columns, at least
+
+
+def matmul(a, b, out, add=False):
+    """``out[...] = a @ b`` (or ``+=`` with ``add``), broadcast as ``matmul`` does, ``out`` at least
+    2-d. CuPy arrays: CuPy's matmul. NumPy arrays: each output matrix in up to ``MATMUL_SLICES``
+    slices of at least ``MATMUL_SLICE`` rows (or columns, where the matrix has more of them) on
+    ``get_num_threads()`` threads, each a single-threaded BLAS product. The slices depend on the
+    shapes only, so the results do not depend on the number of threads."""
+    if array_module(out) is not np:
+        if add:
+            out += cupy.matmul(a, b)
+        else:
+            cupy.matmul(a, b, out=out)
+        return
+    matrices = out.shape[:-2]
+    a = np.broadcast_to(a, matrices + a.shape[-2:])
+    b = np.broadcast_to(b, matrices + b.shape[-2:])
+    by_columns = out.shape[-1] > out.shape[-2]
+    slices = max(1, min(MATMUL_SLICES, out.shape[-1 if by_columns else -2] // MATMUL_SLICE))
+    with _single_threaded_blas():
+        parallel_for(_matmul_slices, math.prod(matrices) * slices, a, b, out, add, by_columns, slices)
+
+
+def _matmul_slices(start, stop, a, b, out, add, by_columns, slices):
+    for unit in range(start, stop):
+        matrix, part = divmod(unit, slices)
+        index = np.unravel_index(matrix, out.shape[:-2])
+        size = out.shape[-1 if by_columns else -2]
+        cut = slice(size * part // slices, size * (part + 1) // slices)
+        a_part, b_part = (a[index], b[index][:, cut]) if by_columns else (a[index][cut], b[index])
+        out_part = out[index][:, cut] if by_columns else out[index][cut]
+        if add:
+            out_part += np.matmul(a_part, b_part)
+        else:
+            np.matmul(a_part, b_part, out=out_part)
 
 
 # -- cpu memory order ------------------------------------------------------------------------------

@@ -125,3 +125,55 @@ def test_a_failed_allocation_names_the_function():
         raise MemoryError()
     with pytest.raises(MemoryError, match="_roi_align_forward_boxes could not allocate its working arrays"):
         _backend.parallel_for(_roi_align_forward_boxes, 1)
+
+
+MATMUL_SHAPES = [  # (a, b): slices by rows, by columns, broadcast over leading axes, too few to slice
+    ((300, 70), (70, 40)), ((40, 70), (70, 300)), ((3, 260, 20), (2, 1, 20, 50)), ((5, 7), (7, 6))]
+
+
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES)
+@pytest.mark.parametrize("add", [False, True])
+def test_the_sliced_matmul_equals_numpys(shapes, add):
+    rng = np.random.default_rng(4)
+    a, b = (rng.standard_normal(shape) for shape in shapes)
+    start = rng.standard_normal(np.broadcast_shapes(shapes[0][:-2], shapes[1][:-2])
+                                + (shapes[0][-2], shapes[1][-1]))
+    out = start.copy()
+    _backend.matmul(a, b, out, add=add)
+    np.testing.assert_allclose(out, np.matmul(a, b) + (start if add else 0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES[:3])
+def test_the_sliced_matmul_does_not_depend_on_the_number_of_threads(shapes, monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for shape in shapes)
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(_backend, "_threads", threads)
+        out = np.empty(np.broadcast_shapes(shapes[0][:-2], shapes[1][:-2]) + (shapes[0][-2], shapes[1][-1]),
+                       np.float32)
+        _backend.matmul(a, b, out)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_the_blas_runs_on_one_thread_only_while_a_sliced_matmul_runs():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    if not controller.lib_controllers:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    seen, original = [], np.matmul
+
+    def counts():
+        return [info["num_threads"] for info in threadpoolctl.ThreadpoolController().select(
+            user_api="blas").info()]
+
+    def product(a, b, out):
+        seen.append(counts())
+        original(a, b, out=out)
+    with controller.limit(limits=2), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(np, "matmul", product)  # seen from inside the slices
+        _backend.matmul(np.ones((256, 8)), np.ones((8, 4)), np.empty((256, 4)))
+        after = counts()
+    assert seen and all(during == [1] * len(after) for during in seen)
+    assert after == [2] * len(after)

@@ -7,7 +7,7 @@ The pieces can be used on their own (an ordinary convolution is ``im2col`` witho
   offsets and mask (``offset=None``: no offsets, and no zero offset array is made);
 * ``col2im(grad_columns, input_shape, kernel_size, ...)``: its adjoint, the input gradient;
 * ``grouped_matmul(weight, columns)``: ``(N, C_out, Ho, Wo)`` from a ``(C_out, C_in/groups, kh, kw)``
-  weight (NumPy's or CuPy's matmul: the BLAS).
+  weight (the BLAS: ``_backend.matmul``).
 """
 from .. import _backend
 from ..kernels.deform_conv import KERNELS
@@ -127,10 +127,9 @@ def _grouped(array, groups, axis):
 
 def _matmul_into(weight, columns, groups, out):
     """``out[b, g] = weight[g] @ columns[b, g]`` on the grouped, flattened views."""
-    xp = _backend.array_module(weight)
     w = _grouped(weight.reshape(weight.shape[0], -1), groups, 0)  # (G, C_out/G, C_in/G*taps)
     cols = _grouped(columns.reshape(columns.shape[0], columns.shape[1], -1), groups, 1)
-    xp.matmul(w, cols, out=_grouped(out.reshape(out.shape[0], out.shape[1], -1), groups, 1))
+    _backend.matmul(w, cols, _grouped(out.reshape(out.shape[0], out.shape[1], -1), groups, 1))
 
 
 def im2col(input, kernel_size, stride=1, padding=0, dilation=1, offset=None, mask=None):
@@ -316,10 +315,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
         if want_weight:
             _im2col_into(target, input[start:stop], chunk_offset, chunk_mask, geometry, columns)
             grad_weight_grouped = _grouped(grad_weight.reshape(weight.shape[0], -1), groups, 0)
-            grad_weight_grouped += xp.matmul(grad_grouped, cols.swapaxes(2, 3)).sum(axis=0)
+            for image in range(stop - start):
+                _backend.matmul(grad_grouped[image], cols[image].swapaxes(1, 2), grad_weight_grouped,
+                                add=True)
         if not (want_input or want_coordinates):
             continue
-        xp.matmul(weight_t, grad_grouped, out=cols)  # the buffer now holds the column gradient
+        _backend.matmul(weight_t, grad_grouped, cols)  # the buffer now holds the column gradient
         if want_input:
             _col2im_into(target, columns, chunk_offset, chunk_mask, geometry, grad_input[start:stop])
         if want_coordinates:
