@@ -8,8 +8,8 @@
 * The cuda schedule: a thread per output element (the box gradient added atomically into its box's
   row); the deterministic backwards, a thread per gradient plane and a thread per box.
 * The cpu drivers: the forward box by box, the input gradient by blocks of channels (boxes in order,
-  each pixel of a bin added to once), the box gradient box by box (the order of the deterministic cuda
-  kernel).
+  each pixel of a bin added to once), the box gradient box by box (its sums over channels and bins
+  reassociated, so vectorised: the deterministic cuda kernel's to rounding).
 
 Kernel arguments: ``(features, rois, spatial_scale, output)``; ``(grad_output, rois, spatial_scale,
 grad_input)``; ``(grad_output, features, rois, spatial_scale, grad_rois)``, with ``spatial_scale`` of
@@ -412,9 +412,10 @@ def prroi_pool_box_backward_cpu(grad_output, features, rois, spatial_scale, grad
                  features.shape[2], features.shape[3], rois, spatial_scale, grad_rois)
 
 
-@cpu_function
+@cpu_function(reassociate=True)
 def _box_backward_boxes(start, stop, grad_output, pixels, height, width, rois, spatial_scale, grad_rois):
-    # Each bin's output and edge integrals for every channel at once, from a padded channels-last copy.
+    # Each bin's output and edge integrals for every channel at once, from a padded channels-last copy;
+    # the box's four sums over the channels and bins in registers, reassociated (vectorised).
     channels, pooled_h, pooled_w = grad_output.shape[1:]
     f = pixels.dtype.type
     value, left, right = np.empty(channels, pixels.dtype), np.empty(channels, pixels.dtype), np.empty(
@@ -423,7 +424,7 @@ def _box_backward_boxes(start, stop, grad_output, pixels, height, width, rois, s
     for k in range(start, stop):
         box = prroi_box(rois, k, spatial_scale, pooled_h, pooled_w)
         image = pixels[box[0], 0]
-        sums = np.zeros(4, pixels.dtype)
+        sum_x1, sum_y1, sum_x2, sum_y2 = f(0), f(0), f(0), f(0)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
@@ -439,12 +440,14 @@ def _box_backward_boxes(start, stop, grad_output, pixels, height, width, rois, s
                                                                  bottom[c], area, box[3], box[4], ph, pw,
                                                                  pooled_h, pooled_w)
                     grad = grad_output[k, c, ph, pw] * spatial_scale
-                    sums[0] += grad * d_x1
-                    sums[1] += grad * d_y1
-                    sums[2] += grad * d_x2
-                    sums[3] += grad * d_y2
-        for j in range(4):
-            grad_rois[k, j + 1] += sums[j]
+                    sum_x1 += grad * d_x1
+                    sum_y1 += grad * d_y1
+                    sum_x2 += grad * d_x2
+                    sum_y2 += grad * d_y2
+        grad_rois[k, 1] += sum_x1
+        grad_rois[k, 2] += sum_y1
+        grad_rois[k, 3] += sum_x2
+        grad_rois[k, 4] += sum_y2
 
 
 KERNELS = {
