@@ -276,18 +276,20 @@ def _deform_roi_pool_backward_blocks(start, stop, width, grad_output, rois, offs
     for block in range(start, stop):
         first = block * width
         last = min(first + width, channels)
-        grads = np.empty(width, grad_input.dtype)
+        grads = np.empty((pooled_h, pooled_w, width), grad_input.dtype)
         offsets, sums = merged_axis_scratch(grad_input.dtype)
         for k in range(boxes):
             n, grid_h, grid_w, corners, weights, _ = deform_roi_pool_box_samples(
                 grad_input, rois, offset, k, spatial_scale, sampling_ratio, gamma)
             grad_image = grad_pixels[n, 0]
+            for c in range(first, last):  # read in order, written across
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        grads[ph, pw, c - first] = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    for c in range(first, last):
-                        grads[c - first] = mask[k, 0, ph, pw] * grad_output[k, c, ph, pw]
                     rows = (ph * pooled_w + pw) * (grid_h + grid_w)
-                    roi_align_bin_backward_channels_from_tables(grads, grad_image, first, last, rows,
+                    roi_align_bin_backward_channels_from_tables(grads[ph, pw], grad_image, first, last, rows,
                                                                 rows + grid_h, grid_h, grid_w, corners,
                                                                 weights, offsets, sums)
 

@@ -381,7 +381,7 @@ def prroi_pool_backward_cpu(grad_output, rois, spatial_scale, grad_input):
 def _backward_blocks(start, stop, block, grad_output, height, width, rois, spatial_scale, grad_pixels):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     f = grad_pixels.dtype.type
-    grads = np.empty(block, grad_pixels.dtype)
+    grads = np.empty((pooled_h, pooled_w, block), grad_pixels.dtype)
     row_weights = np.empty(height + 2, grad_pixels.dtype)
     column_weights = np.empty(width + 2, grad_pixels.dtype)
     for b in range(start, stop):
@@ -389,21 +389,24 @@ def _backward_blocks(start, stop, block, grad_output, height, width, rois, spati
         last = min(first + block, channels)
         for k in range(boxes):
             box = prroi_box(rois, k, spatial_scale, pooled_h, pooled_w)
+            area = bin_edges(box, 0, 0)[4]  # every bin's
+            if not area > f(0):
+                continue
             grad_image = grad_pixels[box[0], 0]
+            for c in range(first, last):  # read in order, written across
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        grads[ph, pw, c - first] = grad_output[k, c, ph, pw] / area
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    y_start, y_end, x_start, x_end, area = bin_edges(box, ph, pw)
-                    if not area > f(0):
-                        continue
-                    for c in range(first, last):
-                        grads[c - first] = grad_output[k, c, ph, pw] / area
+                    y_start, y_end, x_start, x_end, _ = bin_edges(box, ph, pw)
                     h_first, h_stop = cells(y_start, y_end, height)
                     w_first, w_stop = cells(x_start, x_end, width)
                     _pixel_weights(row_weights, y_start, y_end, h_first, h_stop)
                     _pixel_weights(column_weights, x_start, x_end, w_first, w_stop)
                     for h in range(max(h_first, 0), min(h_stop, height - 1) + 1):
                         for w in range(max(w_first, 0), min(w_stop, width - 1) + 1):
-                            b1_scatter_pixel_channels(grad_image, first, last, grads, h * width + w,
+                            b1_scatter_pixel_channels(grad_image, first, last, grads[ph, pw], h * width + w,
                                                       row_weights[h - h_first] * column_weights[w - w_first])
 
 

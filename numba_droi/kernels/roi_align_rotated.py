@@ -214,7 +214,7 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
                      sampling_ratio, aligned, grad_pixels):
     boxes, channels, pooled_h, pooled_w = grad_output.shape
     height, plane_width = grad_input.shape[2], grad_input.shape[3]
-    grads = np.empty(width, grad_pixels.dtype)
+    grads = np.empty((pooled_h, pooled_w, width), grad_pixels.dtype)
     pixels = np.empty(MERGED, np.int64)
     sums = np.empty(MERGED, grad_pixels.dtype)
     for block in range(start, stop):
@@ -225,10 +225,13 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
             grid = box[0]
             grad_image, grid_h, grid_w = grad_pixels[grid[0], 0], grid[5], grid[6]
             count = grad_pixels.dtype.type(max(grid_h * grid_w, 1))
+            for c in range(first, last):  # read in order, written across
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        grads[ph, pw, c - first] = grad_output[k, c, ph, pw] / count
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    for c in range(first, last):
-                        grads[c - first] = grad_output[k, c, ph, pw] / count
+                    bin_grads = grads[ph, pw]
                     distinct = 0
                     for sample in range(grid_h * grid_w):
                         iy = sample // grid_w
@@ -239,7 +242,8 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
                             continue
                         if distinct > MERGED - 4:
                             for i in range(distinct):
-                                b1_scatter_pixel_channels(grad_image, first, last, grads, pixels[i], sums[i])
+                                b1_scatter_pixel_channels(grad_image, first, last, bin_grads, pixels[i],
+                                                          sums[i])
                             distinct = 0
                         row_low, row_high = y_low * plane_width, y_high * plane_width
                         distinct = _merged(pixels, sums, distinct, row_low + x_low, hy * hx)
@@ -247,7 +251,7 @@ def _backward_blocks(start, stop, width, grad_output, grad_input, rois, turns, s
                         distinct = _merged(pixels, sums, distinct, row_high + x_low, ly * hx)
                         distinct = _merged(pixels, sums, distinct, row_high + x_high, ly * lx)
                     for i in range(distinct):
-                        b1_scatter_pixel_channels(grad_image, first, last, grads, pixels[i], sums[i])
+                        b1_scatter_pixel_channels(grad_image, first, last, bin_grads, pixels[i], sums[i])
 
 
 KERNELS = {
