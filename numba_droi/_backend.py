@@ -474,9 +474,10 @@ def _call(loop, start, stop, args):
 # A BLAS library's thread pool (OpenBLAS's, MKL's) spin-waits for a while after each product, holding
 # cores that another pool in the process (torch's OpenMP threads, this module's helpers) then lacks,
 # and the reverse. Interleaved with torch's dense convolutions, deform_conv2d's NumPy products on
-# OpenBLAS's two threads made both sides 2-10x slower than alone. So the cpu operators' products run
-# as slices of rows on this module's threads, each a single-threaded BLAS call (NumPy's matmul
-# releases the GIL); the BLAS libraries are limited to one thread (threadpoolctl) only while one runs.
+# OpenBLAS's two threads made both sides several times slower than alone. So the cpu operators'
+# products run as slices of rows or columns on this module's threads, each a single-threaded BLAS call
+# (NumPy's matmul releases the GIL); the BLAS libraries are limited to one thread (threadpoolctl) only
+# while one runs.
 
 _blas = {"controller": None, "limiter": None, "users": 0}
 _blas_lock = threading.Lock()
