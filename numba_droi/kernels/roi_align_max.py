@@ -153,27 +153,49 @@ def _forward_boxes(start, stop, pixels, features, rois, spatial_scale, sampling_
 def roi_align_max_backward_cpu(grad_output, rois, spatial_scale, sampling_ratio, aligned, argmax,
                                grad_input):
     # A parallel iteration per channel, which owns its gradient planes (in cache while every box adds
-    # to them); the winning samples' rows and columns from roi_align's tables, computed once.
+    # to them); the winning samples' rows and columns from roi_align's tables, computed once, and
+    # found from the argmax through a table of each box's samples (no division per element).
     tables = fill_tables(grad_input, rois, spatial_scale, sampling_ratio, aligned, *grad_output.shape[2:])
     planes = grad_input.reshape(grad_input.shape[0], grad_input.shape[1], -1)
-    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, argmax, *tables, planes)
+    parallel_for(_backward_channels, grad_input.shape[1], grad_output, rois, argmax, *tables,
+                 *_sample_tables(tables[0], grad_output.shape[2]), planes)
 
 
 @cpu_function
-def _backward_channels(start, stop, grad_output, rois, argmax, layout, corners, weights, planes):
+def _sample_tables(layout, pooled_h):
+    """``(starts, rows, columns)``: box ``k``'s sample ``i = iy*grid_w + ix`` has its row and column
+    in roi_align's tables at ``rows[starts[k] + i] + ph*grid_h`` and ``columns[starts[k] + i] +
+    pw*grid_w`` in bin ``(ph, pw)``."""
+    starts = np.empty(layout.shape[0], np.int64)
+    size = 0
+    for k in range(layout.shape[0]):
+        starts[k] = size
+        size += layout[k, 1] * layout[k, 2]
+    rows, columns = np.empty(size, np.int64), np.empty(size, np.int64)
+    for k in range(layout.shape[0]):
+        first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+        for iy in range(grid_h):
+            for ix in range(grid_w):
+                rows[starts[k] + iy * grid_w + ix] = first + iy
+                columns[starts[k] + iy * grid_w + ix] = first + pooled_h * grid_h + ix
+    return starts, rows, columns
+
+
+@cpu_function
+def _backward_channels(start, stop, grad_output, rois, argmax, layout, corners, weights, starts, rows,
+                       columns, planes):
     boxes, _, pooled_h, pooled_w = grad_output.shape
     for c in range(start, stop):
         for k in range(boxes):
             plane = planes[int(rois[k, 0]), c]
-            first, grid_h, grid_w = layout[k, 0], layout[k, 1], layout[k, 2]
+            grid_h, grid_w = layout[k, 1], layout[k, 2]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     sample = argmax[k, c, ph, pw]
                     if not 0 <= sample < grid_h * grid_w:
                         continue
-                    iy = sample // grid_w
-                    r = first + ph * grid_h + iy
-                    s = first + pooled_h * grid_h + pw * grid_w + sample - iy * grid_w
+                    r = rows[starts[k] + sample] + ph * grid_h
+                    s = columns[starts[k] + sample] + pw * grid_w
                     if b1_axis_inside(weights, r) and b1_axis_inside(weights, s):
                         b1_scatter_rows(plane, corners[r, 0], corners[r, 1], weights[r, 0], weights[r, 1],
                                         corners[s, 0], corners[s, 1], weights[s, 0], weights[s, 1],
