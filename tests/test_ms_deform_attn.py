@@ -130,7 +130,6 @@ def test_only_the_wanted_gradients_are_computed(cpu):
     assert grad_value is None and grad_locations is None and grad_weights.any()
 
 
-
 @pytest.mark.parametrize("wanted", [("value",), ("sampling_locations", "attention_weights"),
                                     ("value", "attention_weights"), None])
 def test_each_set_of_wanted_gradients_equals_the_reference(cpu, wanted):

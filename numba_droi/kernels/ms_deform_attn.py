@@ -28,9 +28,11 @@ the cpu fast path to give their outputs bit for bit and their gradients to round
 Kernel arguments: ``(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
 normalised, output)``, ``(grad_output, spatial_shapes, level_start_index, sampling_locations,
 attention_weights, normalised, grad_value)`` and ``(value, grad_output, spatial_shapes,
-level_start_index, sampling_locations, attention_weights, normalised, grad_locations, grad_weights)``;
+level_start_index, sampling_locations, attention_weights, normalised, grad_locations, grad_weights)``
+(``backward_all``: ``value``, then the second's arguments, then the two point gradients);
 ``output`` and ``grad_output`` are ``(N, Lq, M, D)``, ``spatial_shapes`` and ``level_start_index``
-int64, ``grad_value`` zero-filled; the other gradients are written whole. ``normalised`` (a bool):
+int64, ``output`` (which the cpu forward adds into) and ``grad_value`` zero-filled; the other
+gradients are written whole. ``normalised`` (a bool):
 the locations are normalised as above (ms_deform_attn), or else in pixels, ``(x, y)`` sampled as
 they are (dcnv3 and dcnv4, one level whose rows are the input's pixels), their gradients without the
 factors ``W_l``, ``H_l``.
