@@ -10,9 +10,7 @@ Each rule's value, derivative and scatter serve both targets' bodies; the forms 
 columns (flat plane offsets) and on channels-last images, marked "cpu only", serve the cpu fast paths
 and give the same sums in the same order.
 """
-import math
-
-from .._backend import add_4d, jitable, jitable_inlined_on_cpu
+from .._backend import add_4d, ceil_int, floor_int, jitable, jitable_inlined_on_cpu
 
 
 # -- B1: the RoI-Align rule (roi_align, ps_roi_align, deform_roi_pool) -----------------------------
@@ -230,8 +228,8 @@ def b2_cell_of(height, width, y, x):
     f = type(y)
     if not (y > f(-1) and y < f(height) and x > f(-1) and x < f(width)):
         return False, 0, 0, f(0), f(0)
-    y_low = int(math.floor(y))
-    x_low = int(math.floor(x))
+    y_low = floor_int(y)
+    x_low = floor_int(x)
     return True, y_low, x_low, y - f(y_low), x - f(x_low)
 
 
@@ -332,9 +330,9 @@ def b3_cell(features, y, x):
     f = features.dtype.type
     y = min(max(y, f(0)), f(features.shape[2] - 1))
     x = min(max(x, f(0)), f(features.shape[3] - 1))
-    y_low = int(math.floor(y))
-    x_low = int(math.floor(x))
-    return y_low, x_low, int(math.ceil(y)), int(math.ceil(x)), y - f(y_low), x - f(x_low)
+    y_low = floor_int(y)
+    x_low = floor_int(x)
+    return y_low, x_low, ceil_int(y), ceil_int(x), y - f(y_low), x - f(x_low)
 
 
 @jitable_inlined_on_cpu

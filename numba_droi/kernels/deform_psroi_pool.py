@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
+from .._backend import (cpu_function, cuda_kernel, floor_int, jitable, jitable_inlined_on_cpu, parallel_for,
                         thread_start, thread_stride)
 from .bilinear import (b3_add_cell_channels, b3_cell, b3_coordinate_gradient, b3_gradient_of_corners,
                        b3_inside, b3_scatter, b3_scatter_cell_channels, b3_value)
@@ -41,7 +41,7 @@ def round_half_away(value):
     f = type(value)
     if not abs(value) < f(4503599627370496):  # 2**52: larger floats are integers (and inf, NaN)
         return value
-    magnitude = f(math.floor(abs(value) + f(0.5)))
+    magnitude = f(floor_int(abs(value) + f(0.5)))
     return magnitude if value >= f(0) else -magnitude
 
 
@@ -67,7 +67,7 @@ def deform_psroi_part(rois, p, pooled_size, part_size):
     """Part cell of bin row (or column) ``p``: ``floor(p / P * part_size)``, in the features' dtype as
     MXNet computes it."""
     f = rois.dtype.type
-    return int(math.floor(f(p) / f(pooled_size) * f(part_size)))
+    return floor_int(f(p) / f(pooled_size) * f(part_size))
 
 
 @jitable_inlined_on_cpu

@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from .._backend import (add_2d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                        parallel_for, thread_start, thread_stride)
+from .._backend import (add_2d, ceil_int, cpu_function, cuda_kernel, floor_int, jitable,
+                        jitable_inlined_on_cpu, parallel_for, thread_start, thread_stride)
 from .bilinear import b1_scatter_pixel_channels, b2_corner, b2_scatter_corner
 from .roi_align import channel_block, channels_first, channels_last, unravel_output_index
 
@@ -52,8 +52,8 @@ def cells(start, end, size):
     interval ``[start, end]`` overlaps and that touch the map of ``size`` pixels (``-1 <= i < size``:
     the others have only zero corners)."""
     f = type(start)
-    return (int(math.floor(min(max(start, f(-1)), f(size)))),
-            int(math.ceil(min(max(end, f(-1)), f(size)))))
+    return (floor_int(min(max(start, f(-1)), f(size))),
+            ceil_int(min(max(end, f(-1)), f(size))))
 
 
 @jitable
@@ -129,7 +129,7 @@ def edge_integral(features, n, c, at, start, end, vertical):
     size = features.shape[2] if vertical else features.shape[3]
     if not (f(-1) <= at <= f(features.shape[3] if vertical else features.shape[2])):
         return f(0)  # the interpolant is 0 beyond the pixels next to the map
-    across = int(math.floor(at))
+    across = floor_int(at)
     t = at - f(across)
     first, stop = cells(start, end, size)
     total = f(0)
@@ -336,7 +336,7 @@ def edge_integral_channels(total, image, height, width, at, start, end, vertical
     along, across_size = (height, width) if vertical else (width, height)
     if not (f(-1) <= at <= f(across_size)):
         return
-    across = int(math.floor(at))
+    across = floor_int(at)
     t = at - f(across)
     first, stop = cells(start, end, along)
     for i in range(first, stop):

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .._backend import (cpu_function, cuda_kernel, get_num_threads, jitable, jitable_inlined_on_cpu,
+from .._backend import (ceil_int, cpu_function, cuda_kernel, get_num_threads, jitable, jitable_inlined_on_cpu,
                         parallel_for, thread_start, thread_stride)
 from .bilinear import (b1_add_rows_channels, b1_axis_inside, b1_axis_weights, b1_interpolate_rows,
                        b1_scatter, b1_scatter_pixel_channels, b1_scatter_rows, b1_value, b1_weights)
@@ -96,7 +96,7 @@ def sampling_grid(bin_h, bin_w, sampling_ratio, finite):
     limit = f(MAX_SAMPLING_RATIO)
     if sampling_ratio > 0:
         return min(sampling_ratio, MAX_SAMPLING_RATIO), min(sampling_ratio, MAX_SAMPLING_RATIO)
-    return int(math.ceil(min(max(bin_h, f(0)), limit))), int(math.ceil(min(max(bin_w, f(0)), limit)))
+    return ceil_int(min(max(bin_h, f(0)), limit)), ceil_int(min(max(bin_w, f(0)), limit))
 
 
 @jitable

@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from .._backend import (add_4d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu,
-                        parallel_for, thread_start, thread_stride, zero_in_order)
+from .._backend import (add_4d, ceil_int, cpu_function, cuda_kernel, floor_int, jitable,
+                        jitable_inlined_on_cpu, parallel_for, thread_start, thread_stride, zero_in_order)
 from .roi_align import channels_last, unravel_output_index
 
 # Scaled box coordinates are clamped to +-2**30 before rounding, so that the integer geometry of an
@@ -39,7 +39,7 @@ def round_half_away(value):
     """``value`` rounded to the nearest int, halves away from zero (C's ``round``)."""
     f = type(value)
     magnitude = abs(value)
-    rounded = int(math.floor(magnitude))
+    rounded = floor_int(magnitude)
     if magnitude - f(rounded) >= f(0.5):
         rounded += 1
     return rounded if value >= f(0) else -rounded
@@ -72,8 +72,8 @@ def pool_box(rois, k, spatial_scale, plus_one, pooled_h, pooled_w):
 def pool_bin(start, bin_size, index, size):
     """``(low, high)``: bin ``index`` of an axis, pixels ``low <= i < high``, clipped to ``[0, size]``."""
     f = type(bin_size)
-    low = int(math.floor(f(index) * bin_size)) + start
-    high = int(math.ceil(f(index + 1) * bin_size)) + start
+    low = floor_int(f(index) * bin_size) + start
+    high = ceil_int(f(index + 1) * bin_size) + start
     return min(max(low, 0), size), min(max(high, 0), size)
 
 
