@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import numba_droi
-from numba_droi import functional, nn, optim, registry
+from numba_droi import _backend, functional, nn, optim, registry
 from numba_droi.autograd import Tensor
 from numba_droi.gradcheck import gradcheck
 from reference.ms_deform_attn import ms_deform_attn_backward as reference_backward
@@ -130,16 +130,17 @@ def test_only_the_wanted_gradients_are_computed(cpu):
     assert grad_value is None and grad_locations is None and grad_weights.any()
 
 
+@pytest.mark.parametrize("channels", [5, 21])  # the cpu path's loop, and a block of 16 channels before it
 @pytest.mark.parametrize("wanted", [("value",), ("sampling_locations", "attention_weights"),
                                     ("value", "attention_weights"), None])
-def test_each_set_of_wanted_gradients_equals_the_reference(cpu, wanted):
+def test_each_set_of_wanted_gradients_equals_the_reference(cpu, wanted, channels):
     """The backward computes the value gradient alone, the point gradients alone or all in one pass:
     each equals the reference's gradients, samples outside the maps and on their borders included."""
     rng = np.random.default_rng(64)
-    arrays = registry.BY_NAME["ms_deform_attn"].example(rng, channels=5, spread=0.3).arrays
+    arrays = registry.BY_NAME["ms_deform_attn"].example(rng, channels=channels, spread=0.3).arrays
     locations = arrays["sampling_locations"]
     locations[0, 0, 0, 0, :, 0] = [0.0, 1.0]  # x = -0.5 and W - 0.5: the border band
-    grad_output = rng.standard_normal((2, 3, 2 * 5))
+    grad_output = rng.standard_normal((2, 3, 2 * channels))
     got = numba_droi.ms_deform_attn_backward(grad_output, **arrays, wanted=wanted)
     expected = reference_backward(grad_output, *arrays.values())
     names = ("value", "sampling_locations", "attention_weights")
@@ -148,6 +149,25 @@ def test_each_set_of_wanted_gradients_equals_the_reference(cpu, wanted):
             np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12, err_msg=name)
         else:
             assert grad is None, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_cpu_path_with_blocks_of_channels_equals_the_cuda_kernels(dtype):
+    """21 channels a head, a block of 16 and 5 more: the forward bit for bit, the gradients to
+    rounding."""
+    arrays = registry.BY_NAME["ms_deform_attn"].example(np.random.default_rng(65), channels=21,
+                                                        spread=0.3).arrays
+    arrays = {name: a.astype(dtype) if a.dtype.kind == "f" else a for name, a in arrays.items()}
+    grad_output = np.random.default_rng(66).standard_normal((2, 3, 2 * 21)).astype(dtype)
+
+    def both():
+        return numba_droi.ms_deform_attn(**arrays), numba_droi.ms_deform_attn_backward(grad_output, **arrays)
+    fast = both()
+    with _backend.cuda_kernels_on_cpu():
+        kernels = both()
+    np.testing.assert_array_equal(fast[0], kernels[0])
+    for got, want in zip(fast[1], kernels[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
 # -- the module ----------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import numpy as np
 from .._backend import (add_1d, cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
                         thread_start, thread_stride)
 from .bilinear import b2_cell_of, b2_combine, b2_gradient_of_corners
+from .lanes import LANES, lanes_b2_add, lanes_b2_scatter, lanes_corner_sums
 from .roi_align import unravel_output_index
 
 
@@ -234,9 +235,9 @@ def ms_deform_attn_location_weight_grad_cuda(value, grad_output, spatial_shapes,
 # Each (image, head) first copies its value rows ``value[n, :, m, :]`` into a slab of its own, every
 # level's map surrounded by a ring of zero rows: a sample's four corners are then rows of the slab
 # whatever the cell (``b2_cell_of`` gives ``-1 <= y_low <= H - 1``), read (and, for the value
-# gradient, added to: the ring's rows are dropped) without a branch, and the loops over the head's
-# channels, contiguous in the slab, are vectorised. Corners outside the map read zeros, as the body's
-# do: the same products and sums per channel.
+# gradient, added to: the ring's rows are dropped) without a branch, and the head's channels,
+# contiguous in the slab, go in blocks of ``LANES`` vectors (lanes.py), the rest one by one. Corners
+# outside the map read zeros, as the body's do: the same products and sums per channel.
 
 def padded_levels(spatial_shapes):
     """``(starts, rows)``: the start row of each level in a head's slab, where level ``l`` takes
@@ -281,6 +282,7 @@ def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, samplin
 def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, padded_starts, rows,
                                   sampling_locations, attention_weights, normalised, output):
     queries, heads, channels = output.shape[1:]
+    blocked = channels - channels % LANES
     slab = np.zeros((rows, channels), value.dtype)
     for owner in range(start, stop):
         n = owner // heads
@@ -300,7 +302,9 @@ def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_star
                     ll = msda_slab_row(padded_start, width, y_low, x_low)
                     hl = ll + width + 2
                     weight = weights[level, p]
-                    for d in range(channels):
+                    for d in range(0, blocked, LANES):
+                        lanes_b2_add(total, d, slab, ll, ll + 1, hl, hl + 1, d, ly, lx, weight)
+                    for d in range(blocked, channels):
                         total[d] += weight * b2_combine(slab[ll, d], slab[ll + 1, d], slab[hl, d],
                                                         slab[hl + 1, d], ly, lx)
 
@@ -347,6 +351,7 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
                                    padded_starts, rows, sampling_locations, attention_weights, normalised,
                                    grad_value, grad_locations, grad_weights, want_value, want_points):
     queries, heads, channels = grad_output.shape[1:]
+    blocked = channels - channels % LANES
     levels, points = attention_weights.shape[3:]
     f = grad_output.dtype.type
     values = np.zeros((rows if want_points else 0, channels), grad_output.dtype)
@@ -377,14 +382,23 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
                     s_hl = f(0)
                     s_hh = f(0)
                     if inside and want_points:
-                        for d in range(channels):
+                        for d in range(0, blocked, LANES):
+                            b_ll, b_lh, b_hl, b_hh = lanes_corner_sums(grad_row, d, values, ll, ll + 1, hl,
+                                                                       hl + 1, d)
+                            s_ll += b_ll
+                            s_lh += b_lh
+                            s_hl += b_hl
+                            s_hh += b_hh
+                        for d in range(blocked, channels):
                             g = grad_row[d]
                             s_ll += g * values[ll, d]
                             s_lh += g * values[ll + 1, d]
                             s_hl += g * values[hl, d]
                             s_hh += g * values[hl + 1, d]
-                    if inside and want_value:  # a loop of its own: vectorised, as the sums' is
-                        for d in range(channels):
+                    if inside and want_value:
+                        for d in range(0, blocked, LANES):
+                            lanes_b2_scatter(grads, ll, ll + 1, hl, hl + 1, d, grad_row, d, ly, lx, weight)
+                        for d in range(blocked, channels):
                             g = weight * grad_row[d]
                             grads[ll, d] += hy * hx * g
                             grads[ll + 1, d] += hy * lx * g
