@@ -270,6 +270,59 @@ def msda_copy_head(array, n, m, spatial_shapes, level_start_index, padded_starts
                         array[n, row + x, m, d] = slab[slab_row + x, d]
 
 
+@jitable_inlined_on_cpu
+def msda_slab_add(total, slab, ll, hl, ly, lx, weight):
+    """``total[d] += weight *`` channel ``d``'s B2 value in the cell whose top corners are the slab's
+    rows ``ll, ll + 1`` and bottom ones ``hl, hl + 1`` (fractions ``ly, lx``), for every channel."""
+    channels = total.shape[0]
+    blocked = channels - channels % LANES
+    for d in range(0, blocked, LANES):
+        lanes_b2_add(total, d, slab, ll, ll + 1, hl, hl + 1, d, ly, lx, weight)
+    for d in range(blocked, channels):
+        total[d] += weight * b2_combine(slab[ll, d], slab[ll + 1, d], slab[hl, d], slab[hl + 1, d], ly, lx)
+
+
+@jitable_inlined_on_cpu
+def msda_slab_backward(grads, values, grad_row, ll, width, ly, lx, weight, want_value, want_points):
+    """The backward of ``msda_slab_add`` (``hl = ll + width + 2``) for ``grad_row``, the gradient of
+    ``total``: its weighted corners added into the slab ``grads`` if ``want_value``, and ``(s_ll,
+    s_lh, s_hl, s_hh)`` returned, the sums over the channels of ``grad_row`` times each corner's row
+    of ``values`` if ``want_points`` (in another order than the body's), else zeros."""
+    f = grad_row.dtype.type
+    channels = grad_row.shape[0]
+    blocked = channels - channels % LANES
+    hl = ll + width + 2
+    s_ll = f(0)
+    s_lh = f(0)
+    s_hl = f(0)
+    s_hh = f(0)
+    if want_points:
+        for d in range(0, blocked, LANES):
+            b_ll, b_lh, b_hl, b_hh = lanes_corner_sums(grad_row, d, values, ll, ll + 1, hl, hl + 1, d)
+            s_ll += b_ll
+            s_lh += b_lh
+            s_hl += b_hl
+            s_hh += b_hh
+        for d in range(blocked, channels):
+            g = grad_row[d]
+            s_ll += g * values[ll, d]
+            s_lh += g * values[ll + 1, d]
+            s_hl += g * values[hl, d]
+            s_hh += g * values[hl + 1, d]
+    if want_value:
+        hy = f(1) - ly
+        hx = f(1) - lx
+        for d in range(0, blocked, LANES):
+            lanes_b2_scatter(grads, ll, ll + 1, hl, hl + 1, d, grad_row, d, ly, lx, weight)
+        for d in range(blocked, channels):
+            g = weight * grad_row[d]
+            grads[ll, d] += hy * hx * g
+            grads[ll + 1, d] += hy * lx * g
+            grads[hl, d] += ly * hx * g
+            grads[hl + 1, d] += ly * lx * g
+    return s_ll, s_lh, s_hl, s_hh
+
+
 def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, normalised, output):
     padded_starts, rows = padded_levels(spatial_shapes)
@@ -282,7 +335,6 @@ def ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, samplin
 def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_start_index, padded_starts, rows,
                                   sampling_locations, attention_weights, normalised, output):
     queries, heads, channels = output.shape[1:]
-    blocked = channels - channels % LANES
     slab = np.zeros((rows, channels), value.dtype)
     for owner in range(start, stop):
         n = owner // heads
@@ -300,13 +352,7 @@ def _ms_deform_attn_forward_heads(start, stop, value, spatial_shapes, level_star
                     if not inside:
                         continue
                     ll = msda_slab_row(padded_start, width, y_low, x_low)
-                    hl = ll + width + 2
-                    weight = weights[level, p]
-                    for d in range(0, blocked, LANES):
-                        lanes_b2_add(total, d, slab, ll, ll + 1, hl, hl + 1, d, ly, lx, weight)
-                    for d in range(blocked, channels):
-                        total[d] += weight * b2_combine(slab[ll, d], slab[ll + 1, d], slab[hl, d],
-                                                        slab[hl + 1, d], ly, lx)
+                    msda_slab_add(total, slab, ll, ll + width + 2, ly, lx, weights[level, p])
 
 
 def ms_deform_attn_backward_cpu(grad_output, spatial_shapes, level_start_index, sampling_locations,
@@ -351,7 +397,6 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
                                    padded_starts, rows, sampling_locations, attention_weights, normalised,
                                    grad_value, grad_locations, grad_weights, want_value, want_points):
     queries, heads, channels = grad_output.shape[1:]
-    blocked = channels - channels % LANES
     levels, points = attention_weights.shape[3:]
     f = grad_output.dtype.type
     values = np.zeros((rows if want_points else 0, channels), grad_output.dtype)
@@ -372,38 +417,10 @@ def _ms_deform_attn_backward_heads(start, stop, value, grad_output, spatial_shap
                 for p in range(points):
                     inside, y_low, x_low, ly, lx, height, width = msda_sample(spatial_shapes, locations,
                                                                               level, p, normalised)
-                    ll = msda_slab_row(padded_start, width, y_low, x_low)
-                    hl = ll + width + 2
                     weight = weights[level, p]
-                    hy = f(1) - ly
-                    hx = f(1) - lx
-                    s_ll = f(0)
-                    s_lh = f(0)
-                    s_hl = f(0)
-                    s_hh = f(0)
-                    if inside and want_points:
-                        for d in range(0, blocked, LANES):
-                            b_ll, b_lh, b_hl, b_hh = lanes_corner_sums(grad_row, d, values, ll, ll + 1, hl,
-                                                                       hl + 1, d)
-                            s_ll += b_ll
-                            s_lh += b_lh
-                            s_hl += b_hl
-                            s_hh += b_hh
-                        for d in range(blocked, channels):
-                            g = grad_row[d]
-                            s_ll += g * values[ll, d]
-                            s_lh += g * values[ll + 1, d]
-                            s_hl += g * values[hl, d]
-                            s_hh += g * values[hl + 1, d]
-                    if inside and want_value:
-                        for d in range(0, blocked, LANES):
-                            lanes_b2_scatter(grads, ll, ll + 1, hl, hl + 1, d, grad_row, d, ly, lx, weight)
-                        for d in range(blocked, channels):
-                            g = weight * grad_row[d]
-                            grads[ll, d] += hy * hx * g
-                            grads[ll + 1, d] += hy * lx * g
-                            grads[hl, d] += ly * hx * g
-                            grads[hl + 1, d] += ly * lx * g
+                    s_ll, s_lh, s_hl, s_hh = msda_slab_backward(
+                        grads, values, grad_row, msda_slab_row(padded_start, width, y_low, x_low), width, ly,
+                        lx, weight, inside and want_value, inside and want_points)
                     if want_points:
                         dy, dx = b2_gradient_of_corners(s_ll, s_lh, s_hl, s_hh, ly, lx)
                         if normalised:

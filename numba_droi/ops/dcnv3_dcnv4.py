@@ -1,9 +1,10 @@
 """dcnv3 and dcnv4 and their backwards at the array level.
 
 Both are one-level cases of multi-scale deformable attention: channels-last maps, ``G`` groups (heads)
-of ``group_channels``, ``K`` points per output position and group, each weighted by its mask. They run
-``ms_deform_attn``'s kernels on the input seen as one level of ``H*W`` rows, with the sample positions
-computed here, in pixels, from the offsets (as InternImage's CUDA kernels compute them).
+of ``group_channels``, ``K`` points per output position and group, each weighted by its mask. On the
+GPU they run ``ms_deform_attn``'s kernels on the input seen as one level of ``H*W`` rows, with the
+sample positions computed here, in pixels, from the offsets (as InternImage's CUDA kernels compute
+them); on the cpu, one pass computes each position where it samples it (kernels/dcnv3_dcnv4.py).
 """
 import functools
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _backend
-from ..kernels.dcnv3_dcnv4 import dcnv_position, dcnv_positions_cpu
+from ..kernels.dcnv3_dcnv4 import dcnv_backward_cpu, dcnv_forward_cpu, dcnv_position
 from . import _checks
 from .ms_deform_attn import MAX_ROWS, sample, sample_backward
 
@@ -50,21 +51,19 @@ class Geometry:
         out_h, out_w = self.output
         scale = self.offset_scale
         locations = xp.empty(offset.shape, dtype)
-        if _backend.target_of(offset) == "cpu":
-            if not offset.flags.writeable:  # Numba would compile again for a read-only array
-                offset = offset.copy()
-            dcnv_positions_cpu(offset, *self._grid(np.dtype(dtype)), scale, locations)
-        else:
-            start_x, start_y, tap_x, tap_y = (xp.asarray(a) for a in self._grid(np.dtype(dtype)))
-            locations[..., 0] = dcnv_position(start_x[:, None, None], tap_x, offset[..., 0], scale)
-            locations[..., 1] = dcnv_position(start_y[:, None, None, None], tap_y, offset[..., 1], scale)
+        start_x, start_y, tap_x, tap_y = (xp.asarray(a) for a in self.grid(dtype))
+        locations[..., 0] = dcnv_position(start_x[:, None, None], tap_x, offset[..., 0], scale)
+        locations[..., 1] = dcnv_position(start_y[:, None, None, None], tap_y, offset[..., 1], scale)
         return locations.reshape(offset.shape[0], out_h * out_w, self.group, 1, self.points, 2)
+
+    def grid(self, dtype):
+        """``locations``' terms without the offsets, as NumPy arrays of ``dtype``: ``(start_x (Wo,),
+        start_y (Ho,), tap_x (K,), tap_y (K,))``, read-only."""
+        return self._grid(np.dtype(dtype))
 
     @functools.lru_cache(maxsize=64)
     def _grid(self, dtype):
-        """``locations``' terms without the offsets, as NumPy arrays of ``dtype``: ``(start_x (Wo,),
-        start_y (Ho,), tap_x (K,), tap_y (K,))`` (once per geometry: NumPy's calls on such small
-        arrays take as long as a small call's kernels)."""
+        # once per geometry: NumPy's calls on such small arrays take as long as a small call's kernels
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         out_h, out_w = self.output
         scale = self.offset_scale
@@ -140,35 +139,70 @@ def _level(input, geometry):
 
 
 def _forward(input, geometry, offset, mask):
-    """The output from checked ``offset (N, Ho, Wo, G, K, 2)`` and ``mask (N, Ho*Wo, G, 1, K)``."""
-    xp = _backend.array_module(input)
+    """The output from checked ``offset (N, Ho, Wo, G, K, 2)`` and ``mask (N, Ho, Wo, G, K)``."""
     value, shapes, starts = _level(input, geometry)
-    output = sample(value, shapes, starts, geometry.locations(offset, xp, input.dtype), mask, False)
+    if _backend.target_of(input) == "cpu":
+        output = np.zeros(mask.shape[:4] + (geometry.group_channels,), input.dtype)
+        if value.size:
+            _backend.run("cpu", dcnv_forward_cpu, output.size, value, shapes, starts, _writable(offset),
+                         _writable(mask), geometry.grid(input.dtype), geometry.offset_scale, output)
+    else:
+        xp = _backend.array_module(input)
+        output = sample(value, shapes, starts, geometry.locations(offset, xp, input.dtype),
+                        _attention_weights(mask, input.dtype), False)
     return output.reshape(input.shape[0], *geometry.output, input.shape[3])
 
 
-def _backward(grad_output, input, geometry, offset, mask, wanted):
+def _backward(grad_output, input, geometry, offset, mask, wanted, into=None):
     """``(grad_input, grad_offset (N, Ho, Wo, G, K, 2), grad_mask (N, Ho, Wo, G, K))`` of checked
-    arguments (``wanted``: a set of "input", "offset", "mask")."""
+    arguments (``wanted``: a set of "input", "offset", "mask"); a gradient not wanted is None. On the
+    cpu, the offset and mask gradients are written into ``into = (grad_offset, grad_mask)`` if given
+    (views of dcnv4's packed gradient)."""
     _backend.target_of(input, grad_output, names=("input", "grad_output"))
     grad_output = _checks.features(grad_output, "grad_output", layout="(N, Ho, Wo, G*group_channels)")
     images, out_h, out_w, channels = input.shape[0], *geometry.output, input.shape[3]
     _checks.same_shape(grad_output, (images, out_h, out_w, channels), "grad_output")
     grad_output = grad_output.astype(input.dtype, copy=False).reshape(
-        images, out_h * out_w, geometry.group, geometry.group_channels)
-    xp = _backend.array_module(input)
+        images, out_h, out_w, geometry.group, geometry.group_channels)
     value, shapes, starts = _level(input, geometry)
-    names = {"input": "value", "offset": "sampling_locations", "mask": "attention_weights"}
-    grad_value, grad_locations, grad_weights = sample_backward(
-        grad_output, value, shapes, starts, geometry.locations(offset, xp, input.dtype), mask, False,
-        {names[name] for name in wanted})
-    points = (images, out_h, out_w, geometry.group, geometry.points)
-    if grad_locations is not None:
-        if geometry.offset_scale != 1:
-            grad_locations *= input.dtype.type(geometry.offset_scale)
-        grad_locations = grad_locations.reshape(points + (2,))
-    return (None if grad_value is None else grad_value.reshape(input.shape), grad_locations,
-            None if grad_weights is None else grad_weights.reshape(points))
+    if _backend.target_of(input) == "cpu":
+        grad_value = np.zeros_like(value) if "input" in wanted else None
+        grad_offset = grad_mask = None
+        if wanted & {"offset", "mask"}:
+            grad_offset, grad_mask = into or (np.empty(offset.shape, input.dtype),
+                                              np.empty(mask.shape, input.dtype))
+        if value.size and grad_output.size:
+            _backend.run("cpu", dcnv_backward_cpu, grad_output.size, value, grad_output, shapes, starts,
+                         _writable(offset), _writable(mask), geometry.grid(input.dtype),
+                         geometry.offset_scale, grad_value, grad_offset, grad_mask)
+        elif grad_mask is not None:
+            grad_offset[...] = 0
+            grad_mask[...] = 0
+    else:
+        xp = _backend.array_module(input)
+        names = {"input": "value", "offset": "sampling_locations", "mask": "attention_weights"}
+        grad_value, grad_offset, grad_mask = sample_backward(
+            grad_output.reshape(images, out_h * out_w, geometry.group, geometry.group_channels), value,
+            shapes, starts, geometry.locations(offset, xp, input.dtype),
+            _attention_weights(mask, input.dtype), False, {names[name] for name in wanted})
+        if grad_offset is not None:
+            if geometry.offset_scale != 1:
+                grad_offset *= input.dtype.type(geometry.offset_scale)
+            grad_offset = grad_offset.reshape(offset.shape)
+        if grad_mask is not None:
+            grad_mask = grad_mask.reshape(mask.shape)
+    return None if grad_value is None else grad_value.reshape(input.shape), grad_offset, grad_mask
+
+
+def _attention_weights(mask, dtype):
+    """``mask (N, Ho, Wo, G, K)`` as ms_deform_attn's attention weights, ``(N, Ho*Wo, G, 1, K)``."""
+    images, out_h, out_w, group, points = mask.shape
+    return _checks.contiguous(mask, dtype).reshape(images, out_h * out_w, group, 1, points)
+
+
+def _writable(array):
+    """A NumPy array as it is, or a copy if it is read-only (Numba would compile again for it)."""
+    return array if array.flags.writeable else array.copy()
 
 
 def _dcnv3_arguments(input, offset, mask, options):
@@ -176,10 +210,9 @@ def _dcnv3_arguments(input, offset, mask, options):
     images, (out_h, out_w), group, points = input.shape[0], geometry.output, geometry.group, geometry.points
     offset = _float_array(offset, input, "offset", (images, out_h, out_w, 2 * group * points),
                           "(N, Ho, Wo, G*K*2)").reshape(images, out_h, out_w, group, points, 2)
-    mask = _checks.contiguous(_float_array(mask, input, "mask", (images, out_h, out_w, group * points),
-                                           "(N, Ho, Wo, G*K)"), input.dtype)
-    return input, geometry, offset.astype(input.dtype, copy=False), mask.reshape(
-        images, out_h * out_w, group, 1, points)
+    mask = _float_array(mask, input, "mask", (images, out_h, out_w, group * points),
+                        "(N, Ho, Wo, G*K)").reshape(images, out_h, out_w, group, points)
+    return input, geometry, offset.astype(input.dtype, copy=False), mask.astype(input.dtype, copy=False)
 
 
 def dcnv3(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
@@ -257,11 +290,18 @@ def _dcnv4_arguments(input, offset_mask, options):
                                "(N, Ho, Wo, P)", longer=True)
     if isinstance(offset_mask, np.ndarray) and not offset_mask.flags.writeable:
         offset_mask = offset_mask.copy()  # its offsets' view then has the layout of a writable one's
-    packed = offset_mask[..., :used].reshape(images, out_h, out_w, group, 3 * points)
-    offset = packed[..., :2 * points].reshape(images, out_h, out_w, group, points, 2)
-    mask = _checks.contiguous(packed[..., 2 * points:], input.dtype)
+    offset, mask = _unpacked(offset_mask, geometry)
     return (input, geometry, offset_mask, offset.astype(input.dtype, copy=False),
-            mask.reshape(images, out_h * out_w, group, 1, points))
+            mask.astype(input.dtype, copy=False))
+
+
+def _unpacked(offset_mask, geometry):
+    """Views of dcnv4's packed ``offset_mask (N, Ho, Wo, P)``: ``(offset (N, Ho, Wo, G, K, 2), mask (N,
+    Ho, Wo, G, K))`` (each splits the last axis of a slice: always a view)."""
+    images, (out_h, out_w) = offset_mask.shape[0], geometry.output
+    group, points = geometry.group, geometry.points
+    packed = offset_mask[..., :3 * group * points].reshape(images, out_h, out_w, group, 3 * points)
+    return packed[..., :2 * points].reshape(images, out_h, out_w, group, points, 2), packed[..., 2 * points:]
 
 
 def dcnv4(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
@@ -314,6 +354,11 @@ def dcnv4_backward(grad_output, input, offset_mask, kernel_h, kernel_w, stride_h
     wanted = _checks.wanted(wanted, ("input", "offset_mask"))
     input, geometry, offset_mask, offset, mask = _dcnv4_arguments(input, offset_mask, options)
     inner = {"input"} & wanted | ({"offset", "mask"} if "offset_mask" in wanted else set())
+    if "offset_mask" in wanted and _backend.target_of(input) == "cpu":
+        grad_offset_mask = np.empty(offset_mask.shape, input.dtype)
+        grad_offset_mask[..., 3 * geometry.group * geometry.points:] = 0
+        into = _unpacked(grad_offset_mask, geometry)  # written by the kernel
+        return _backward(grad_output, input, geometry, offset, mask, inner, into)[0], grad_offset_mask
     grad_input, grad_offset, grad_mask = _backward(grad_output, input, geometry, offset, mask, inner)
     if "offset_mask" not in wanted:
         return grad_input, None
