@@ -91,6 +91,8 @@ class Operator:
                                  # has no derivative in (a batch index), held by finite differences
     untimed: tuple = ()          # differentiable arrays that the benchmarks and the demo's timings hold
                                  # constant: box gradients that the peers do not compute
+    cpu_schedules: tuple = ()    # context managers inside which the cpu runs other schedules of its
+                                 # kernels than the shapes of its examples choose (warmup runs each)
     simulated: tuple = ()        # (name, value) arguments of example that override the demo's small size
                                  # on the simulator (an operator with many elements per output pixel,
                                  # whose gradient check there evaluates it twice per element)
@@ -650,7 +652,7 @@ DEFORM_CONV2D = Operator(
                  dilation=((1, 1), (1, 2), (2, 1), (2, 2)), stride=((1, 1), (1, 2), (2, 1), (2, 2)),
                  weight_groups=(1, 2), offset_groups=(1, 2), with_offset=(False, True),
                  with_mask=(False, True), with_bias=(False, True), offset_scale=(0.5, 2.0, 6.0)),
-    benchmark=_deform_conv2d_benchmark,
+    benchmark=_deform_conv2d_benchmark, cpu_schedules=(ops.deform_conv.backward_by_planes,),
     module=None,  # nn.DeformConv2d and the torch adapter's are layers with a weight and a bias
     peers={"torchvision": "deform_conv2d", "mmcv": "modulated_deform_conv2d"})
 

@@ -30,6 +30,9 @@ def compile_operator(target, dtype, name):
         output = operator.call(ops, arrays, example.options)
         grad_output = _backend.array_module(output).ones(output.shape, output.dtype)
         operator.vjp(ops, grad_output, arrays, example.options)
+        for schedule in operator.cpu_schedules if target == "cpu" else ():
+            with schedule():
+                operator.vjp(ops, grad_output, arrays, example.options)
         if target == "cuda":
             with _backend.deterministic():
                 operator.vjp(ops, grad_output, arrays, example.options)

@@ -2,6 +2,8 @@
 the border, an ordinary convolution at zero offsets, the im2col pieces on their own, chunks of images,
 bad offsets, its argument checks, and torchvision when installed. What every operator is tested for:
 tests/test_operators.py."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -212,6 +214,31 @@ def test_chunks_give_the_same_result(cpu, monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
     for name, a, b in zip(GRAD_NAMES, chunked_grads, whole_grads):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("by_planes", [False, True], ids=["channels-last", "planes"])
+@pytest.mark.parametrize("seed", range(6))
+def test_either_cpu_backward_matches_the_reference(cpu, monkeypatch, by_planes, seed):
+    """The cpu backward on channels-last columns and on the planes (chosen by the shapes): both equal
+    the reference, with weight and offset groups, strides, paddings and dilations."""
+    monkeypatch.setattr(deform_ops, "CHANNELS_LAST_SAMPLES", 0)  # channels-last whatever the shapes
+    arrays, options = random_case(np.random.default_rng(40 + seed), use_offset=True if seed % 3 else None)
+    with deform_ops.backward_by_planes() if by_planes else contextlib.nullcontext():
+        check_against_reference(cpu, arrays, options)
+
+
+@pytest.mark.parametrize("channels, groups, offset_groups", [(41, 1, 1), (48, 2, 3)])
+def test_many_channels_per_group_match_the_reference(cpu, monkeypatch, channels, groups, offset_groups):
+    # The channels-last backward takes a sample's channels in runs within a weight group, 16 at a
+    # time as vectors and the rest one by one: runs of 16, 16 and 9 channels; and offset groups of
+    # 16 that fall within a weight group of 24 or across two.
+    monkeypatch.setattr(deform_ops, "CHANNELS_LAST_SAMPLES", 0)
+    rng = np.random.default_rng(17)
+    arrays = dict(input=rng.standard_normal((2, channels, 5, 6)),
+                  offset=rng.uniform(-2.5, 2.5, (2, 18 * offset_groups, 5, 6)),
+                  weight=rng.standard_normal((2 * groups, channels // groups, 3, 3)), bias=None,
+                  mask=rng.uniform(-0.5, 1.5, (2, 9 * offset_groups, 5, 6)))
+    check_against_reference(cpu, arrays, dict(stride=1, padding=1, dilation=1))
 
 
 # -- the cuda kernels' bodies compiled for the cpu, at a realistic size ----------------------------

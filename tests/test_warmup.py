@@ -23,6 +23,9 @@ for operator in registry.OPERATORS:
         example = operator.example(np.random.default_rng(0), dtype, **dict(zip(switches, values)))
         output = operator.call(ops, example.arrays, example.options)
         operator.vjp(ops, np.ones(output.shape, output.dtype), example.arrays, example.options)
+        for schedule in operator.cpu_schedules:
+            with schedule():
+                operator.vjp(ops, np.ones(output.shape, output.dtype), example.arrays, example.options)
 print(json.dumps(benchmark._compiled_kernels()))
 """
 

@@ -17,6 +17,8 @@ group. A grouped matrix product with the weight turns it into the convolution's 
   owns one contiguous plane of the array it writes, with the per-plane indices taken out of the pixel
   loops, and the B2 cells of an (image, offset group, tap) plane computed once for all the group's
   channels (``deform_plane_cells``; for the input gradient, a table of every plane's cells first).
+  Where the samples outnumber the weight, the backward instead works on channels-last columns
+  (``*_channels_last_cpu``, see their section), whose loops over a sample's channels are vectorised.
 
 The tests run the cuda kernels themselves on the cpu (``_backend.cuda_kernels_on_cpu``) and require
 the cpu fast path to give their outputs bit for bit and their gradients to rounding.
@@ -28,10 +30,11 @@ mask the corresponding array argument is any array of the right dtype and rank (
 """
 import numpy as np
 
-from .._backend import (cpu_function, cuda_kernel, jitable, jitable_inlined_on_cpu, parallel_for,
-                        thread_start, thread_stride)
+from .._backend import (cpu_function, cuda_kernel, get_num_threads, jitable, jitable_inlined_on_cpu,
+                        parallel_for, thread_start, thread_stride)
 from .bilinear import (b2_cell, b2_combine, b2_coordinate_gradient, b2_gradient_of_corners,
                        b2_scatter, b2_value)
+from .lanes import LANES, lanes_b2_scatter
 from .roi_align import unravel_output_index
 
 
@@ -430,6 +433,247 @@ def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, 
                     modulation = mask[b, group_tap, oy, ox]
                     grad_offset[b, 2 * group_tap, oy, ox] *= modulation
                     grad_offset[b, 2 * group_tap + 1, oy, ox] *= modulation
+
+
+# -- cpu backward, channels last ------------------------------------------------------------------
+#
+# The cpu backward's column arrays are channels-last, ``columns[b, p, k]`` for output pixel ``p``, with
+# ``k = (gw * taps + tap) * Cg + c - gw * Cg`` for channel ``c`` of weight group ``gw`` (of ``Cg``
+# channels): the matrix products give either layout, and in this one a sample's channels are
+# contiguous, as they are in a channels-last copy of the input. Each sample then reads (or adds into)
+# four contiguous corner rows, and the loops over the channels are vectorised; in the planes' layout a
+# sample's channels are a plane apart. The cells come from the same helpers as the planes' im2col.
+
+def channels_last_bordered(input):
+    """``zero_bordered``'s copy with the channels last: ``(N, H + 3, W + 2, C)``."""
+    images, channels, height, width = input.shape
+    bordered = np.zeros((images, height + 3, width + 2, channels), input.dtype)
+    parallel_for(_bordered_rows, images * height, input, bordered, True)
+    return bordered
+
+
+def channels_first_inside(bordered, features):
+    """The inverse of ``channels_last_bordered``: its inside written into ``(N, C, H, W)`` features."""
+    parallel_for(_bordered_rows, features.shape[0] * features.shape[2], features, bordered, False)
+
+
+@cpu_function
+def _bordered_rows(start, stop, features, bordered, into_bordered):
+    channels, height, width = features.shape[1:]
+    for image_row in range(start, stop):
+        n = image_row // height
+        h = image_row - n * height
+        for c in range(channels):
+            for w in range(width):
+                if into_bordered:
+                    bordered[n, h + 1, w + 1, c] = features[n, c, h, w]
+                else:
+                    features[n, c, h, w] = bordered[n, h + 1, w + 1, c]
+
+
+@jitable
+def channels_last_run(c, last, tap, taps, group_channels):
+    """``(shift, end)``: channels ``c .. end - 1`` (at most ``last``, all in ``c``'s weight group of
+    ``group_channels``) have their columns at tap ``tap`` at ``shift + c ..``, contiguous; unsigned,
+    so that indexing with them needs no wraparound test (which would keep the loops scalar)."""
+    group = c // group_channels
+    return (np.uint64((group * taps + tap - group) * group_channels),
+            np.uint64(min(last, (group + 1) * group_channels)))
+
+
+def deform_im2col_channels_last_cpu(input, bordered, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                                    pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, out_h, out_w,
+                                    group_channels, columns):
+    """The im2col into channels-last ``columns (nb, Ho*Wo, C*kh*kw)`` from ``channels_last_bordered``'s
+    copy of ``input``: ``deform_im2col_cpu``'s values bit for bit, elsewhere."""
+    taps = kernel_h * kernel_w
+    parallel_for(_im2col_channels_last_planes, columns.shape[0] * offset_groups(
+        offset, mask, taps, use_offset, use_mask) * taps, input, bordered, offset, mask, kernel_h, kernel_w,
+        stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, out_h, out_w,
+        group_channels, columns)
+
+
+@cpu_function
+def _im2col_channels_last_planes(start, stop, input, bordered, offset, mask, kernel_h, kernel_w, stride_h,
+                                 stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, out_h,
+                                 out_w, group_channels, columns):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    pixels = out_h * out_w
+    row_length = bordered.shape[2]
+    group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
+    per_group = input.shape[1] // (group_taps // taps)
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)
+    firsts = np.empty(pixels, np.int64)
+    weights = np.empty((pixels, 5), input.dtype)
+    for plane in range(start, stop):
+        b, g, tap = plane_of(plane, group_taps, taps)
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                           fractions)
+        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        rows = bordered[b].reshape((-1, bordered.shape[3]))
+        last = (g + 1) * per_group
+        for p in range(pixels):
+            first = firsts[p]
+            corner_ll, corner_lh = rows[first], rows[first + 1]
+            corner_hl, corner_hh = rows[first + row_length], rows[first + row_length + 1]
+            w_ll, w_lh, w_hl, w_hh, modulation = (weights[p, 0], weights[p, 1], weights[p, 2], weights[p, 3],
+                                                  weights[p, 4])
+            target = columns[b, p]
+            c = g * per_group
+            while c < last:
+                shift, end = channels_last_run(c, last, tap, taps, group_channels)
+                for i in range(np.uint64(c), end):
+                    # b2_combine's products and sums, in its order
+                    target[shift + i] = modulation * (w_ll * corner_ll[i] + w_lh * corner_lh[i]
+                                                      + w_hl * corner_hl[i] + w_hh * corner_hh[i])
+                c = np.int64(end)
+
+
+def deform_col2im_channels_last_cpu(grad_columns, input, offset, mask, kernel_h, kernel_w, stride_h,
+                                    stride_w, pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask,
+                                    out_h, out_w, group_channels, grad_bordered):
+    """The adjoint of ``deform_im2col_channels_last_cpu``: ``grad_columns (nb, Ho*Wo, C*kh*kw)``
+    scattered into ``grad_bordered``, a zero-filled ``channels_last_bordered`` array (its inside is the
+    input gradient), by a parallel iteration per image and block of channels, which owns them: each
+    element's adds in ``deform_im2col_backward_cpu``'s order, 16 channels at a time as vectors
+    (kernels/lanes.py: four rows of adds, which the compiler's vectoriser leaves scalar)."""
+    images, channels = grad_columns.shape[0], input.shape[1]
+    per_image = -(-get_num_threads() // images)  # blocks of each image's channels, a multiple of 8 wide
+    width = -(-channels // (8 * per_image)) * 8
+    blocks = -(-channels // width)
+    parallel_for(_col2im_channels_last_blocks, images * blocks, blocks, width, grad_columns, input, offset,
+                 mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                 use_offset, use_mask, out_h, out_w, group_channels, grad_bordered)
+
+
+@cpu_function
+def _col2im_channels_last_blocks(start, stop, blocks, width, grad_columns, input, offset, mask, kernel_h,
+                                 kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                                 use_offset, use_mask, out_h, out_w, group_channels, grad_bordered):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    taps = kernel_h * kernel_w
+    pixels = out_h * out_w
+    channels = grad_bordered.shape[3]
+    groups = offset_groups(offset, mask, taps, use_offset, use_mask)
+    per_group = channels // groups
+    row_length = grad_bordered.shape[2]
+    lanes = np.uint64(LANES)
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)
+    flat_fractions = fractions.reshape((pixels, 3))
+    firsts = np.empty(pixels, np.int64)
+    weights = np.empty((pixels, 5), input.dtype)
+    for unit in range(start, stop):
+        b = unit // blocks
+        block = unit - b * blocks
+        rows = grad_bordered[b].reshape((-1, channels))
+        for g in range(groups):
+            low = max(block * width, g * per_group)
+            high = min((block + 1) * width, (g + 1) * per_group, channels)
+            if low >= high:
+                continue
+            for tap in range(taps):
+                deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                                   fractions)
+                bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+                for p in range(pixels):
+                    first = firsts[p]
+                    below = first + row_length
+                    corner_ll, corner_lh = rows[first], rows[first + 1]
+                    corner_hl, corner_hh = rows[below], rows[below + 1]
+                    w_ll, w_lh, w_hl, w_hh, modulation = (weights[p, 0], weights[p, 1], weights[p, 2],
+                                                          weights[p, 3], weights[p, 4])
+                    ly, lx = flat_fractions[p, 0], flat_fractions[p, 1]
+                    source = grad_columns[b, p]
+                    c = low
+                    while c < high:
+                        shift, end = channels_last_run(c, high, tap, taps, group_channels)
+                        i = np.uint64(c)
+                        while i + lanes <= end:
+                            lanes_b2_scatter(rows, first, first + 1, below, below + 1, i, source, shift + i,
+                                             ly, lx, modulation)
+                            i += lanes
+                        for i in range(i, end):
+                            # b2_scatter_cell's products, into the corners in its order
+                            grad = modulation * source[shift + i]
+                            corner_ll[i] += w_ll * grad
+                            corner_lh[i] += w_lh * grad
+                            corner_hl[i] += w_hl * grad
+                            corner_hh[i] += w_hh * grad
+                        c = np.int64(end)
+
+
+def deform_coordinate_gradient_channels_last_cpu(grad_columns, input, bordered, offset, mask, kernel_h,
+                                                 kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                                 dilation_w, use_offset, use_mask, group_channels,
+                                                 grad_offset, grad_mask):
+    """The offset and mask gradients from channels-last ``grad_columns`` and ``channels_last_bordered``'s
+    copy of ``input``, written whole. A sample's value and coordinate derivatives are linear in its four
+    corner values, so each sample sums ``grad_columns`` times each corner row over its channels first
+    (four sums, reassociated) and applies rule B2's derivative to them once: the sums of
+    ``deform_coordinate_gradient`` in another order. An iteration per (image, offset group, tap)."""
+    images, group_taps, _, _ = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    parallel_for(_coordinate_gradient_channels_last_planes, images * group_taps, grad_columns, input,
+                 bordered, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                 dilation_w, use_offset, use_mask, group_channels, grad_offset, grad_mask)
+
+
+@cpu_function(reassociate=True)
+def _coordinate_gradient_channels_last_planes(start, stop, grad_columns, input, bordered, offset, mask,
+                                              kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                              dilation_h, dilation_w, use_offset, use_mask, group_channels,
+                                              grad_offset, grad_mask):
+    geometry = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    f = input.dtype.type
+    taps = kernel_h * kernel_w
+    _, group_taps, out_h, out_w = coordinate_gradient_shape(grad_offset, grad_mask, use_offset)
+    pixels = out_h * out_w
+    row_length = bordered.shape[2]
+    per_group = input.shape[1] // (group_taps // taps)
+    corners = np.empty((out_h, out_w, 2), np.int64)
+    fractions = np.empty((out_h, out_w, 3), input.dtype)
+    firsts = np.empty(pixels, np.int64)
+    weights = np.empty((pixels, 5), input.dtype)
+    flat_fractions = fractions.reshape((pixels, 3))
+    for plane in range(start, stop):
+        b, g, tap = plane_of(plane, group_taps, taps)
+        group_tap = g * taps + tap
+        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                           fractions)
+        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        rows = bordered[b].reshape((-1, bordered.shape[3]))
+        last = (g + 1) * per_group
+        for p in range(pixels):
+            first = firsts[p]
+            corner_ll, corner_lh = rows[first], rows[first + 1]
+            corner_hl, corner_hh = rows[first + row_length], rows[first + row_length + 1]
+            grads = grad_columns[b, p]
+            v_ll = f(0)
+            v_lh = f(0)
+            v_hl = f(0)
+            v_hh = f(0)
+            c = g * per_group
+            while c < last:
+                shift, end = channels_last_run(c, last, tap, taps, group_channels)
+                for i in range(np.uint64(c), end):
+                    grad = grads[shift + i]
+                    v_ll += grad * corner_ll[i]
+                    v_lh += grad * corner_lh[i]
+                    v_hl += grad * corner_hl[i]
+                    v_hh += grad * corner_hh[i]
+                c = np.int64(end)
+            oy = p // out_w
+            ox = p - oy * out_w
+            ly, lx = flat_fractions[p, 0], flat_fractions[p, 1]
+            if use_offset:
+                dy, dx = b2_gradient_of_corners(v_ll, v_lh, v_hl, v_hh, ly, lx)
+                modulation = flat_fractions[p, 2]
+                grad_offset[b, 2 * group_tap, oy, ox] = dy * modulation
+                grad_offset[b, 2 * group_tap + 1, oy, ox] = dx * modulation
+            if use_mask:
+                grad_mask[b, group_tap, oy, ox] = b2_combine(v_ll, v_lh, v_hl, v_hh, ly, lx)
 
 
 KERNELS = {
