@@ -485,7 +485,7 @@ def deform_im2col_channels_last_cpu(input, bordered, offset, mask, kernel_h, ker
                                     pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, out_h, out_w,
                                     group_channels, columns):
     """The im2col into channels-last ``columns (nb, Ho*Wo, C*kh*kw)`` from ``channels_last_bordered``'s
-    copy of ``input``: ``deform_im2col_cpu``'s values bit for bit, elsewhere."""
+    copy of ``input``: the products and sums of ``deform_im2col_cpu``, in another layout."""
     taps = kernel_h * kernel_w
     parallel_for(_im2col_channels_last_planes, columns.shape[0] * offset_groups(
         offset, mask, taps, use_offset, use_mask) * taps, input, bordered, offset, mask, kernel_h, kernel_w,
