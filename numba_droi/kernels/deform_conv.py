@@ -200,13 +200,18 @@ def deform_im2col_cpu(input, offset, mask, kernel_h, kernel_w, stride_h, stride_
                       dilation_h, dilation_w, use_offset, use_mask, columns):
     # Per (image, offset group, tap), the B2 cell of every output pixel is computed once and reused
     # for all the group's channels (the same helpers as deform_im2col_element, in another order): as
-    # the flat index of its top-left corner in a copy of the planes with a border of zeros (a corner
-    # outside the map reads a zero, without a test) and its four corner weights.
+    # the index of its top-left corner in a channels-last copy of the input with a border of zeros (a
+    # corner outside the map reads a zero, without a test) and its four corner weights. A tile of
+    # pixels is computed for all the group's channels at once (the corners' channels contiguous), then
+    # written into the columns' rows, each a contiguous run of the tile's pixels.
     taps = kernel_h * kernel_w
     parallel_for(_deform_im2col_planes, columns.shape[0] * offset_groups(offset, mask, taps, use_offset,
                                                                          use_mask) * taps,
-                 input, zero_bordered(input), offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                 pad_w, dilation_h, dilation_w, use_offset, use_mask, columns)
+                 input, channels_last_bordered(input), offset, mask, kernel_h, kernel_w, stride_h, stride_w,
+                 pad_h, pad_w, dilation_h, dilation_w, use_offset, use_mask, columns)
+
+
+IM2COL_TILE = 16  # pixels: the tile of all a group's channels stays in the first-level cache
 
 
 def zero_bordered(input):
@@ -279,30 +284,41 @@ def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, 
     taps = kernel_h * kernel_w
     out_h, out_w = columns.shape[2], columns.shape[3]
     pixels = out_h * out_w
-    row_length = bordered.shape[3]
+    row_length = bordered.shape[2]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
     corners = np.empty((out_h, out_w, 2), np.int64)
     fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
     firsts = np.empty(pixels, np.int64)
     weights = np.empty((pixels, 5), input.dtype)
+    tile = np.empty((IM2COL_TILE, per_group), input.dtype)
     flat_columns = columns.reshape((columns.shape[0], columns.shape[1], pixels))
-    flat_bordered = bordered.reshape((bordered.shape[0], bordered.shape[1], -1))
+    channels = np.uint64(per_group)  # (unsigned indices: no wraparound tests, which keep loops scalar)
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
                            fractions)
         bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
-        for c in range(g * per_group, (g + 1) * per_group):
-            source = flat_bordered[b, c]
-            target = flat_columns[b, c * taps + tap]
-            for p in range(pixels):
+        rows = bordered[b].reshape((-1, bordered.shape[3]))
+        first_channel = np.uint64(g * per_group)
+        for tile_start in range(0, pixels, IM2COL_TILE):
+            tile_stop = min(tile_start + IM2COL_TILE, pixels)
+            for p in range(tile_start, tile_stop):
                 first = firsts[p]
-                below = first + row_length
-                # b2_combine's products and sums, in its order
-                target[p] = weights[p, 4] * (
-                    weights[p, 0] * source[first] + weights[p, 1] * source[first + 1]
-                    + weights[p, 2] * source[below] + weights[p, 3] * source[below + 1])
+                corner_ll, corner_lh = rows[first], rows[first + 1]
+                corner_hl, corner_hh = rows[first + row_length], rows[first + row_length + 1]
+                w_ll, w_lh, w_hl, w_hh, modulation = (weights[p, 0], weights[p, 1], weights[p, 2],
+                                                      weights[p, 3], weights[p, 4])
+                values = tile[p - tile_start]
+                for i in range(np.uint64(0), channels):
+                    c = first_channel + i
+                    # b2_combine's products and sums, in its order
+                    values[i] = modulation * (w_ll * corner_ll[c] + w_lh * corner_lh[c]
+                                              + w_hl * corner_hl[c] + w_hh * corner_hh[c])
+            for i in range(np.uint64(0), channels):
+                target = flat_columns[b, (first_channel + i) * np.uint64(taps) + np.uint64(tap)]
+                for p in range(tile_start, tile_stop):
+                    target[p] = tile[p - tile_start, i]
 
 
 def deform_im2col_backward_cpu(grad_columns, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
