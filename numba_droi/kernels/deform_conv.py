@@ -247,6 +247,22 @@ def deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use
 
 
 @jitable
+def plane_scratch(input, out_h, out_w):
+    """Empty ``(corners, fractions, firsts, weights)`` for ``plane_cells`` of an ``out_h x out_w`` output
+    (``fractions``: ``ly, lx, modulation`` per pixel)."""
+    return (np.empty((out_h, out_w, 2), np.int64), np.empty((out_h, out_w, 3), input.dtype),
+            np.empty(out_h * out_w, np.int64), np.empty((out_h * out_w, 5), input.dtype))
+
+
+@jitable
+def plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions, firsts,
+                weights):
+    """``deform_plane_cells`` of plane ``(b, g, tap)`` and their ``bordered_cells``."""
+    deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions)
+    bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+
+
+@jitable
 def plane_of(plane, group_taps, taps):
     """``(b, g, tap)`` of an (image, offset group, tap) plane numbered ``(b * G + g) * taps + tap``."""
     b = plane // group_taps
@@ -287,18 +303,14 @@ def _deform_im2col_planes(start, stop, input, bordered, offset, mask, kernel_h, 
     row_length = bordered.shape[2]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
-    corners = np.empty((out_h, out_w, 2), np.int64)
-    fractions = np.empty((out_h, out_w, 3), input.dtype)  # ly, lx, modulation
-    firsts = np.empty(pixels, np.int64)
-    weights = np.empty((pixels, 5), input.dtype)
+    corners, fractions, firsts, weights = plane_scratch(input, out_h, out_w)
     tile = np.empty((IM2COL_TILE, per_group), input.dtype)
     flat_columns = columns.reshape((columns.shape[0], columns.shape[1], pixels))
     channels = np.uint64(per_group)  # (unsigned indices: no wraparound tests, which keep loops scalar)
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
-                           fractions)
-        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions,
+                    firsts, weights)
         rows = bordered[b].reshape((-1, bordered.shape[3]))
         first_channel = np.uint64(g * per_group)
         for tile_start in range(0, pixels, IM2COL_TILE):
@@ -349,8 +361,8 @@ def _deform_cells_planes(start, stop, input, offset, mask, kernel_h, kernel_w, s
     fractions = np.empty((out_h, out_w, 3), input.dtype)
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions)
-        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts[plane], weights[plane])
+        plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions,
+                    firsts[plane], weights[plane])
 
 
 @cpu_function
@@ -409,10 +421,7 @@ def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, 
     pixels = out_h * out_w
     row_length = input.shape[3] + 2
     per_group = input.shape[1] // (group_taps // taps)
-    corners = np.empty((out_h, out_w, 2), np.int64)
-    fractions = np.empty((out_h, out_w, 3), input.dtype)
-    firsts = np.empty(pixels, np.int64)
-    weights = np.empty((pixels, 5), input.dtype)
+    corners, fractions, firsts, weights = plane_scratch(input, out_h, out_w)
     flat_fractions = fractions.reshape((pixels, 3))
     flat_columns = grad_columns.reshape((grad_columns.shape[0], grad_columns.shape[1], pixels))
     flat_bordered = bordered.reshape((bordered.shape[0], bordered.shape[1], -1))
@@ -424,9 +433,8 @@ def _deform_im2col_coordinate_gradient_planes(start, stop, grad_columns, input, 
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         group_tap = g * taps + tap
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
-                           fractions)
-        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions,
+                    firsts, weights)
         for c in range(g * per_group, (g + 1) * per_group):
             source = flat_bordered[b, c]
             grads = flat_columns[b, c * taps + tap]
@@ -519,15 +527,11 @@ def _im2col_channels_last_planes(start, stop, input, bordered, offset, mask, ker
     row_length = bordered.shape[2]
     group_taps = offset_groups(offset, mask, taps, use_offset, use_mask) * taps
     per_group = input.shape[1] // (group_taps // taps)
-    corners = np.empty((out_h, out_w, 2), np.int64)
-    fractions = np.empty((out_h, out_w, 3), input.dtype)
-    firsts = np.empty(pixels, np.int64)
-    weights = np.empty((pixels, 5), input.dtype)
+    corners, fractions, firsts, weights = plane_scratch(input, out_h, out_w)
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
-                           fractions)
-        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions,
+                    firsts, weights)
         rows = bordered[b].reshape((-1, bordered.shape[3]))
         last = (g + 1) * per_group
         for p in range(pixels):
@@ -576,11 +580,8 @@ def _col2im_channels_last_blocks(start, stop, blocks, width, grad_columns, input
     per_group = channels // groups
     row_length = grad_bordered.shape[2]
     lanes = np.uint64(LANES)
-    corners = np.empty((out_h, out_w, 2), np.int64)
-    fractions = np.empty((out_h, out_w, 3), input.dtype)
+    corners, fractions, firsts, weights = plane_scratch(input, out_h, out_w)
     flat_fractions = fractions.reshape((pixels, 3))
-    firsts = np.empty(pixels, np.int64)
-    weights = np.empty((pixels, 5), input.dtype)
     for unit in range(start, stop):
         b = unit // blocks
         block = unit - b * blocks
@@ -591,9 +592,8 @@ def _col2im_channels_last_blocks(start, stop, blocks, width, grad_columns, input
             if low >= high:
                 continue
             for tap in range(taps):
-                deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
-                                   fractions)
-                bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+                plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
+                            fractions, firsts, weights)
                 for p in range(pixels):
                     first = firsts[p]
                     below = first + row_length
@@ -648,17 +648,13 @@ def _coordinate_gradient_channels_last_planes(start, stop, grad_columns, input, 
     pixels = out_h * out_w
     row_length = bordered.shape[2]
     per_group = input.shape[1] // (group_taps // taps)
-    corners = np.empty((out_h, out_w, 2), np.int64)
-    fractions = np.empty((out_h, out_w, 3), input.dtype)
-    firsts = np.empty(pixels, np.int64)
-    weights = np.empty((pixels, 5), input.dtype)
+    corners, fractions, firsts, weights = plane_scratch(input, out_h, out_w)
     flat_fractions = fractions.reshape((pixels, 3))
     for plane in range(start, stop):
         b, g, tap = plane_of(plane, group_taps, taps)
         group_tap = g * taps + tap
-        deform_plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners,
-                           fractions)
-        bordered_cells(corners, fractions, input.shape[2], input.shape[3], firsts, weights)
+        plane_cells(input, offset, mask, b, g, tap, geometry, use_offset, use_mask, corners, fractions,
+                    firsts, weights)
         rows = bordered[b].reshape((-1, bordered.shape[3]))
         last = (g + 1) * per_group
         for p in range(pixels):
