@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numba_droi
-from numba_droi import functional, ops
+from numba_droi import functional, ops, registry
 from numba_droi.autograd import Tensor
 from numba_droi.gradcheck import gradcheck
 from numba_droi.ops import deform_conv as deform_ops
@@ -225,6 +225,24 @@ def test_either_cpu_backward_matches_the_reference(cpu, monkeypatch, by_planes, 
     arrays, options = random_case(np.random.default_rng(40 + seed), use_offset=True if seed % 3 else None)
     with deform_ops.backward_by_planes() if by_planes else contextlib.nullcontext():
         check_against_reference(cpu, arrays, options)
+
+
+def test_both_cpu_backwards_agree_at_the_benchmark_size():
+    # The benchmark case (2x64x64x64) runs the channels-last backward, which the operator tests hold
+    # against the cuda kernels there; the planes' one (chosen at few pixels per output channel) equals
+    # it to rounding at that size too.
+    example = registry.DEFORM_CONV2D.benchmark(np.random.default_rng(3))[0]
+    a = example.arrays
+    mask = np.random.default_rng(4).uniform(0.2, 1.5, (2, 9, 64, 64)).astype(np.float32)
+    grad = np.random.default_rng(5).standard_normal((2, 64, 64, 64)).astype(np.float32)
+    def backward():
+        return numba_droi.deform_conv2d_backward(grad, a["input"], a["offset"], a["weight"], mask=mask,
+                                                 **example.options)
+    channels_last = backward()
+    with deform_ops.backward_by_planes():
+        planes = backward()
+    for name, got, want in zip(GRAD_NAMES, planes, channels_last):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=name)
 
 
 @pytest.mark.parametrize("channels, groups, offset_groups", [(41, 1, 1), (48, 2, 3)])
